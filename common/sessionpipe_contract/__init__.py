@@ -1,0 +1,102 @@
+"""The narrow door between the operator and the runner.
+
+Both images install this module; neither imports the other. Everything the two sides must agree on
+lives here and only here: the API coordinates, labels and annotations, the environment variables the
+operator renders into a job pod and the runner reads, the runner's exit codes, and the limits of the
+termination message that carries a run summary back to the operator.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- The SessionProcessor API -------------------------------------------------------------------
+API_GROUP: Final = "sessionpipe.io"
+API_VERSION: Final = "v1alpha1"
+KIND: Final = "SessionProcessor"
+PLURAL: Final = "sessionprocessors"
+SINGULAR: Final = "sessionprocessor"
+SHORT_NAMES: Final = ("sproc",)
+CATEGORIES: Final = ("sessionpipe",)
+
+# --- Labels and annotations ---------------------------------------------------------------------
+LABEL_PROCESSOR: Final = "sessionpipe.io/processor"  # the processor registered in the job image
+LABEL_INSTANCE: Final = "sessionpipe.io/sessionprocessor"  # the SessionProcessor resource's name
+LABEL_DATABASE: Final = "sessionpipe.io/database"  # hash of (claim, path): pods that share a DB file
+LABEL_RUN_KIND: Final = "sessionpipe.io/run-kind"  # "scheduled" or "run-now"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "sessionpipe-operator"
+ANNOTATION_RUN_NOW: Final = "sessionpipe.io/run-now"
+ANNOTATION_RUN_NOW_TOKEN: Final = "sessionpipe.io/run-now-token"  # on a run-now Job: the token it served
+
+# --- Environment the runner reads (flags override these; these override defaults) -------------
+ENV_PREFIX: Final = "SESSIONPIPE_"
+ENV_PROCESSOR: Final = "SESSIONPIPE_PROCESSOR"
+ENV_SESSIONS: Final = "SESSIONPIPE_SESSIONS"
+ENV_USER: Final = "SESSIONPIPE_USER"
+ENV_DB: Final = "SESSIONPIPE_DB"
+ENV_LEASE: Final = "SESSIONPIPE_LEASE"
+ENV_LEASE_WAIT: Final = "SESSIONPIPE_LEASE_WAIT"
+ENV_LEASE_NAMESPACE: Final = "SESSIONPIPE_LEASE_NAMESPACE"
+ENV_LEASE_DURATION: Final = "SESSIONPIPE_LEASE_DURATION"
+ENV_MAX_SESSIONS: Final = "SESSIONPIPE_MAX_SESSIONS"
+ENV_MAX_ATTEMPTS: Final = "SESSIONPIPE_MAX_ATTEMPTS"
+ENV_CONFIG: Final = "SESSIONPIPE_CONFIG"  # processor settings as a JSON object
+ENV_PRICING: Final = "SESSIONPIPE_PRICING"  # a user's price file overriding the shipped one
+ENV_TERMINATION_LOG: Final = "SESSIONPIPE_TERMINATION_LOG"
+ENV_LLM_MODEL: Final = "SESSIONPIPE_LLM_MODEL"
+ENV_LLM_MAX_TOKENS_PER_RUN: Final = "SESSIONPIPE_LLM_MAX_TOKENS_PER_RUN"
+ENV_ANTHROPIC_API_KEY: Final = "ANTHROPIC_API_KEY"
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
+
+DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT: Final = 4096  # bytes the kubelet keeps of a termination message
+
+# --- Runner exit codes -------------------------------------------------------------------------
+EXIT_OK: Final = 0  # the run completed; per-session failures are counted in the summary
+EXIT_FAILED: Final = 1  # the run could not complete (database unusable, processor failed to load…)
+EXIT_USAGE: Final = 2  # bad flags or settings: a user mistake, explained on stderr
+EXIT_LEASE_NOT_ACQUIRED: Final = 75  # another writer held the database lease for the whole wait
+EXIT_LEASE_LOST: Final = 76  # the lease was lost mid-run; the runner rolled back and stopped writing
+EXIT_TERMINATED: Final = 143  # SIGTERM: rolled back, released the lease, wrote the summary
+
+# --- Defaults shared by the CRD and the runner ---------------------------------------------------
+DEFAULT_SESSIONS_MOUNT: Final = "/data/sessions"
+DEFAULT_DATABASE_MOUNT: Final = "/data/db"
+DEFAULT_DATABASE_PATH: Final = "sessionpipe.duckdb"
+DEFAULT_LEASE_WAIT_SECONDS: Final = 600
+DEFAULT_LEASE_DURATION_SECONDS: Final = 30
+DEFAULT_MAX_ATTEMPTS: Final = 3
+
+# --- Run outcomes (the runner's summary "outcome"; the operator's lastRun.outcome) -------------
+OUTCOME_SUCCEEDED: Final = "succeeded"  # every candidate processed
+OUTCOME_PARTIAL: Final = "completed_with_errors"  # the run completed; some sessions failed
+OUTCOME_STOPPED: Final = "stopped"  # a budget or --max-sessions ended the run early, cleanly
+OUTCOME_FAILED: Final = "failed"
+OUTCOME_LEASE_NOT_ACQUIRED: Final = "lease_not_acquired"
+OUTCOME_LEASE_LOST: Final = "lease_lost"
+OUTCOME_TERMINATED: Final = "terminated"
+
+#: Keys of the compact run summary the runner writes to the termination message (a JSON object).
+#: ``started``/``finished`` are RFC 3339 UTC; ``duration_seconds`` a float; the counts integers.
+SUMMARY_KEYS: Final = (
+    "processor",
+    "processor_version",
+    "run_id",
+    "outcome",
+    "exit_code",
+    "started",
+    "finished",
+    "duration_seconds",
+    "scanned",
+    "unchanged",
+    "hashed",
+    "processed",
+    "skipped",
+    "errors",
+    "quarantined",
+    "items",
+    "issues",
+    "message",
+)

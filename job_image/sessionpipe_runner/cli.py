@@ -1,0 +1,478 @@
+"""The ``sessionpipe`` command line: a thin shell over the runner, the store and the reports.
+
+Every setting resolves the same way: a flag beats its ``SESSIONPIPE_*`` environment variable, which
+beats the default. User mistakes end with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import duckdb
+from sessionpipe_contract import (
+    DEFAULT_LEASE_WAIT_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TERMINATION_LOG,
+    ENV_CONFIG,
+    ENV_DB,
+    ENV_LEASE,
+    ENV_LEASE_WAIT,
+    ENV_MAX_ATTEMPTS,
+    ENV_MAX_SESSIONS,
+    ENV_PROCESSOR,
+    ENV_SESSIONS,
+    ENV_TERMINATION_LOG,
+    ENV_USER,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
+
+from sessionpipe_runner import store
+from sessionpipe_runner.lease import Lease
+from sessionpipe_runner.lease.file import FileLease
+from sessionpipe_runner.processors import registry
+from sessionpipe_runner.processors.base import Processor
+from sessionpipe_runner.runner import RunSettings, run, snapshot_path
+from sessionpipe_runner.summary import RunSummary
+
+DEFAULT_DATABASE = Path("sessionpipe.duckdb")
+CLAUDE_PROJECTS = Path("~/.claude/projects")
+
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """A mistake in the command line or settings, explained in one line."""
+
+
+# --- resolving settings ---------------------------------------------------------------------------
+def resolve(flag: T | None, env_name: str, default: T, parse: Callable[[str], T], environ: Mapping[str, str]) -> T:
+    """A flag beats its environment variable, which beats the default."""
+    if flag is not None:
+        return flag
+    raw = environ.get(env_name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise UsageError(f"{env_name}={raw!r} is not valid: {error}") from None
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def parse_config(text: str) -> dict[str, Any]:
+    """Processor settings: a JSON object, inline or ``@path/to/file.json``."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as error:
+            raise ValueError(f"cannot read {text[1:]}: {error.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def default_sessions(environ: Mapping[str, str]) -> tuple[Path, str | None]:
+    """The embedded default: this laptop user's Claude projects, read as that one user's sessions."""
+    projects = CLAUDE_PROJECTS.expanduser()
+    if projects.is_dir():
+        return projects, environ.get("USER") or getpass.getuser()
+    raise UsageError(f"no sessions directory: {projects} does not exist; pass --sessions DIR or set {ENV_SESSIONS}")
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[RunSettings, str]:
+    """The run's settings and its lease spec, from flags, environment and defaults."""
+    processor = resolve(args.processor, ENV_PROCESSOR, "", str, environ)
+    if not processor:
+        raise UsageError(f"which processor? pass --processor NAME or set {ENV_PROCESSOR}")
+    sessions_flag = resolve(args.sessions, ENV_SESSIONS, None, Path, environ)
+    user = resolve(args.user, ENV_USER, None, str, environ)
+    if sessions_flag is None:
+        sessions, default_user = default_sessions(environ)
+        user = user or default_user
+    else:
+        sessions = sessions_flag
+    if not sessions.is_dir():
+        raise UsageError(f"sessions directory {sessions} does not exist or is not a directory")
+    if user is not None and (not user or "/" in user or user in {".", ".."}):
+        raise UsageError(f"--user {user!r} is not a valid user name")
+    lease = resolve(args.lease, ENV_LEASE, "file", str, environ)
+    if lease != "file" and not lease.startswith("k8s:"):
+        raise UsageError(f"--lease {lease!r}: use 'file' or 'k8s:NAME'")
+    termination = resolve(args.termination_log, ENV_TERMINATION_LOG, None, Path, environ)
+    if termination is None and Path(DEFAULT_TERMINATION_LOG).exists():
+        termination = Path(DEFAULT_TERMINATION_LOG)
+    settings = RunSettings(
+        processor=processor,
+        sessions=sessions,
+        user=user,
+        database=resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, environ),
+        lease_wait_seconds=resolve(
+            args.lease_wait, ENV_LEASE_WAIT, float(DEFAULT_LEASE_WAIT_SECONDS), non_negative_float, environ
+        ),
+        max_sessions=resolve(args.max_sessions, ENV_MAX_SESSIONS, 0, non_negative_int, environ),
+        max_attempts=resolve(args.max_attempts, ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS, positive_int, environ),
+        config=resolve(args.config, ENV_CONFIG, {}, parse_config, environ),
+        termination_log=termination,
+        environ=dict(environ),
+    )
+    return settings, lease
+
+
+def make_lease(spec: str, settings: RunSettings) -> Lease:
+    if spec == "file":
+        return FileLease(settings.database, settings.processor)
+    raise UsageError(f"--lease {spec!r}: Kubernetes leases are not available in this build; use --lease file")
+
+
+# --- commands ---------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    settings, lease_spec = settings_from_args(args, os.environ)
+    processor = _load_processor(settings.processor)
+    summary = run(settings, processor, make_lease(lease_spec, settings))
+    _print_summary(summary, as_json=args.json)
+    return summary.exit_code if summary.exit_code is not None else EXIT_FAILED
+
+
+def _load_processor(name: str) -> Processor:
+    try:
+        return registry.load(name)
+    except registry.ProcessorNotFound as error:
+        raise UsageError(str(error)) from None
+
+
+def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
+    if as_json:
+        print(summary.to_json())
+        return
+    counts = (
+        f"scanned {summary.scanned}, unchanged {summary.unchanged}, read {summary.hashed}, "
+        f"processed {summary.processed}, skipped {summary.skipped}, errors {summary.errors}, "
+        f"quarantined {summary.quarantined}, items {summary.items}"
+    )
+    print(f"{summary.processor} {summary.outcome} in {summary.duration_seconds:.2f}s: {counts}")
+    if summary.issues:
+        print("  noted: " + ", ".join(f"{reason} {count}" for reason, count in sorted(summary.issues.items())))
+    for key, error in list(summary.failures.items())[:10]:
+        print(f"  failed: {key}: {error}")
+    if summary.message:
+        print(f"  {summary.message}")
+
+
+def open_for_reading(database: Path) -> duckdb.DuckDBPyConnection:
+    """Open the database read-only; if a writer holds it, read the last published snapshot."""
+    if not database.exists():
+        raise UsageError(f"database {database} does not exist; run 'sessionpipe run' first or pass --db")
+    try:
+        return store.connect(database, read_only=True)
+    except store.StoreError as error:
+        snapshot = snapshot_path(database)
+        if snapshot.exists():
+            print(f"note: {database} is busy; reading the snapshot {snapshot}", file=sys.stderr)
+            return store.connect(snapshot, read_only=True)
+        raise UsageError(str(error)) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    database = resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, os.environ)
+    con = open_for_reading(database)
+    with con:
+        data = status_data(con)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return EXIT_OK
+    if not data["processors"]:
+        print(f"{database}: no processor has run yet")
+    for name, info in data["processors"].items():
+        sessions = info["sessions"]
+        print(
+            f"{name}: {sessions.get('done', 0)} done, {sessions.get('failed', 0)} failed, "
+            f"{sessions.get('quarantined', 0)} quarantined, {info['items']} items"
+        )
+        for last in info["last_runs"]:
+            print(f"  {last['started_at']}  {last['outcome']:<22} {last['summary_line']}")
+    return EXIT_OK
+
+
+def status_data(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Per processor: sessions by status, items, and the last five runs."""
+    processors: dict[str, Any] = {}
+    for name, status, count, items in con.execute(
+        "SELECT processor, status, count(*), sum(items) FROM session_processor_state GROUP BY ALL ORDER BY ALL"
+    ).fetchall():
+        entry = processors.setdefault(name, {"sessions": {}, "items": 0, "last_runs": []})
+        entry["sessions"][status] = count
+        entry["items"] += int(items or 0)
+    for name, started, outcome, summary in con.execute(
+        "SELECT processor, started_at, outcome, summary FROM ("
+        "  SELECT *, row_number() OVER (PARTITION BY processor ORDER BY started_at DESC) AS n FROM processor_runs"
+        ") WHERE n <= 5 ORDER BY processor, started_at DESC"
+    ).fetchall():
+        entry = processors.setdefault(name, {"sessions": {}, "items": 0, "last_runs": []})
+        details = json.loads(summary) if summary else {}
+        line = ", ".join(f"{k} {details[k]}" for k in ("processed", "errors", "skipped") if k in details)
+        entry["last_runs"].append(
+            {"started_at": started.isoformat(), "outcome": outcome, "summary": details, "summary_line": line}
+        )
+    return {"processors": processors}
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    database = resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, os.environ)
+    if not database.exists():
+        raise UsageError(f"database {database} does not exist")
+    processor = _load_processor(args.processor)
+    lease = FileLease(database, f"reset {args.processor}")
+    try:
+        lease.acquire(resolve(args.lease_wait, ENV_LEASE_WAIT, 10.0, non_negative_float, os.environ))
+    except Exception as error:
+        print(f"sessionpipe: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        con = store.connect(database)
+        with con:
+            store.migrate(con, processor)
+            count = reset_sessions(con, processor, session=args.session, quarantined=args.quarantined)
+            con.execute("CHECKPOINT")
+    finally:
+        lease.release()
+    print(f"reset {count} session(s) of {args.processor}; they are processed again on the next run")
+    return EXIT_OK
+
+
+def reset_sessions(
+    con: duckdb.DuckDBPyConnection, processor: Processor, *, session: str | None, quarantined: bool
+) -> int:
+    """Forget sessions' state and rows so the next run processes them again; returns how many."""
+    if session is not None:
+        where, params = "processor = ? AND session_file = ?", [processor.name, session]
+    elif quarantined:
+        where, params = "processor = ? AND status = 'quarantined'", [processor.name]
+    else:
+        where, params = "processor = ?", [processor.name]
+    keys = [
+        row[0]
+        for row in con.execute(f"SELECT session_file FROM session_processor_state WHERE {where}", params).fetchall()
+    ]
+    if session is not None and not keys:
+        raise UsageError(f"no state for session {session!r} of processor {processor.name!r}")
+    with store.transaction(con):
+        if keys:
+            processor.forget(con, keys)
+        con.execute(f"DELETE FROM session_processor_state WHERE {where}", params)
+    return len(keys)
+
+
+def cmd_processors(args: argparse.Namespace) -> int:
+    names = registry.available()
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            processor = registry.load(name)
+            rows.append({"name": name, "version": processor.version, "source": registry.describe(name)})
+        except registry.ProcessorLoadError as error:
+            rows.append({"name": name, "version": None, "source": registry.describe(name), "error": str(error)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(
+                f"{row['name']:<16} {row['version'] or 'BROKEN':<24} {row['source']}"
+                + (f"  {row['error']}" if "error" in row else "")
+            )
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sessionpipe_runner import reports
+
+    database = resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, os.environ)
+    con = open_for_reading(database)
+    with con:
+        try:
+            data, text = reports.build(con, args)
+        except reports.ReportError as error:
+            raise UsageError(str(error)) from None
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sessionpipe_runner import synth
+
+    stats = synth.generate_corpus(args.out, users=args.users, target_bytes=args.megabytes * 1024 * 1024, seed=args.seed)
+    print(f"wrote {stats} under {args.out}")
+    return EXIT_OK
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Run ``usage`` on the embedded default and print a monthly report: the README's first command."""
+    environ = dict(os.environ)
+    sessions_arg: list[str] = []
+    if not environ.get(ENV_SESSIONS) and not CLAUDE_PROJECTS.expanduser().is_dir():
+        from sessionpipe_runner import synth
+
+        demo = Path(".sessionpipe/demo-sessions")
+        if not demo.is_dir():
+            stats = synth.generate_corpus(demo, users=3, target_bytes=4 * 1024 * 1024, seed=7)
+            print(f"no ~/.claude/projects here: generated demo transcripts ({stats}) in {demo}")
+        sessions_arg = ["--sessions", str(demo)]
+    code = main(["run", "--processor", "usage", *sessions_arg])
+    if code != EXIT_OK:
+        return code
+    print()
+    return main(["report", "usage", "--by", "month"])
+
+
+# --- the parser -----------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a command-line mistake in one line that points at --help, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="sessionpipe",
+        description="Run session processors over AI-assistant transcripts into a DuckDB file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("run", help="run one processor over the sessions once")
+    p.add_argument("--processor", help=f"processor name (env {ENV_PROCESSOR})")
+    p.add_argument("--sessions", type=Path, help=f"sessions root (env {ENV_SESSIONS}; default ~/.claude/projects)")
+    p.add_argument("--user", help=f"read --sessions as this one user's Claude projects/ directory (env {ENV_USER})")
+    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB}; default ./{DEFAULT_DATABASE})")
+    p.add_argument("--lease", help=f"single-writer lease: 'file' or 'k8s:NAME' (env {ENV_LEASE}; default file)")
+    p.add_argument(
+        "--lease-wait",
+        type=_arg_type(non_negative_float),
+        metavar="SECONDS",
+        help=f"how long to wait for the lease (env {ENV_LEASE_WAIT}; default {DEFAULT_LEASE_WAIT_SECONDS})",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=_arg_type(non_negative_int),
+        metavar="N",
+        help=f"process at most N sessions this run, 0 for no cap (env {ENV_MAX_SESSIONS})",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=_arg_type(positive_int),
+        metavar="N",
+        help=f"failures before a session is quarantined (env {ENV_MAX_ATTEMPTS}; default {DEFAULT_MAX_ATTEMPTS})",
+    )
+    p.add_argument(
+        "--config",
+        type=_arg_type(parse_config),
+        metavar="JSON",
+        help=f"processor settings as a JSON object or @file (env {ENV_CONFIG})",
+    )
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        metavar="FILE",
+        help=f"also write a compact summary here (env {ENV_TERMINATION_LOG}; "
+        f"default {DEFAULT_TERMINATION_LOG} if it exists)",
+    )
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(handler=cmd_run)
+
+    p = commands.add_parser("status", help="sessions done / failed / quarantined per processor, and the last runs")
+    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)
+
+    p = commands.add_parser("report", help="reports of a processor's results")
+    from sessionpipe_runner import reports
+
+    reports.add_arguments(p, db_help=f"DuckDB file (env {ENV_DB})")
+    p.set_defaults(handler=cmd_report)
+
+    p = commands.add_parser("reset", help="make sessions be processed again on the next run")
+    p.add_argument("--processor", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", metavar="KEY", help="one session file key (<user>/<project>/<file>.jsonl)")
+    which.add_argument("--quarantined", action="store_true", help="every quarantined session")
+    which.add_argument("--all", action="store_true", help="every session of the processor")
+    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
+    p.add_argument("--lease-wait", type=_arg_type(non_negative_float), metavar="SECONDS")
+    p.set_defaults(handler=cmd_reset)
+
+    p = commands.add_parser("processors", help="list the installed processors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_processors)
+
+    p = commands.add_parser("demo", help="generate realistic demo transcripts")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--users", type=_arg_type(positive_int), default=3)
+    p.add_argument("--megabytes", type=_arg_type(positive_int), default=4)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(handler=cmd_demo)
+
+    p = commands.add_parser("quickstart", help="run usage on the default sessions (or demo data) and report")
+    p.set_defaults(handler=cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except UsageError as error:
+        print(f"sessionpipe: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (registry.ProcessorLoadError, store.StoreError) as error:
+        print(f"sessionpipe: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Processors: the contract, the registry, and the built-in ones."""

@@ -1,0 +1,150 @@
+"""The processor contract.
+
+A processor turns one session file into rows. It has a ``name`` (what a SessionProcessor's
+``spec.processor`` names), a ``version`` (a change makes every session a candidate again), the
+migrations that create its tables, and :meth:`Processor.process`, which reads one session and returns
+an :class:`Output`. The runner owns everything around that call: the lease, the scan, change
+detection, the transaction that writes a session's rows together with its state row, attempts and
+quarantine.
+
+Processors are found through the entry-point group ``sessionpipe.processors``; the entry point names
+the processor class (or a zero-argument factory returning an instance).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import duckdb
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step of a processor, applied once per database in ``id`` order.
+
+    ``id`` is unique within the processor (``"0001_usage_rows"``); ``sql`` may hold several
+    statements separated by semicolons.
+    """
+
+    id: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """One transcript file on the sessions volume, as the scan found it."""
+
+    key: str  # path relative to the sessions root, user first: "alice/-home-alice-app/1f0c….jsonl"
+    path: Path  # where to read it
+    user: str  # the first component of ``key``
+    project: str  # the folder under the user ("" for a flat <user>/<session>.jsonl)
+    session_id: str  # the session this file rolls up into (subagent files join their parent)
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Output:
+    """What one session produced.
+
+    ``rows`` maps each of the processor's tables to tuples in that table's column order; the
+    default :meth:`Processor.write` replaces the session's earlier rows with them. ``items`` is the
+    count reported in the run summary (rows, extracted items…). ``issues`` counts lines or parts
+    the processor could not use, by reason (``invalid_json``, ``invalid_utf8``, ``wrong_type``…):
+    they are explained outcomes, not failures.
+    """
+
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    items: int = 0
+    issues: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a processor may know about the run it is part of."""
+
+    run_id: str
+    database: Path
+    config: Mapping[str, Any]  # the SessionProcessor's spec.config, or --config on a laptop
+    environ: Mapping[str, str]  # the runner's environment (LLM settings, API keys by reference)
+
+
+class StopRun(Exception):
+    """Raised by a processor to end the run cleanly before the session at hand.
+
+    The session is neither failed nor done; it and the remaining candidates wait for the next run.
+    Use it for per-run budgets (tokens, calls, sessions).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Processor:
+    """Base class for processors; subclasses set ``name``, ``version`` and implement ``process``."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    #: Tables that hold per-session rows, each with a ``session_file`` column holding
+    #: :attr:`SessionFile.key`. The default :meth:`write` deletes the session's rows from each of
+    #: them before inserting the new ones, so reprocessing never duplicates.
+    tables: ClassVar[Sequence[str]] = ()
+    #: Deterministic processors may let the runner commit several sessions per transaction.
+    batchable: ClassVar[bool] = False
+
+    def migrations(self) -> Sequence[Migration]:
+        """Schema steps that create and evolve this processor's tables and views."""
+        return ()
+
+    def start(self, context: RunContext) -> None:
+        """Called once per run before any session; read settings from ``context.config``."""
+
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        """Turn one session into rows.
+
+        ``data`` is the file's content up to and including its last complete line (a line still
+        being written is left for a later run). Raise to fail the session: it is not marked done,
+        and its attempt count and error are recorded. Raise :class:`StopRun` to end the run.
+        """
+        raise NotImplementedError
+
+    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+        """Store the output of one or more sessions inside the runner's open transaction.
+
+        The default replaces those sessions' rows in :attr:`tables` (one delete and one bulk insert
+        per table). Override to merge across sessions, calling :func:`replace_session_rows` for the
+        plain tables.
+        """
+        replace_session_rows(con, self.tables, batch)
+
+    def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
+        """Remove what this processor stored for sessions (``reset``, or files that vanished)."""
+        for table in self.tables:
+            con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [list(session_keys)])
+
+
+def replace_session_rows(
+    con: duckdb.DuckDBPyConnection,
+    tables: Sequence[str],
+    batch: Sequence[tuple[SessionFile, Output]],
+) -> None:
+    """Delete the batch's sessions from ``tables`` and insert their new rows in bulk."""
+    from sessionpipe_runner.store import insert_rows
+
+    keys = [session.key for session, _ in batch]
+    for table in tables:
+        con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [keys])
+    for session, output in batch:
+        unknown = set(output.rows) - set(tables)
+        if unknown:
+            raise ValueError(f"{session.key}: rows for tables the processor does not declare: {sorted(unknown)}")
+    for table in tables:
+        table_rows = [row for _, output in batch for row in output.rows.get(table, ())]
+        if table_rows:
+            insert_rows(con, table, table_rows)

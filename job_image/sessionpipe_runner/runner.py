@@ -1,0 +1,439 @@
+"""One run of one processor over the sessions volume, into the database, under the writer lease.
+
+The order of a run (see DESIGN.md, "Runner"): take the lease; open the database and migrate; record
+the writer epoch; scan and decide; read, hash and process the candidates, writing each session's
+rows together with its state row in one transaction; checkpoint; publish the read-only snapshot;
+release the lease; report the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import duckdb
+from sessionpipe_contract import (
+    EXIT_FAILED,
+    EXIT_LEASE_LOST,
+    EXIT_LEASE_NOT_ACQUIRED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    OUTCOME_FAILED,
+    OUTCOME_LEASE_LOST,
+    OUTCOME_LEASE_NOT_ACQUIRED,
+    OUTCOME_PARTIAL,
+    OUTCOME_STOPPED,
+    OUTCOME_SUCCEEDED,
+    OUTCOME_TERMINATED,
+)
+
+from sessionpipe_runner import store
+from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
+from sessionpipe_runner.processors.base import Output, Processor, RunContext, SessionFile, StopRun
+from sessionpipe_runner.reading import Snapshot, read_snapshot
+from sessionpipe_runner.scan import Decision, plan, scan_sessions
+from sessionpipe_runner.store import StateRow
+from sessionpipe_runner.summary import RunSummary, write_termination_message
+
+#: A batchable processor commits at most this many sessions, or this many bytes read, per transaction.
+BATCH_SESSIONS = 256
+BATCH_BYTES = 32 * 1024 * 1024
+ERROR_TEXT_LIMIT = 2000
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: roll back, release the lease, report, exit."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one run needs, already resolved from flags, environment and defaults."""
+
+    processor: str
+    sessions: Path
+    database: Path
+    user: str | None = None
+    lease_wait_seconds: float = 600.0
+    max_sessions: int = 0  # 0: no cap
+    max_attempts: int = 3
+    config: Mapping[str, Any] = field(default_factory=dict)
+    termination_log: Path | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+def snapshot_path(database: Path) -> Path:
+    """Where the read-only copy of the database is published after each successful run."""
+    return database.with_name(database.stem + ".snapshot" + database.suffix)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` in the main thread for the duration of a run."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text[:ERROR_TEXT_LIMIT]
+
+
+@dataclass
+class _Pending:
+    """A batch that is processed but not yet committed."""
+
+    outputs: list[tuple[SessionFile, Output, Snapshot]] = field(default_factory=list)
+    failures: list[tuple[SessionFile, Snapshot | None, BaseException]] = field(default_factory=list)
+    seen: list[tuple[str, int, int]] = field(default_factory=list)
+    bytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.outputs) + len(self.failures) + len(self.seen)
+
+
+class Run:
+    """The state of one run in progress; :func:`run` is the way to use it."""
+
+    def __init__(self, settings: RunSettings, processor: Processor, lease: Lease) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.lease = lease
+        self.summary = RunSummary(
+            processor=processor.name,
+            processor_version=processor.version,
+            run_id=uuid.uuid4().hex[:16],
+            started=_now(),
+            lease=lease.name,
+        )
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.epoch = 0
+        self.states: dict[str, StateRow] = {}
+
+    # --- the fence ------------------------------------------------------------------------
+    def guard(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Before any commit: the lease must still be ours and no newer writer recorded."""
+        self.lease.check()
+        newest = con.execute("SELECT max(epoch) FROM writer_epochs").fetchone()
+        if newest is not None and newest[0] is not None and int(newest[0]) > self.epoch:
+            raise LeaseLost(f"a newer writer (epoch {newest[0]}) took over the database from epoch {self.epoch}")
+
+    def commit(self, con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> None:
+        with store.transaction(con):
+            work()
+            self.guard(con)
+
+    # --- phases ---------------------------------------------------------------------------
+    def open(self) -> duckdb.DuckDBPyConnection:
+        con = store.connect(self.settings.database)
+        self.con = con
+        store.migrate(con, self.processor)
+        floor = self.epoch
+        with store.transaction(con):
+            newest = con.execute("SELECT coalesce(max(epoch), 0) FROM writer_epochs").fetchone()
+            self.epoch = max(floor, int(newest[0]) + 1 if newest else 1)
+            con.execute(
+                "INSERT INTO writer_epochs VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    self.epoch,
+                    self.lease.holder,
+                    self.lease.name,
+                    self.processor.name,
+                    self.summary.run_id,
+                    _now(),
+                ],
+            )
+            con.execute(
+                "INSERT INTO processor_runs (run_id, processor, started_at, outcome, writer_epoch) "
+                "VALUES (?, ?, ?, 'running', ?)",
+                [self.summary.run_id, self.processor.name, self.summary.started, self.epoch],
+            )
+        self.summary.writer_epoch = self.epoch
+        return con
+
+    def process_all(self, con: duckdb.DuckDBPyConnection) -> None:
+        settings = self.settings
+        self.processor.start(
+            RunContext(
+                run_id=self.summary.run_id,
+                database=settings.database,
+                config=settings.config,
+                environ=settings.environ,
+            )
+        )
+        scan = scan_sessions(settings.sessions, settings.user)
+        self.summary.issues.update(scan.issues)
+        self.summary.scanned = len(scan.files)
+        self.states = store.load_state(con, self.processor.name)
+        batch_limit = BATCH_SESSIONS if self.processor.batchable else 1
+        pending = _Pending()
+        attempted = 0
+        stopped: str | None = None
+        for file, decision in plan(scan.files, self.states, self.processor.version):
+            if decision is Decision.UNCHANGED:
+                self.summary.unchanged += 1
+                continue
+            if decision is Decision.QUARANTINED:
+                self.summary.skipped += 1
+                self.summary.issues["quarantined_unchanged"] += 1
+                continue
+            if stopped is not None or (settings.max_sessions and attempted >= settings.max_sessions):
+                self.summary.skipped += 1
+                self.summary.issues["left_for_next_run"] += 1
+                continue
+            try:
+                snapshot = read_snapshot(file.path)
+            except FileNotFoundError:
+                self.summary.skipped += 1
+                self.summary.issues["vanished"] += 1
+                continue
+            except OSError:
+                self.summary.skipped += 1
+                self.summary.issues["unreadable"] += 1
+                continue
+            self.summary.hashed += 1
+            if snapshot.partial_tail:
+                self.summary.issues["incomplete_last_line"] += 1
+            file = dataclasses.replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+            state = self.states.get(file.key)
+            if decision is Decision.CHECK and state is not None and state.content_hash == snapshot.content_hash:
+                self.summary.skipped += 1
+                self.summary.issues["touched_unchanged"] += 1
+                pending.seen.append((file.key, file.size, file.mtime_ns))
+            else:
+                attempted += 1
+                try:
+                    output = self.processor.process(file, snapshot.data)
+                except StopRun as stop:
+                    stopped = stop.reason
+                    self.summary.skipped += 1
+                    self.summary.issues["left_for_next_run"] += 1
+                    continue
+                except Exception as error:
+                    pending.failures.append((file, snapshot, error))
+                else:
+                    pending.outputs.append((file, output, snapshot))
+                    pending.bytes += len(snapshot.data)
+            if len(pending) >= batch_limit or pending.bytes >= BATCH_BYTES:
+                self.flush(con, pending)
+                pending = _Pending()
+        self.flush(con, pending)
+        if stopped is not None:
+            self.summary.message = f"stopped early: {stopped}"
+
+    def flush(self, con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
+        """Commit a batch; if the batch's write fails, retry its sessions one at a time.
+
+        A session whose own write fails is failed like a session whose processing raised, so one
+        bad session never sinks the others.
+        """
+        if not len(pending):
+            return
+        try:
+            self.commit(con, lambda: self._write(con, pending))
+        except LeaseLost:
+            raise
+        except Exception as error:
+            if len(pending.outputs) + len(pending.failures) > 1:
+                for one in _split(pending):
+                    self.flush(con, one)
+                return
+            if not pending.outputs:
+                raise  # only bookkeeping failed to write: the database itself is in trouble
+            file, _, snapshot = pending.outputs[0]
+            failed = _Pending(failures=[(file, snapshot, error)], seen=pending.seen)
+            self.commit(con, lambda: self._write(con, failed))
+            self._count(failed)
+            return
+        self._count(pending)
+
+    def _write(self, con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
+        now = _now()
+        rows: list[tuple[Any, ...]] = []
+        if pending.outputs:
+            self.processor.write(con, [(file, output) for file, output, _ in pending.outputs])
+        for file, output, snapshot in pending.outputs:
+            rows.append(self._state_row(file, snapshot, output.items, 0, None, "done", now))
+        for file, tried, error in pending.failures:
+            attempts = self._previous_attempts(file) + 1
+            status = "quarantined" if attempts >= self.settings.max_attempts else "failed"
+            rows.append(self._state_row(file, tried, 0, attempts, _error_text(error), status, now))
+        store.upsert_state(con, rows)
+        store.update_seen(con, self.processor.name, pending.seen)
+
+    def _count(self, pending: _Pending) -> None:
+        """Add a committed batch to the summary."""
+        for _, output, _ in pending.outputs:
+            self.summary.processed += 1
+            self.summary.items += output.items
+            self.summary.issues.update(output.issues)
+        for file, _, error in pending.failures:
+            self.summary.errors += 1
+            self.summary.failures[file.key] = _error_text(error)
+            if self._previous_attempts(file) + 1 >= self.settings.max_attempts:
+                self.summary.quarantined += 1
+
+    def _previous_attempts(self, file: SessionFile) -> int:
+        state = self.states.get(file.key)
+        if state is None or state.status != "failed" or state.processor_version != self.processor.version:
+            return 0
+        return state.attempts
+
+    def _state_row(
+        self,
+        file: SessionFile,
+        snapshot: Snapshot | None,
+        items: int,
+        attempts: int,
+        error: str | None,
+        status: str,
+        now: datetime,
+    ) -> tuple[Any, ...]:
+        return (
+            self.processor.name,
+            file.key,
+            file.user,
+            file.size,
+            file.mtime_ns,
+            snapshot.content_hash if snapshot is not None else None,
+            self.processor.version,
+            items,
+            attempts,
+            error,
+            status,
+            now,
+        )
+
+    def _record_run(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            "UPDATE processor_runs SET finished_at = ?, outcome = ?, exit_code = ?, summary = ? WHERE run_id = ?",
+            [
+                self.summary.finished,
+                self.summary.outcome,
+                self.summary.exit_code,
+                self.summary.to_json(),
+                self.summary.run_id,
+            ],
+        )
+
+    def finish(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Record the run, checkpoint, close."""
+        self.summary.finished = _now()
+        self.commit(
+            con,
+            lambda: self._record_run(con),
+        )
+        con.execute("CHECKPOINT")
+        con.close()
+        self.con = None
+
+
+def _split(pending: _Pending) -> list[_Pending]:
+    parts = [_Pending(outputs=[one], bytes=len(one[2].data)) for one in pending.outputs]
+    parts += [_Pending(failures=[one]) for one in pending.failures]
+    parts[0].seen = pending.seen
+    return parts
+
+
+def publish_snapshot(database: Path) -> Path:
+    """Copy the checkpointed database to a temporary name, then rename it into place atomically."""
+    target = snapshot_path(database)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(database, temporary)
+    temporary.replace(target)
+    return target
+
+
+def _settle(summary: RunSummary) -> None:
+    if summary.outcome != "running":
+        return
+    if summary.message.startswith("stopped early"):
+        summary.outcome = OUTCOME_STOPPED
+    elif summary.errors:
+        summary.outcome = OUTCOME_PARTIAL
+    else:
+        summary.outcome = OUTCOME_SUCCEEDED
+    summary.exit_code = EXIT_OK
+
+
+def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary:
+    """Run ``processor`` once under ``lease``; every ending is a summary with an exit code.
+
+    Raises nothing for run-level problems: they become the summary's outcome. (Bad settings are
+    the caller's to reject before calling.)
+    """
+    job = Run(settings, processor, lease)
+    summary = job.summary
+    holding = False
+    try:
+        with sigterm_raises():
+            try:
+                job.epoch = lease.acquire(settings.lease_wait_seconds)
+                holding = True
+                con = job.open()
+                job.process_all(con)
+                _settle(summary)
+                job.finish(con)
+                publish_snapshot(settings.database)
+            except LeaseNotAcquired as error:
+                summary.outcome, summary.exit_code = OUTCOME_LEASE_NOT_ACQUIRED, EXIT_LEASE_NOT_ACQUIRED
+                summary.message = str(error)
+            except LeaseLost as error:
+                summary.outcome, summary.exit_code = OUTCOME_LEASE_LOST, EXIT_LEASE_LOST
+                summary.message = f"lease lost, stopped writing: {error}"
+                _abandon(job)
+            except Terminated:
+                summary.outcome, summary.exit_code = OUTCOME_TERMINATED, EXIT_TERMINATED
+                summary.message = "terminated by SIGTERM; the open transaction was rolled back"
+                _close_after_failure(job)
+            except Exception as error:
+                summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED
+                summary.message = _error_text(error)
+                _close_after_failure(job)
+    finally:
+        if holding:
+            lease.release()
+        summary.finished = summary.finished or _now()
+        if settings.termination_log is not None:
+            write_termination_message(summary, settings.termination_log)
+    return summary
+
+
+def _abandon(job: Run) -> None:
+    """After losing the lease: write nothing more, just drop the connection."""
+    if job.con is not None:
+        with contextlib.suppress(duckdb.Error):
+            job.con.close()
+        job.con = None
+
+
+def _close_after_failure(job: Run) -> None:
+    """Record a failed or terminated run if the database is usable, then close it."""
+    con = job.con
+    if con is None:
+        return
+    try:
+        job.finish(con)
+    except (duckdb.Error, LeaseLost, Terminated):
+        _abandon(job)

@@ -1,0 +1,222 @@
+"""The DuckDB store: opening the file offline, migrations, bulk inserts, and the runner's own tables.
+
+The runner's tables:
+
+- ``schema_migrations``: which migration of which owner (``runner`` or a processor) was applied.
+- ``session_processor_state``: one row per (processor, session file): what was seen (size, mtime,
+  hash of the complete lines), the processor version, items, attempts, last error and status.
+- ``processor_runs``: one row per run with its JSON summary.
+- ``writer_epochs``: one row per lease acquisition, the fence that stops a deposed writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from sessionpipe_runner.processors.base import Migration
+
+if TYPE_CHECKING:
+    from sessionpipe_runner.processors.base import Processor
+
+RUNNER_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_runner_tables",
+        """
+        CREATE TABLE IF NOT EXISTS session_processor_state (
+            processor          VARCHAR NOT NULL,
+            session_file       VARCHAR NOT NULL,
+            user_name          VARCHAR NOT NULL,
+            size               BIGINT NOT NULL,
+            mtime_ns           BIGINT NOT NULL,
+            content_hash       VARCHAR,
+            processor_version  VARCHAR NOT NULL,
+            items              BIGINT NOT NULL DEFAULT 0,
+            attempts           INTEGER NOT NULL DEFAULT 0,
+            last_error         VARCHAR,
+            status             VARCHAR NOT NULL CHECK (status IN ('done', 'failed', 'quarantined')),
+            processed_at       TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (processor, session_file)
+        );
+        CREATE TABLE IF NOT EXISTS processor_runs (
+            run_id       VARCHAR PRIMARY KEY,
+            processor    VARCHAR NOT NULL,
+            started_at   TIMESTAMPTZ NOT NULL,
+            finished_at  TIMESTAMPTZ,
+            outcome      VARCHAR NOT NULL,
+            exit_code    INTEGER,
+            writer_epoch BIGINT,
+            summary      JSON
+        );
+        CREATE TABLE IF NOT EXISTS writer_epochs (
+            epoch        BIGINT PRIMARY KEY,
+            holder       VARCHAR NOT NULL,
+            lease        VARCHAR NOT NULL,
+            processor    VARCHAR NOT NULL,
+            run_id       VARCHAR NOT NULL,
+            acquired_at  TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+)
+
+
+class StoreError(RuntimeError):
+    """The database file cannot be used (corrupt, locked by another process, unwritable…)."""
+
+
+def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with extension auto-install and auto-load off: job pods are offline."""
+    config: dict[str, str | bool | int | float | list[str]] = {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.Error as error:
+        raise StoreError(f"cannot open database {path}: {error}") from error
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Run a block in one transaction; roll back if it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def _ensure_migrations_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            owner       VARCHAR NOT NULL,
+            id          VARCHAR NOT NULL,
+            applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (owner, id)
+        )
+        """
+    )
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection, owner: str, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations of ``owner`` not yet recorded, each in its own transaction.
+
+    Returns the ids applied now.
+    """
+    _ensure_migrations_table(con)
+    done = {row[0] for row in con.execute("SELECT id FROM schema_migrations WHERE owner = ?", [owner]).fetchall()}
+    applied = []
+    for migration in sorted(migrations, key=lambda m: m.id):
+        if migration.id in done:
+            continue
+        with transaction(con):
+            con.execute(migration.sql)
+            con.execute("INSERT INTO schema_migrations (owner, id) VALUES (?, ?)", [owner, migration.id])
+        applied.append(migration.id)
+    return applied
+
+
+def migrate(con: duckdb.DuckDBPyConnection, processor: Processor | None = None) -> None:
+    """Bring the runner's tables, and a processor's, up to date."""
+    apply_migrations(con, "runner", RUNNER_MIGRATIONS)
+    if processor is not None:
+        apply_migrations(con, f"processor:{processor.name}", processor.migrations())
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    """(name, type) of a table's columns in order."""
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+        "AND table_schema = current_schema() ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    if not rows:
+        raise StoreError(f"no table named {table!r}")
+    return [(str(name), str(kind)) for name, kind in rows]
+
+
+def insert_rows(
+    con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]], *, replace: bool = False
+) -> None:
+    """Insert tuples (in the table's column order) in one bulk statement through Arrow.
+
+    DuckDB's ``executemany`` costs a statement per row; an Arrow table is inserted as one scan.
+    With ``replace``, rows whose primary key exists replace the old ones.
+    """
+    import pyarrow as pa
+
+    if not rows:
+        return
+    names = [name for name, _ in table_columns(con, table)]
+    width = len(names)
+    if any(len(row) != width for row in rows):
+        bad = next(row for row in rows if len(row) != width)
+        raise ValueError(f"{table} has {width} columns, a row has {len(bad)}: {bad!r}")
+    columns = list(zip(*rows, strict=True))
+    arrow = pa.table({name: pa.array(column) for name, column in zip(names, columns, strict=True)})
+    con.register("_sessionpipe_insert", arrow)
+    try:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        con.execute(f"{verb} INTO {table} SELECT * FROM _sessionpipe_insert")
+    finally:
+        con.unregister("_sessionpipe_insert")
+
+
+@dataclass(frozen=True)
+class StateRow:
+    """What the store remembers of one session file for one processor."""
+
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    processor_version: str
+    attempts: int
+    status: str
+
+
+def load_state(con: duckdb.DuckDBPyConnection, processor: str) -> dict[str, StateRow]:
+    """All state rows of a processor, in one query, keyed by session file."""
+    rows = con.execute(
+        "SELECT session_file, size, mtime_ns, content_hash, processor_version, attempts, status "
+        "FROM session_processor_state WHERE processor = ?",
+        [processor],
+    ).fetchall()
+    return {
+        key: StateRow(size, mtime, digest, version, attempts, status)
+        for key, size, mtime, digest, version, attempts, status in rows
+    }
+
+
+STATE_TABLE = "session_processor_state"
+
+
+def upsert_state(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write state rows (the table's column order), replacing earlier rows of the same sessions."""
+    insert_rows(con, STATE_TABLE, rows, replace=True)
+
+
+def update_seen(con: duckdb.DuckDBPyConnection, processor: str, seen: Sequence[tuple[str, int, int]]) -> None:
+    """Record a new size and mtime for files whose content proved unchanged: (key, size, mtime_ns)."""
+    if not seen:
+        return
+    import pyarrow as pa
+
+    keys, sizes, mtimes = zip(*seen, strict=True)
+    arrow = pa.table({"session_file": list(keys), "size": list(sizes), "mtime_ns": list(mtimes)})
+    con.register("_sessionpipe_seen", arrow)
+    try:
+        con.execute(
+            f"UPDATE {STATE_TABLE} AS s SET size = u.size, mtime_ns = u.mtime_ns "
+            "FROM _sessionpipe_seen AS u WHERE s.processor = ? AND s.session_file = u.session_file",
+            [processor],
+        )
+    finally:
+        con.unregister("_sessionpipe_seen")

@@ -1,0 +1,75 @@
+"""The run summary: what a run did, for stdout, ``processor_runs`` and the termination message."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sessionpipe_contract import TERMINATION_MESSAGE_LIMIT
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run. Every file the scan met lands in exactly one of the outcome counts."""
+
+    processor: str
+    processor_version: str
+    run_id: str
+    started: datetime
+    outcome: str = "running"
+    exit_code: int | None = None
+    finished: datetime | None = None
+    scanned: int = 0  # session files found
+    unchanged: int = 0  # same size and mtime as last time: not read
+    hashed: int = 0  # read and hashed because size or mtime changed
+    processed: int = 0  # processed and marked done
+    skipped: int = 0  # hashed and found unchanged, quarantined, or left for a later run
+    errors: int = 0  # sessions whose processing failed this run
+    quarantined: int = 0  # of those, how many reached the attempt limit now
+    items: int = 0
+    issues: Counter[str] = field(default_factory=Counter)  # explained oddities, by reason
+    failures: dict[str, str] = field(default_factory=dict)  # session key -> error, this run
+    message: str = ""
+    lease: str = ""
+    writer_epoch: int | None = None
+
+    @property
+    def duration_seconds(self) -> float:
+        end = self.finished or self.started
+        return round((end - self.started).total_seconds(), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started"] = self.started.isoformat()
+        data["finished"] = self.finished.isoformat() if self.finished else None
+        data["duration_seconds"] = self.duration_seconds
+        data["issues"] = dict(sorted(self.issues.items()))
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def compact(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """The summary in at most ``limit`` bytes: failures and issues go first, then the message."""
+        data = self.to_dict()
+        data["failures"] = dict(list(self.failures.items())[:5])
+        for drop in ("failures", "issues", "lease"):
+            text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+            if len(text.encode()) <= limit:
+                return text
+            data.pop(drop, None)
+        data["message"] = data["message"][:200]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return text if len(text.encode()) <= limit else text.encode()[:limit].decode(errors="ignore")
+
+
+def write_termination_message(summary: RunSummary, path: Path) -> None:
+    """Write the compact summary where the kubelet reads a container's termination message."""
+    # The message is a courtesy to the operator; the run's result is already in the database.
+    with contextlib.suppress(OSError):
+        path.write_text(summary.compact())

@@ -1,0 +1,1 @@
+"""sessionpipe's control plane: the kopf operator for SessionProcessor resources."""

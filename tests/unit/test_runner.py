@@ -1,0 +1,250 @@
+"""The runner's promises, observed from the command line on real DuckDB files.
+
+The processor here is a plugin found through the ``sessionpipe.processors`` entry-point group, as a
+third-party one would be; the usage processor's own behaviour is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
+from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
+
+
+@pytest.fixture
+def plugin_env(tmp_path: Path) -> dict[str, str]:
+    return sessionpipe_env(install_test_plugin(tmp_path / "site"))
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Path:
+    root = tmp_path / "sessions"
+    for user, project, name, lines in [
+        ("alice", "-home-alice-app", "s1.jsonl", 3),
+        ("alice", "-home-alice-app", "s2.jsonl", 2),
+        ("bob", "-srv-api", "s3.jsonl", 4),
+    ]:
+        folder = root / user / project
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("".join(f'{{"n": {i}}}\n' for i in range(lines)))
+    return root
+
+
+def run_lines(sessions: Path, db: Path, env: dict[str, str], *extra: str) -> dict[str, object]:
+    result = sessionpipe("run", "--processor", "lines", "--sessions", sessions, "--db", db, "--json", *extra, env=env)
+    summary = run_summary(result)
+    summary["_exit"] = result.returncode
+    return summary
+
+
+def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_second_run_with_nothing_changed_reads_no_file(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    db = tmp_path / "db.duckdb"
+    first = run_lines(sessions, db, plugin_env)
+    assert (first["_exit"], first["processed"], first["hashed"]) == (EXIT_OK, 3, 3)
+    second = run_lines(sessions, db, plugin_env)
+    assert (second["processed"], second["hashed"], second["unchanged"]) == (0, 0, 3)
+
+
+def test_touched_file_is_hashed_but_not_reprocessed(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    db = tmp_path / "db.duckdb"
+    run_lines(sessions, db, plugin_env)
+    touched = sessions / "bob" / "-srv-api" / "s3.jsonl"
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    again = run_lines(sessions, db, plugin_env)
+    assert (again["hashed"], again["processed"], again["unchanged"]) == (1, 0, 2)
+    # The new mtime is remembered: the run after that reads nothing.
+    assert run_lines(sessions, db, plugin_env)["hashed"] == 0
+
+
+def test_appended_line_reprocesses_that_session_only_without_duplicates(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    db = tmp_path / "db.duckdb"
+    run_lines(sessions, db, plugin_env)
+    grown = sessions / "alice" / "-home-alice-app" / "s2.jsonl"
+    with grown.open("a") as handle:
+        handle.write('{"n": 99}\n')
+    again = run_lines(sessions, db, plugin_env)
+    assert (again["processed"], again["unchanged"]) == (1, 2)
+    assert rows(db, "SELECT count(*), count(DISTINCT (session_file, line_no)) FROM line_rows") == [(10, 10)]
+    assert rows(db, "SELECT count(*) FROM line_rows WHERE session_file = 'alice/-home-alice-app/s2.jsonl'") == [(3,)]
+
+
+def test_version_bump_reprocesses_everything(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    db = tmp_path / "db.duckdb"
+    run_lines(sessions, db, plugin_env)
+    bumped = run_lines(sessions, db, {**plugin_env, "TESTPLUGIN_VERSION": "2"})
+    assert (bumped["processed"], bumped["unchanged"]) == (3, 0)
+    assert rows(db, "SELECT DISTINCT processor_version FROM session_processor_state") == [("2",)]
+    assert rows(db, "SELECT count(*) FROM line_rows") == [(9,)]
+
+
+def test_line_still_being_written_waits_for_the_next_run(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    db = tmp_path / "db.duckdb"
+    growing = sessions / "bob" / "-srv-api" / "s3.jsonl"
+    with growing.open("a") as handle:
+        handle.write('{"n": 4, "half-writt')
+    first = run_lines(sessions, db, plugin_env)
+    assert first["issues"] == {"incomplete_last_line": 1}
+    assert rows(db, "SELECT count(*) FROM line_rows WHERE session_file LIKE 'bob/%'") == [(4,)]
+    with growing.open("a") as handle:
+        handle.write('en": true}\n')
+    second = run_lines(sessions, db, plugin_env)
+    assert second["processed"] == 1
+    assert rows(db, "SELECT count(*) FROM line_rows WHERE session_file LIKE 'bob/%'") == [(5,)]
+
+
+def test_failing_session_is_isolated_counted_quarantined_and_reset(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    db = tmp_path / "db.duckdb"
+    bad = sessions / "bob" / "-srv-api" / "bad.jsonl"
+    bad.write_text('{"text": "PLEASE-FAIL"}\n')
+    key = "bob/-srv-api/bad.jsonl"
+    state = f"SELECT status, attempts, last_error FROM session_processor_state WHERE session_file = '{key}'"
+    first = run_lines(sessions, db, plugin_env, "--max-attempts", "2")
+    assert (first["_exit"], first["outcome"], first["processed"], first["errors"]) == (
+        EXIT_OK,
+        "completed_with_errors",
+        3,
+        1,
+    )
+    assert rows(db, "SELECT count(DISTINCT session_file) FROM line_rows") == [(3,)]
+    (status, attempts, error), = rows(db, state)
+    assert (status, attempts) == ("failed", 1) and "asks to fail" in str(error)
+    assert rows(db, f"SELECT count(*) FROM line_rows WHERE session_file = '{key}'") == [(0,)]
+
+    second = run_lines(sessions, db, plugin_env, "--max-attempts", "2")
+    assert (second["errors"], second["quarantined"]) == (1, 1)
+    assert rows(db, state)[0][:2] == ("quarantined", 2)
+    third = run_lines(sessions, db, plugin_env, "--max-attempts", "2")
+    assert (third["errors"], third["skipped"], third["issues"]) == (0, 1, {"quarantined_unchanged": 1})
+
+    reset = sessionpipe("reset", "--processor", "lines", "--quarantined", "--db", db, env=plugin_env)
+    assert reset.returncode == 0, reset.stderr
+    assert rows(db, state) == []
+    bad.write_text('{"text": "fixed"}\n')
+    fourth = run_lines(sessions, db, plugin_env, "--max-attempts", "2")
+    assert (fourth["processed"], fourth["errors"]) == (1, 0)
+    assert rows(db, state)[0][:2] == ("done", 0)
+
+
+def test_second_concurrent_run_waits_then_exits_with_the_lease_code(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    db = tmp_path / "db.duckdb"
+    slow_env = {**plugin_env, "TESTPLUGIN_SLEEP": "2"}
+    args = [sys.executable, "-m", "sessionpipe_runner.cli", "run", "--processor", "lines"]
+    first = subprocess.Popen(
+        [*args, "--sessions", str(sessions), "--db", str(db), "--json"],
+        env=slow_env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lease_file = db.with_name(db.name + ".lease")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (lease_file.exists() and lease_file.read_text()):
+        time.sleep(0.05)
+    started = time.monotonic()
+    second = sessionpipe(
+        "run", "--processor", "lines", "--sessions", sessions, "--db", db, "--lease-wait", "1", "--json", env=plugin_env
+    )
+    waited = time.monotonic() - started
+    assert second.returncode == EXIT_LEASE_NOT_ACQUIRED
+    summary = run_summary(second)
+    assert summary["outcome"] == "lease_not_acquired"
+    assert f":{first.pid} (processor lines" in summary["message"]
+    assert waited >= 1.0
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == EXIT_OK
+    assert json.loads(out.splitlines()[-1])["processed"] == 3
+    assert rows(db, "SELECT count(*) FROM line_rows") == [(9,)]
+    assert rows(db, "SELECT outcome FROM processor_runs") == [("succeeded",)]
+
+
+def test_sigterm_rolls_back_releases_the_lease_and_reports(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    db = tmp_path / "db.duckdb"
+    termination = tmp_path / "termination-log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessionpipe_runner.cli", "run", "--processor", "lines", "--sessions", str(sessions),
+         "--db", str(db), "--json", "--termination-log", str(termination)],
+        env={**plugin_env, "TESTPLUGIN_SLEEP": "1.5", "TESTPLUGIN_BATCHABLE": "0"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)  # inside the second session
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_TERMINATED
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["outcome"] == "terminated"
+    message = termination.read_bytes()
+    assert len(message) < 4096 and json.loads(message)["outcome"] == "terminated"
+    # Whatever was committed is whole: every session with rows has a done state row, and vice versa.
+    assert rows(db, "SELECT count(DISTINCT session_file) FROM line_rows") == rows(
+        db, "SELECT count(*) FROM session_processor_state WHERE status = 'done'"
+    )
+    assert rows(db, "SELECT outcome, exit_code FROM processor_runs") == [("terminated", EXIT_TERMINATED)]
+    # The lease was released: the next run starts at once and finishes the work.
+    nxt = run_lines(sessions, db, plugin_env, "--lease-wait", "0")
+    assert nxt["_exit"] == EXIT_OK and nxt["processed"] == 3 - summary["processed"]
+
+
+def test_termination_message_is_compact_json(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    for index in range(300):  # many failures with long errors must still fit in 4096 bytes
+        (sessions / "alice" / f"bad-{index:03}-{'x' * 80}.jsonl").write_text('"PLEASE-FAIL"\n')
+    termination = tmp_path / "message"
+    summary = run_lines(sessions, tmp_path / "db.duckdb", plugin_env, "--termination-log", str(termination))
+    assert summary["errors"] == 300
+    message = termination.read_bytes()
+    assert len(message) <= 4096
+    compact = json.loads(message)
+    assert (compact["errors"], compact["processed"], compact["outcome"]) == (300, 3, "completed_with_errors")
+
+
+def test_processors_are_found_through_entry_points(plugin_env: dict[str, str]) -> None:
+    listed = sessionpipe("processors", "--json", env=plugin_env)
+    names = {entry["name"]: entry for entry in json.loads(listed.stdout)}
+    assert {"usage", "lines"} <= set(names)
+    assert "sessionpipe_testplugin:LinesProcessor" in names["lines"]["source"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--processor", "nope", "--sessions", "."], "no processor named 'nope' is installed"),
+        (["run", "--processor", "usage", "--sessions", "/does/not/exist"], "does not exist"),
+        (["run", "--processor", "usage", "--sessions", ".", "--lease", "zookeeper"], "use 'file' or 'k8s:NAME'"),
+        (["run", "--processor", "usage", "--sessions", ".", "--config", "[1]"], "must be a JSON object"),
+        (["status", "--db", "/does/not/exist.duckdb"], "does not exist"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_2(args: list[str], message: str, plugin_env: dict[str, str]) -> None:
+    result = sessionpipe(*args, env=plugin_env)
+    assert result.returncode == EXIT_USAGE
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+
+
+def test_environment_fills_in_for_flags_and_flags_win(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    env = {**plugin_env, "SESSIONPIPE_PROCESSOR": "lines", "SESSIONPIPE_SESSIONS": str(sessions),
+           "SESSIONPIPE_DB": str(tmp_path / "from-env.duckdb")}
+    by_env = run_summary(sessionpipe("run", "--json", env=env))
+    assert by_env["processed"] == 3 and (tmp_path / "from-env.duckdb").exists()
+    by_flag = run_summary(sessionpipe("run", "--json", "--db", tmp_path / "from-flag.duckdb", env=env))
+    assert by_flag["processed"] == 3 and (tmp_path / "from-flag.duckdb").exists()
