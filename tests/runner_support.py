@@ -19,9 +19,7 @@ def install_test_plugin(site: Path) -> Path:
     dist = site / "sessionpipe_testplugin-1.0.dist-info"
     dist.mkdir(parents=True, exist_ok=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sessionpipe-testplugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[sessionpipe.processors]\nlines = sessionpipe_testplugin:LinesProcessor\n"
-    )
+    (dist / "entry_points.txt").write_text("[sessionpipe.processors]\nlines = sessionpipe_testplugin:LinesProcessor\n")
     return site
 
 

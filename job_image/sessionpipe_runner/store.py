@@ -72,7 +72,10 @@ class StoreError(RuntimeError):
 
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with extension auto-install and auto-load off: job pods are offline."""
-    config: dict[str, str | bool | int | float | list[str]] = {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "autoinstall_known_extensions": "false",
+        "autoload_known_extensions": "false",
+    }
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -74,9 +74,7 @@ def _go_env(work: Path) -> dict[str, str]:
 def _run(cmd: list[str], cwd: Path, what: str) -> str:
     _log(f"{what}: {' '.join(cmd)}")
     started = time.monotonic()
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=_go_env(cwd), capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(cmd, cwd=cwd, env=_go_env(cwd), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
         raise BuildError(f"{what} failed (exit {proc.returncode}) running {' '.join(cmd)}:\n{tail}")
@@ -149,7 +147,13 @@ def _build_kubernetes(tools: Toolset, work: Path) -> None:
     _run(["go", "mod", "tidy"], module_dir, "resolve Kubernetes modules")
     _run(
         [
-            "go", "build", "-trimpath", "-ldflags", _version_ldflags(), "-o", str(tools.bin_dir) + "/",
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            _version_ldflags(),
+            "-o",
+            str(tools.bin_dir) + "/",
             *[f"k8s.io/kubernetes/cmd/{command}" for command in KUBE_COMMANDS],
         ],
         module_dir,

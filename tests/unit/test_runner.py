@@ -16,8 +16,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
+
 from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 
 
@@ -52,7 +52,9 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         return con.execute(sql).fetchall()
 
 
-def test_second_run_with_nothing_changed_reads_no_file(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+def test_second_run_with_nothing_changed_reads_no_file(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
     db = tmp_path / "db.duckdb"
     first = run_lines(sessions, db, plugin_env)
     assert (first["_exit"], first["processed"], first["hashed"]) == (EXIT_OK, 3, 3)
@@ -94,7 +96,9 @@ def test_version_bump_reprocesses_everything(sessions: Path, tmp_path: Path, plu
     assert rows(db, "SELECT count(*) FROM line_rows") == [(9,)]
 
 
-def test_line_still_being_written_waits_for_the_next_run(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+def test_line_still_being_written_waits_for_the_next_run(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
     db = tmp_path / "db.duckdb"
     growing = sessions / "bob" / "-srv-api" / "s3.jsonl"
     with growing.open("a") as handle:
@@ -125,7 +129,7 @@ def test_failing_session_is_isolated_counted_quarantined_and_reset(
         1,
     )
     assert rows(db, "SELECT count(DISTINCT session_file) FROM line_rows") == [(3,)]
-    (status, attempts, error), = rows(db, state)
+    ((status, attempts, error),) = rows(db, state)
     assert (status, attempts) == ("failed", 1) and "asks to fail" in str(error)
     assert rows(db, f"SELECT count(*) FROM line_rows WHERE session_file = '{key}'") == [(0,)]
 
@@ -177,12 +181,27 @@ def test_second_concurrent_run_waits_then_exits_with_the_lease_code(
     assert rows(db, "SELECT outcome FROM processor_runs") == [("succeeded",)]
 
 
-def test_sigterm_rolls_back_releases_the_lease_and_reports(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+def test_sigterm_rolls_back_releases_the_lease_and_reports(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
     db = tmp_path / "db.duckdb"
     termination = tmp_path / "termination-log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sessionpipe_runner.cli", "run", "--processor", "lines", "--sessions", str(sessions),
-         "--db", str(db), "--json", "--termination-log", str(termination)],
+        [
+            sys.executable,
+            "-m",
+            "sessionpipe_runner.cli",
+            "run",
+            "--processor",
+            "lines",
+            "--sessions",
+            str(sessions),
+            "--db",
+            str(db),
+            "--json",
+            "--termination-log",
+            str(termination),
+        ],
         env={**plugin_env, "TESTPLUGIN_SLEEP": "1.5", "TESTPLUGIN_BATCHABLE": "0"},
         stdout=subprocess.PIPE,
         text=True,
@@ -241,9 +260,15 @@ def test_user_mistakes_get_one_line_and_exit_2(args: list[str], message: str, pl
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
 
 
-def test_environment_fills_in_for_flags_and_flags_win(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
-    env = {**plugin_env, "SESSIONPIPE_PROCESSOR": "lines", "SESSIONPIPE_SESSIONS": str(sessions),
-           "SESSIONPIPE_DB": str(tmp_path / "from-env.duckdb")}
+def test_environment_fills_in_for_flags_and_flags_win(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    env = {
+        **plugin_env,
+        "SESSIONPIPE_PROCESSOR": "lines",
+        "SESSIONPIPE_SESSIONS": str(sessions),
+        "SESSIONPIPE_DB": str(tmp_path / "from-env.duckdb"),
+    }
     by_env = run_summary(sessionpipe("run", "--json", env=env))
     assert by_env["processed"] == 3 and (tmp_path / "from-env.duckdb").exists()
     by_flag = run_summary(sessionpipe("run", "--json", "--db", tmp_path / "from-flag.duckdb", env=env))

@@ -1,0 +1,106 @@
+"""SIGKILL at any point of a run, then run again: the tables end identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.runner_support import install_test_plugin, sessionpipe, sessionpipe_env
+
+WRAPPER = Path(__file__).resolve().parent.parent / "crash_wrapper.py"
+
+KILL_POINTS = [
+    "sql:INSERT INTO writer_epochs:1",  # while opening: recording the writer epoch
+    "fn:sessionpipe_runner.store:apply_migrations:2",  # between the runner's and the processor's migrations
+    "fn:sessionpipe_runner.scan:_walk:3",  # during the scan
+    "fn:sessionpipe_runner.runner:plan:1",  # after the scan and the state load
+    "fn:sessionpipe_runner.runner:read_snapshot:4",  # while reading candidates
+    "sql:BEGIN:4",  # at the start of a session's transaction
+    "fn:sessionpipe_runner.store:insert_rows:3",  # inside a transaction, between delete and insert
+    "fn:sessionpipe_runner.store:upsert_state:3",  # inside a transaction, rows written, state not yet
+    "sql:COMMIT:5",  # right before a commit
+    "sql-after:COMMIT:6",  # right after a commit
+    "fn:sessionpipe_runner.runner:Run._record_run:1",  # recording the run at the end
+    "sql:CHECKPOINT:1",  # before the checkpoint
+    "sql-during:CHECKPOINT:1",  # during the checkpoint
+    "fn:sessionpipe_runner.runner:publish_snapshot:1",  # after the checkpoint, publishing the snapshot
+]
+
+STATE = (
+    "SELECT processor, session_file, user_name, size, mtime_ns, content_hash, processor_version, items, "
+    "attempts, last_error, status FROM session_processor_state ORDER BY ALL"
+)
+ROWS = "SELECT * FROM line_rows ORDER BY ALL"
+
+
+def make_sessions(root: Path) -> Path:
+    for index in range(12):
+        folder = root / f"user{index % 3}" / f"-proj-{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"session-{index:02}.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(index + 2)))
+    return root
+
+
+def tables(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(STATE).fetchall(), con.execute(ROWS).fetchall()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
+    base = tmp_path_factory.mktemp("crash")
+    sessions = make_sessions(base / "sessions")
+    env = sessionpipe_env(install_test_plugin(base / "site"), TESTPLUGIN_BATCHABLE="0")
+    reference = base / "reference.duckdb"
+    result = sessionpipe("run", "--processor", "lines", "--sessions", sessions, "--db", reference, env=env)
+    assert result.returncode == 0, result.stderr
+    return sessions, env, reference
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_killed_run_then_rerun_equals_uninterrupted_run(
+    point: str, world: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    sessions, env, reference = world
+    db = tmp_path / "db.duckdb"
+    args = ["run", "--processor", "lines", "--sessions", str(sessions), "--db", str(db)]
+    killed = subprocess.run(
+        [sys.executable, str(WRAPPER), point, "--", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, f"the kill point was never reached: {killed.stderr}"
+    again = sessionpipe(*args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert tables(db) == tables(reference)
+
+
+def test_kill_points_cover_a_run_that_is_already_incremental(
+    world: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    """A crash while reprocessing grown files leaves the earlier results whole as well."""
+    sessions, env, _ = world
+    grown_sessions = tmp_path / "sessions"
+    shutil.copytree(sessions, grown_sessions)
+    db, reference = tmp_path / "db.duckdb", tmp_path / "reference.duckdb"
+    args = ["run", "--processor", "lines", "--sessions", str(grown_sessions)]
+    for target in (db, reference):
+        assert sessionpipe(*args, "--db", target, env=env).returncode == 0
+    for path in sorted(grown_sessions.rglob("session-0*.jsonl")):
+        with path.open("a") as handle:
+            handle.write('{"grown": true}\n')
+    killed = subprocess.run(
+        [sys.executable, str(WRAPPER), "sql:COMMIT:3", "--", *args, "--db", str(db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    for target in (db, reference):
+        assert sessionpipe(*args, "--db", target, env=env).returncode == 0
+    assert tables(db) == tables(reference)
