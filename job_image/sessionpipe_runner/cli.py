@@ -10,19 +10,24 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import duckdb
+
 from sessionpipe_contract import (
+    DEFAULT_LEASE_DURATION_SECONDS,
     DEFAULT_LEASE_WAIT_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TERMINATION_LOG,
     ENV_CONFIG,
     ENV_DB,
     ENV_LEASE,
+    ENV_LEASE_DURATION,
+    ENV_LEASE_NAMESPACE,
     ENV_LEASE_WAIT,
     ENV_MAX_ATTEMPTS,
     ENV_MAX_SESSIONS,
@@ -34,7 +39,6 @@ from sessionpipe_contract import (
     EXIT_OK,
     EXIT_USAGE,
 )
-
 from sessionpipe_runner import store
 from sessionpipe_runner.lease import Lease
 from sessionpipe_runner.lease.file import FileLease
@@ -42,6 +46,9 @@ from sessionpipe_runner.processors import registry
 from sessionpipe_runner.processors.base import Processor
 from sessionpipe_runner.runner import RunSettings, run, snapshot_path
 from sessionpipe_runner.summary import RunSummary
+
+LEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+MIN_LEASE_DURATION_SECONDS = 3
 
 DEFAULT_DATABASE = Path("sessionpipe.duckdb")
 CLAUDE_PROJECTS = Path("~/.claude/projects")
@@ -162,17 +169,38 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     return settings, lease
 
 
-def make_lease(spec: str, settings: RunSettings) -> Lease:
+def make_lease(spec: str, settings: RunSettings, args: argparse.Namespace | None = None) -> Lease:
+    """The lease a ``--lease`` spec names: ``file`` beside the database, or ``k8s:NAME``."""
     if spec == "file":
         return FileLease(settings.database, settings.processor)
-    raise UsageError(f"--lease {spec!r}: Kubernetes leases are not available in this build; use --lease file")
+    from sessionpipe_runner.lease.k8s import KubernetesLease, LeaseConfigError, default_holder, load_api_client
+
+    name = spec.removeprefix("k8s:")
+    if not LEASE_NAME.fullmatch(name):
+        raise UsageError(f"--lease {spec!r}: {name!r} is not a valid Lease name (lowercase DNS subdomain)")
+    environ = dict(settings.environ)
+    namespace = resolve(getattr(args, "lease_namespace", None), ENV_LEASE_NAMESPACE, None, str, environ)
+    duration = resolve(
+        getattr(args, "lease_duration", None),
+        ENV_LEASE_DURATION,
+        DEFAULT_LEASE_DURATION_SECONDS,
+        positive_int,
+        environ,
+    )
+    if duration < MIN_LEASE_DURATION_SECONDS:
+        raise UsageError(f"--lease-duration {duration}: at least {MIN_LEASE_DURATION_SECONDS} seconds")
+    try:
+        api_client, namespace = load_api_client(namespace, environ)
+    except LeaseConfigError as error:
+        raise UsageError(str(error)) from None
+    return KubernetesLease(name, namespace, default_holder(environ), api_client, duration_seconds=duration)
 
 
 # --- commands ---------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     settings, lease_spec = settings_from_args(args, os.environ)
     processor = _load_processor(settings.processor)
-    summary = run(settings, processor, make_lease(lease_spec, settings))
+    summary = run(settings, processor, make_lease(lease_spec, settings, args))
     _print_summary(summary, as_json=args.json)
     return summary.exit_code if summary.exit_code is not None else EXIT_FAILED
 
@@ -393,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg_type(non_negative_float),
         metavar="SECONDS",
         help=f"how long to wait for the lease (env {ENV_LEASE_WAIT}; default {DEFAULT_LEASE_WAIT_SECONDS})",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help=f"namespace of a k8s: lease (env {ENV_LEASE_NAMESPACE}; default the pod's or the kubeconfig's)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=_arg_type(positive_int),
+        metavar="SECONDS",
+        help=f"duration of a k8s: lease (env {ENV_LEASE_DURATION}; default {DEFAULT_LEASE_DURATION_SECONDS})",
     )
     p.add_argument(
         "--max-sessions",

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 import duckdb
+
 from sessionpipe_contract import (
     EXIT_FAILED,
     EXIT_LEASE_LOST,
@@ -37,7 +39,6 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-
 from sessionpipe_runner import store
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
 from sessionpipe_runner.processors.base import Output, Processor, RunContext, SessionFile, StopRun
@@ -49,6 +50,7 @@ from sessionpipe_runner.summary import RunSummary, write_termination_message
 #: A batchable processor commits at most this many sessions, or this many bytes read, per transaction.
 BATCH_SESSIONS = 256
 BATCH_BYTES = 32 * 1024 * 1024
+OPEN_RETRY_SECONDS = 0.2
 ERROR_TEXT_LIMIT = 2000
 
 
@@ -145,8 +147,8 @@ class Run:
             self.guard(con)
 
     # --- phases ---------------------------------------------------------------------------
-    def open(self) -> duckdb.DuckDBPyConnection:
-        con = store.connect(self.settings.database)
+    def open(self, lease_deadline: float) -> duckdb.DuckDBPyConnection:
+        con = self._connect(lease_deadline)
         self.con = con
         store.migrate(con, self.processor)
         floor = self.epoch
@@ -171,6 +173,22 @@ class Run:
             )
         self.summary.writer_epoch = self.epoch
         return con
+
+    def _connect(self, deadline: float) -> duckdb.DuckDBPyConnection:
+        """Open the database, waiting while a deposed writer still has the file open.
+
+        With the lease ours, a DuckDB file lock can only belong to a writer that lost its lease
+        (frozen, or cut off from the API server) and will notice at its next fence check, roll back
+        and close. Wait for that, as long as our lease holds and the lease wait allows.
+        """
+        while True:
+            try:
+                return store.connect(self.settings.database)
+            except store.DatabaseLocked:
+                self.lease.check()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(OPEN_RETRY_SECONDS)
 
     def process_all(self, con: duckdb.DuckDBPyConnection) -> None:
         settings = self.settings
@@ -389,9 +407,10 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
     try:
         with sigterm_raises():
             try:
+                waiting_until = time.monotonic() + settings.lease_wait_seconds
                 job.epoch = lease.acquire(settings.lease_wait_seconds)
                 holding = True
-                con = job.open()
+                con = job.open(waiting_until)
                 job.process_all(con)
                 _settle(summary)
                 job.finish(con)

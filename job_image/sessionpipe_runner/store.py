@@ -70,6 +70,10 @@ class StoreError(RuntimeError):
     """The database file cannot be used (corrupt, locked by another process, unwritable…)."""
 
 
+class DatabaseLocked(StoreError):
+    """Another process has the database file open for writing (DuckDB's own file lock)."""
+
+
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with extension auto-install and auto-load off: job pods are offline."""
     config: dict[str, str | bool | int | float | list[str]] = {
@@ -80,6 +84,10 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.IOException as error:
+        if "lock" in str(error).lower():
+            raise DatabaseLocked(f"database {path} is open in another process: {error}") from error
+        raise StoreError(f"cannot open database {path}: {error}") from error
     except duckdb.Error as error:
         raise StoreError(f"cannot open database {path}: {error}") from error
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 
+from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 
 

@@ -1,0 +1,59 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "sessionpipe.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sessionpipe.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sessionpipe
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "sessionpipe.operatorSelector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "sessionpipe.operatorServiceAccount" -}}
+{{- default (printf "%s-operator" (include "sessionpipe.fullname" .)) .Values.operator.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "sessionpipe.jobServiceAccount" -}}
+{{- default (printf "%s-job" (include "sessionpipe.fullname" .)) .Values.jobs.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "sessionpipe.operatorImage" -}}
+{{- printf "%s:%s" .Values.image.operator.repository (default .Chart.AppVersion .Values.image.operator.tag) -}}
+{{- end -}}
+
+{{- define "sessionpipe.jobImage" -}}
+{{- printf "%s:%s" .Values.image.job.repository (default .Chart.AppVersion .Values.image.job.tag) -}}
+{{- end -}}
+
+{{/* Namespaces that get job service accounts and the operator's Roles: the watched ones, or the release's. */}}
+{{- define "sessionpipe.jobNamespaces" -}}
+{{- $namespaces := .Values.operator.watchNamespaces | default (list .Release.Namespace) -}}
+{{- if not (has .Release.Namespace $namespaces) -}}
+{{- $namespaces = append $namespaces .Release.Namespace -}}
+{{- end -}}
+{{- join "," $namespaces -}}
+{{- end -}}
+
+{{- define "sessionpipe.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
