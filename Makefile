@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit controlplane cluster-up cluster-down bench clean
+.PHONY: run test lint typecheck unit controlplane ccusage cluster-up cluster-down bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ run: $(STAMP)
 controlplane: $(STAMP)
 	$(BIN)/python -m tests.kube.build
 
+ccusage: $(STAMP)
+	$(BIN)/python -m tests.ccusage
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -29,7 +32,7 @@ typecheck: $(STAMP)
 
 # Set up everything (the venv, the control plane built from Go modules, ccusage from npm) and run
 # every test, control-plane tests included.
-test: $(STAMP) controlplane lint typecheck
+test: $(STAMP) controlplane ccusage lint typecheck
 	$(BIN)/python -m pytest
 
 cluster-up: controlplane

@@ -275,7 +275,7 @@ def status_data(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         entry["sessions"][status] = count
         entry["items"] += int(items or 0)
     for name, started, outcome, summary in con.execute(
-        "SELECT processor, started_at, outcome, summary FROM ("
+        "SELECT processor, strftime(timezone('UTC', started_at), '%Y-%m-%dT%H:%M:%SZ'), outcome, summary FROM ("
         "  SELECT *, row_number() OVER (PARTITION BY processor ORDER BY started_at DESC) AS n FROM processor_runs"
         ") WHERE n <= 5 ORDER BY processor, started_at DESC"
     ).fetchall():
@@ -283,7 +283,7 @@ def status_data(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         details = json.loads(summary) if summary else {}
         line = ", ".join(f"{k} {details[k]}" for k in ("processed", "errors", "skipped") if k in details)
         entry["last_runs"].append(
-            {"started_at": started.isoformat(), "outcome": outcome, "summary": details, "summary_line": line}
+            {"started_at": started, "outcome": outcome, "summary": details, "summary_line": line}
         )
     return {"processors": processors}
 
@@ -495,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("quickstart", help="run usage on the default sessions (or demo data) and report")
     p.set_defaults(handler=cmd_quickstart)
+
+    from sessionpipe_runner import runnow
+
+    p = commands.add_parser("run-now", help="ask the operator to run a SessionProcessor now (a cluster)")
+    runnow.add_arguments(p)
+    p.set_defaults(handler=runnow.cmd_run_now)
     return parser
 
 

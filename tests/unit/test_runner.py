@@ -273,3 +273,21 @@ def test_environment_fills_in_for_flags_and_flags_win(
     assert by_env["processed"] == 3 and (tmp_path / "from-env.duckdb").exists()
     by_flag = run_summary(sessionpipe("run", "--json", "--db", tmp_path / "from-flag.duckdb", env=env))
     assert by_flag["processed"] == 3 and (tmp_path / "from-flag.duckdb").exists()
+
+
+def test_status_shows_sessions_by_state_and_the_last_runs(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    db = tmp_path / "db.duckdb"
+    (sessions / "bob" / "-srv-api" / "bad.jsonl").write_text("PLEASE-FAIL\n")
+    run_lines(sessions, db, plugin_env)
+    run_lines(sessions, db, plugin_env)
+    result = sessionpipe("status", "--db", db, "--json", env=plugin_env)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)["processors"]["lines"]
+    done = len(list(sessions.rglob("*.jsonl"))) - 1
+    assert status["sessions"] == {"done": done, "failed": 1}
+    assert [run["outcome"] for run in status["last_runs"]] == ["completed_with_errors"] * 2
+    assert status["last_runs"][0]["started_at"] >= status["last_runs"][1]["started_at"]
+    text = sessionpipe("status", "--db", db, env=plugin_env)
+    assert text.returncode == 0 and f"lines: {done} done, 1 failed" in text.stdout

@@ -1,0 +1,195 @@
+"""The built-in ``usage`` processor: token and cost accounting from transcripts, in agreement with ccusage.
+
+Each session file becomes one row per kept usage line in ``usage_rows`` (see :mod:`.parse`), with
+its cost computed at processing time from the price table (:mod:`.pricing`). Deduplication is not
+done per file: the same API call appears in resumed and copied sessions, snapshots and sidechain
+replays, across files and users, so the view ``usage_messages`` keeps one row per call over the
+whole table at query time, with ccusage 20.0.24's rule. ``usage_sessions`` summarises each session
+from that view; :mod:`.report` makes the ccusage-compatible reports.
+
+Settings: ``pricing`` (in ``spec.config`` / ``--config``) or ``SESSIONPIPE_PRICING`` names a price
+file whose entries replace or add to the shipped ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sessionpipe_contract import ENV_PRICING
+from sessionpipe_runner.processors.base import Migration, Output, Processor, RunContext, SessionFile
+from sessionpipe_runner.processors.usage.parse import UsageLine, parse_usage_lines
+from sessionpipe_runner.processors.usage.pricing import (
+    PriceTable,
+    PricingError,
+    call_cost,
+    load_prices,
+    shipped_version,
+)
+
+__all__ = ["PricingError", "UsageProcessor"]
+
+COST_FROM_TRANSCRIPT = "transcript"  # costUSD written by Claude Code, which ccusage's default mode prefers
+COST_FROM_PRICES = "prices"
+COST_UNPRICED = "unpriced"  # no price for the model: cost 0, as ccusage reports it
+
+TOKENS_SUM = "input_tokens + output_tokens + cache_write_5m_tokens + cache_write_1h_tokens + cache_read_tokens"
+
+SCHEMA = f"""
+CREATE TABLE usage_rows (
+    session_file           VARCHAR NOT NULL,
+    line_no                INTEGER NOT NULL,
+    user_name              VARCHAR NOT NULL,
+    project                VARCHAR NOT NULL,
+    session_id             VARCHAR NOT NULL,
+    transcript_session_id  VARCHAR,
+    cwd                    VARCHAR,
+    git_branch             VARCHAR,
+    agent_id               VARCHAR,
+    is_sidechain           BOOLEAN NOT NULL,
+    model                  VARCHAR,
+    message_id             VARCHAR,
+    request_id             VARCHAR,
+    ts                     TIMESTAMPTZ NOT NULL,
+    input_tokens           BIGINT NOT NULL,
+    output_tokens          BIGINT NOT NULL,
+    cache_write_5m_tokens  BIGINT NOT NULL,
+    cache_write_1h_tokens  BIGINT NOT NULL,
+    cache_read_tokens      BIGINT NOT NULL,
+    web_search_requests    BIGINT NOT NULL,
+    speed                  VARCHAR,
+    cost_usd               DOUBLE NOT NULL,
+    cost_source            VARCHAR NOT NULL,
+    pricing_version        VARCHAR NOT NULL,
+    claude_version         VARCHAR
+);
+CREATE INDEX usage_rows_session_file ON usage_rows (session_file);
+
+-- One row per API call, globally (ccusage 20.0.24): the key is (message id, request id or none);
+-- rows without a message id are never merged; within a key the non-sidechain row wins, then the
+-- one with the most tokens (streaming snapshots carry partial output), then the earliest.
+CREATE VIEW usage_messages AS
+SELECT * EXCLUDE (dedup_rank) FROM (
+    SELECT *,
+        CASE WHEN message_id IS NULL THEN 1 ELSE row_number() OVER (
+            PARTITION BY message_id, request_id
+            ORDER BY is_sidechain, {TOKENS_SUM} DESC, ts, session_file, line_no
+        ) END AS dedup_rank
+    FROM usage_rows
+) WHERE dedup_rank = 1;
+
+CREATE VIEW usage_sessions AS
+SELECT
+    user_name,
+    project,
+    session_id,
+    min(ts) AS first_activity,
+    max(ts) AS last_activity,
+    count(*) AS calls,
+    sum(input_tokens) AS input_tokens,
+    sum(output_tokens) AS output_tokens,
+    sum(cache_write_5m_tokens + cache_write_1h_tokens) AS cache_write_tokens,
+    sum(cache_read_tokens) AS cache_read_tokens,
+    sum({TOKENS_SUM}) AS total_tokens,
+    sum(web_search_requests) AS web_search_requests,
+    sum(cost_usd) AS cost_usd,
+    list_sort(list_distinct(list(model) FILTER (WHERE model IS NOT NULL))) AS models
+FROM usage_messages
+GROUP BY user_name, project, session_id;
+"""
+
+
+def has_tokens(line: UsageLine) -> bool:
+    """Whether a call used any token (a call with none needs no price, as in ccusage)."""
+    return bool(
+        line.input_tokens
+        or line.output_tokens
+        or line.cache_write_5m_tokens
+        or line.cache_write_1h_tokens
+        or line.cache_read_tokens
+    )
+
+
+class UsageProcessor(Processor):
+    """Per-call token and cost rows, deduplicated at query time, with ccusage-compatible reports."""
+
+    name: ClassVar[str] = "usage"
+    #: The shipped price file's version is part of it, so a price update recomputes stored costs.
+    version: ClassVar[str] = f"1+{shipped_version()}"
+    tables: ClassVar[Sequence[str]] = ("usage_rows",)
+    batchable: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.prices: PriceTable | None = None
+
+    def migrations(self) -> Sequence[Migration]:
+        return (Migration("0001_usage_rows", SCHEMA),)
+
+    def start(self, context: RunContext) -> None:
+        """Load the prices: the shipped file, with the user's ``pricing`` file (setting or env) over it."""
+        configured = context.config.get("pricing") or context.environ.get(ENV_PRICING) or None
+        if configured is not None and not isinstance(configured, str):
+            raise PricingError(f"the 'pricing' setting must be a file path, not {configured!r}")
+        self.prices = load_prices(Path(configured) if configured else None)
+
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        """One row per kept usage line; lines left out are counted in ``issues`` by reason."""
+        if self.prices is None:
+            self.prices = load_prices()
+        prices = self.prices
+        parsed = parse_usage_lines(data)
+        output = Output(issues=parsed.issues)
+        rows: list[tuple[Any, ...]] = []
+        for line in parsed.lines:
+            if line.logged_cost_usd is not None:
+                cost, source = line.logged_cost_usd, COST_FROM_TRANSCRIPT
+            else:
+                price = prices.find(line.model) if line.model else None
+                if price is None:
+                    cost, source = 0.0, COST_UNPRICED
+                    if has_tokens(line):
+                        output.issues["missing_price"] += 1
+                else:
+                    cost = call_cost(
+                        price,
+                        line.input_tokens,
+                        line.output_tokens,
+                        line.cache_write_5m_tokens,
+                        line.cache_write_1h_tokens,
+                        line.cache_read_tokens,
+                        line.speed,
+                    )
+                    source = COST_FROM_PRICES
+            rows.append(
+                (
+                    session.key,
+                    line.line_no,
+                    session.user,
+                    session.project,
+                    session.session_id,
+                    line.transcript_session_id,
+                    line.cwd,
+                    line.git_branch,
+                    line.agent_id,
+                    line.is_sidechain,
+                    line.model,
+                    line.message_id,
+                    line.request_id,
+                    line.timestamp,
+                    line.input_tokens,
+                    line.output_tokens,
+                    line.cache_write_5m_tokens,
+                    line.cache_write_1h_tokens,
+                    line.cache_read_tokens,
+                    line.web_search_requests,
+                    line.speed,
+                    cost,
+                    source,
+                    prices.version,
+                    line.claude_version,
+                )
+            )
+        output.rows["usage_rows"] = rows
+        output.items = len(rows)
+        return output
