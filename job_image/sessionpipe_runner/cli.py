@@ -282,9 +282,7 @@ def status_data(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         entry = processors.setdefault(name, {"sessions": {}, "items": 0, "last_runs": []})
         details = json.loads(summary) if summary else {}
         line = ", ".join(f"{k} {details[k]}" for k in ("processed", "errors", "skipped") if k in details)
-        entry["last_runs"].append(
-            {"started_at": started, "outcome": outcome, "summary": details, "summary_line": line}
-        )
+        entry["last_runs"].append({"started_at": started, "outcome": outcome, "summary": details, "summary_line": line})
     return {"processors": processors}
 
 
