@@ -1,0 +1,292 @@
+"""The ``verification`` processor: an LLM finds what users corrected, confirmed or defined.
+
+For each session: read the conversation from the real transcript format
+(:mod:`~sessionpipe_runner.processors.verification.conversation`), keep its last turns, remove
+secrets (:mod:`~sessionpipe_runner.processors.verification.redaction`), make one forced-tool call
+(:mod:`~sessionpipe_runner.processors.verification.llm`), keep the items whose quote is really in the
+user's words, and store them as knowledge items with evidence
+(:mod:`~sessionpipe_runner.processors.verification.store`).
+
+An LLM failure fails the session (it is retried on later runs and quarantined after repeated
+failures); it is never recorded as a success with zero items. A session with no user text needs no
+call and is done with zero items, noted as ``no_user_text``.
+
+Settings (``spec.config`` / ``--config``, then environment, then default):
+
+=========================  =====================================  ==================================
+config key                 environment                            default
+=========================  =====================================  ==================================
+``model``                  ``SESSIONPIPE_LLM_MODEL``              :data:`DEFAULT_MODEL`
+``max_tokens_per_run``     ``SESSIONPIPE_LLM_MAX_TOKENS_PER_RUN`` 0 (no limit)
+``max_sessions_per_run``                                          0 (no limit)
+``max_turns``                                                     40
+``max_turn_chars``                                                4000
+``max_output_tokens``                                             4096
+``max_retries``                                                   5
+``timeout_seconds``                                               120
+``base_url``               ``ANTHROPIC_BASE_URL``                 the SDK's (api.anthropic.com)
+(the API key)              ``ANTHROPIC_API_KEY``                  required
+=========================  =====================================  ==================================
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx2
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from sessionpipe_contract import ENV_ANTHROPIC_API_KEY, ENV_LLM_MAX_TOKENS_PER_RUN, ENV_LLM_MODEL
+from sessionpipe_runner.processors.base import Migration, Output, Processor, RunContext, SessionFile, StopRun
+from sessionpipe_runner.processors.verification import conversation, llm, redaction, store
+from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
+
+if TYPE_CHECKING:
+    import duckdb
+
+DEFAULT_MODEL = "claude-sonnet-4-6"  # claude-sonnet-4-5 reaches end of life on 2026-11-30
+
+
+class VerificationConfigError(ValueError):
+    """The processor's settings cannot work (no API key, an unknown or invalid setting)."""
+
+
+class VerificationSettings(BaseModel):
+    """The processor's settings, validated once per run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(default=DEFAULT_MODEL, min_length=1)
+    max_tokens_per_run: int = Field(default=0, ge=0)
+    max_sessions_per_run: int = Field(default=0, ge=0)
+    max_turns: int = Field(default=40, ge=1)
+    max_turn_chars: int = Field(default=4000, ge=200)
+    max_output_tokens: int = Field(default=4096, ge=256)
+    max_retries: int = Field(default=5, ge=0, le=20)
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    base_url: str | None = None
+
+    @classmethod
+    def resolve(cls, config: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[VerificationSettings, str]:
+        """Settings from ``config`` over ``environ`` over defaults, and the API key.
+
+        Raises :class:`VerificationConfigError` with one explanatory line.
+        """
+        merged: dict[str, Any] = {}
+        if environ.get(ENV_LLM_MODEL):
+            merged["model"] = environ[ENV_LLM_MODEL]
+        if environ.get(ENV_LLM_MAX_TOKENS_PER_RUN):
+            merged["max_tokens_per_run"] = environ[ENV_LLM_MAX_TOKENS_PER_RUN]
+        if environ.get(llm.ENV_BASE_URL):
+            merged["base_url"] = environ[llm.ENV_BASE_URL]
+        merged.update(config)
+        try:
+            settings = cls.model_validate(merged)
+        except pydantic.ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in problem['loc']) or 'config'}: {problem['msg']}"
+                for problem in error.errors()
+            )
+            raise VerificationConfigError(f"verification settings are not valid: {problems}") from None
+        api_key = environ.get(ENV_ANTHROPIC_API_KEY, "").strip()
+        if not api_key:
+            raise VerificationConfigError(
+                f"{ENV_ANTHROPIC_API_KEY} is not set: the verification processor calls the Anthropic API "
+                "(in a cluster, set spec.llm.apiKeySecretRef; on a laptop, export the variable)"
+            )
+        return settings, api_key
+
+
+@dataclass
+class VerificationOutput(Output):
+    """A session's output, with the accepted items for :meth:`VerificationProcessor.write`."""
+
+    extraction: store.SessionExtraction | None = None
+
+
+@dataclass
+class RunBudget:
+    """What this run has spent, against its limits (0: no limit)."""
+
+    max_tokens: int = 0
+    max_sessions: int = 0
+    tokens_used: int = 0
+    sessions_called: int = 0
+
+    def before_session(self) -> None:
+        if self.max_sessions and self.sessions_called >= self.max_sessions:
+            raise StopRun(f"LLM session budget reached: {self.sessions_called} of {self.max_sessions} sessions")
+
+    def before_call(self, estimate: int) -> None:
+        """Refuse a call whose estimated tokens would take the run past its token budget."""
+        if not self.max_tokens:
+            return
+        if estimate > self.max_tokens:
+            raise llm.LLMError(
+                f"this session needs about {estimate} tokens, more than the whole per-run budget of "
+                f"{self.max_tokens}; lower max_turns / max_turn_chars or raise the budget"
+            )
+        if self.tokens_used + estimate > self.max_tokens:
+            raise StopRun(
+                f"LLM token budget: {self.tokens_used} of {self.max_tokens} tokens used, the next call "
+                f"may need {estimate}"
+            )
+
+
+@dataclass
+class _Prepared:
+    """A session's conversation, ready to send."""
+
+    text: str
+    user_texts: list[str]
+    issues: Counter[str] = field(default_factory=Counter)
+
+
+#: Quote marks (straight, curly, guillemets) and ellipses a model may wrap around a quote.
+_MARKS = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb"
+_QUOTE_ENDS = re.compile(rf"^[\s{_MARKS}]*(?:\.\.\.|\u2026)?\s*|\s*(?:\.\.\.|\u2026)?[\s{_MARKS}]*$")
+
+
+def quote_in_user_text(quote: str, user_texts: Sequence[str]) -> bool:
+    """Whether ``quote`` (whitespace-normalised, wrapping quote marks and ellipses ignored) is in a user turn."""
+    wanted = conversation.normalise_space(_QUOTE_ENDS.sub("", conversation.unescape_markers(quote)))
+    return bool(wanted) and any(wanted in text for text in user_texts)
+
+
+def prepare(data: bytes, max_turns: int, max_turn_chars: int) -> _Prepared:
+    """The redacted conversation to send, and the user texts quotes are checked against."""
+    issues: Counter[str] = Counter()
+    turns = conversation.window(conversation.extract_turns(data, issues), max_turns, max_turn_chars)
+    redactions: Counter[str] = Counter()
+    cleaned = [conversation.Turn(turn.role, redaction.redact(turn.text, redactions)[0]) for turn in turns]
+    for kind, count in redactions.items():
+        issues[f"redacted_{kind}"] += count
+    user_texts = [conversation.normalise_space(turn.text) for turn in cleaned if turn.role == "user"]
+    return _Prepared(conversation.render(cleaned), user_texts, issues)
+
+
+class VerificationProcessor(Processor):
+    """Corrections, confirmations and definitions from users' words, extracted by an LLM."""
+
+    name: ClassVar[str] = "verification"
+    version: ClassVar[str] = "1.0.0"
+    tables: ClassVar[Sequence[str]] = (store.EVIDENCE,)
+    batchable: ClassVar[bool] = False  # one paid call per session: commit each as soon as it is paid for
+
+    def __init__(
+        self,
+        *,
+        http_client: httpx2.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        """``http_client``, ``sleep`` and ``draw`` are for tests (a replaying transport, instant backoff)."""
+        self._http_client = http_client
+        self._sleep = sleep
+        self._draw = draw
+        self._client: llm.ExtractionClient | None = None
+        self._settings = VerificationSettings()
+        self._run_id = ""
+        self.budget = RunBudget()
+
+    def migrations(self) -> Sequence[Migration]:
+        return store.MIGRATIONS
+
+    def start(self, context: RunContext) -> None:
+        """Validate the settings and build the client; a missing key fails the run with an explanation."""
+        settings, api_key = VerificationSettings.resolve(context.config, context.environ)
+        client = llm.make_client(
+            api_key, base_url=settings.base_url, timeout=settings.timeout_seconds, http_client=self._http_client
+        )
+        self._client = llm.ExtractionClient(
+            client,
+            model=settings.model,
+            max_output_tokens=settings.max_output_tokens,
+            policy=llm.RetryPolicy(max_retries=settings.max_retries),
+            sleep=self._sleep,
+            draw=self._draw,
+        )
+        self._settings = settings
+        self._run_id = context.run_id
+        self.budget = RunBudget(max_tokens=settings.max_tokens_per_run, max_sessions=settings.max_sessions_per_run)
+
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        if self._client is None:
+            raise RuntimeError("start() was not called")
+        settings = self._settings
+        prepared = prepare(data, settings.max_turns, settings.max_turn_chars)
+        issues = prepared.issues
+        if not prepared.user_texts:
+            issues["no_user_text"] += 1
+            return VerificationOutput(issues=issues)
+        self.budget.before_session()
+        stats = llm.CallStats()
+        try:
+            self.budget.sessions_called += 1
+            extraction = self._client.extract(prepared.text, stats, before_call=self.budget.before_call)
+        except llm.LLMUnavailable as error:
+            raise StopRun(f"the LLM cannot be used with these settings: {error}") from error
+        finally:
+            self.budget.tokens_used += stats.total_tokens
+        issues["llm_calls"] += stats.calls
+        issues["llm_tokens"] += stats.total_tokens
+        if stats.retries:
+            issues["llm_retries"] += stats.retries
+        if stats.repairs:
+            issues["llm_repaired"] += stats.repairs
+        accepted = self._accept(extraction, prepared.user_texts, issues)
+        result = store.SessionExtraction(
+            session_file=session.key,
+            user_name=session.user,
+            project=session.project,
+            session_id=session.session_id,
+            model=settings.model,
+            run_id=self._run_id,
+            extracted_at=datetime.now(UTC),
+            items=tuple(accepted),
+        )
+        return VerificationOutput(items=len(accepted), issues=issues, extraction=result)
+
+    @staticmethod
+    def _accept(extraction: Extraction, user_texts: Sequence[str], issues: Counter[str]) -> list[store.AcceptedItem]:
+        """The items whose quote is in the user's own words (the others are counted and dropped)."""
+        accepted = []
+        for item in extraction.items:
+            if not quote_in_user_text(item.user_quote, user_texts):
+                issues["quote_not_found"] += 1
+                continue
+            accepted.append(
+                store.AcceptedItem(
+                    detection_type=item.detection_type,
+                    title=item.title,
+                    content=item.content,
+                    user_quote=conversation.unescape_markers(item.user_quote),
+                    domain=item.domain.value,
+                    entities=tuple(dict.fromkeys(item.entities)),
+                    confidence=CONFIDENCE[item.detection_type],
+                )
+            )
+        return accepted
+
+    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+        """Replace the sessions' evidence, merging items across sessions (see :mod:`.store`)."""
+        extractions = []
+        for session, output in batch:
+            if isinstance(output, VerificationOutput) and output.extraction is not None:
+                extractions.append(output.extraction)
+            else:
+                # No call was needed (no user text): whatever the session said before is gone.
+                store.forget_sessions(con, [session.key])
+        if extractions:
+            store.replace_sessions(con, extractions)
+
+    def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
+        store.forget_sessions(con, session_keys)
