@@ -41,7 +41,7 @@ from sessionpipe_contract import (
 )
 from sessionpipe_runner import store
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
-from sessionpipe_runner.processors.base import Output, Processor, RunContext, SessionFile, StopRun
+from sessionpipe_runner.processors.base import FailRun, Output, Processor, RunContext, SessionFile, StopRun
 from sessionpipe_runner.reading import Snapshot, read_snapshot
 from sessionpipe_runner.scan import Decision, plan, scan_sessions
 from sessionpipe_runner.store import StateRow
@@ -248,6 +248,9 @@ class Run:
                     self.summary.skipped += 1
                     self.summary.issues["left_for_next_run"] += 1
                     continue
+                except FailRun:
+                    self.flush(con, pending)  # keep what this run already achieved
+                    raise
                 except Exception as error:
                     pending.failures.append((file, snapshot, error))
                 else:
@@ -425,6 +428,10 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
             except Terminated:
                 summary.outcome, summary.exit_code = OUTCOME_TERMINATED, EXIT_TERMINATED
                 summary.message = "terminated by SIGTERM; the open transaction was rolled back"
+                _close_after_failure(job)
+            except FailRun as error:
+                summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED
+                summary.message = str(error)
                 _close_after_failure(job)
             except Exception as error:
                 summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED

@@ -224,11 +224,12 @@ def test_missing_api_key_fails_the_run_with_an_explanation_and_touches_no_sessio
     assert replay.requests == [] and rows(db, "SELECT count(*) FROM session_processor_state") == [(0,)]
 
 
-def test_rejected_credentials_stop_the_run_without_charging_sessions(tmp_path: Path) -> None:
+def test_rejected_credentials_fail_the_run_without_charging_sessions(tmp_path: Path) -> None:
     replay = AnthropicReplay(responder=lambda body: error_reply(401, "authentication_error", "invalid x-api-key"))
     db = tmp_path / "db.duckdb"
     summary = run_once(SNIFFLY, db, processor_for(replay), user="chip")
-    assert summary.outcome == OUTCOME_STOPPED and "401" in summary.message and len(replay.requests) == 1
+    assert summary.outcome == OUTCOME_FAILED and summary.exit_code == EXIT_FAILED
+    assert "401" in summary.message and len(replay.requests) == 1
     assert rows(db, "SELECT count(*) FROM session_processor_state WHERE status <> 'done'") == [(0,)]
 
 

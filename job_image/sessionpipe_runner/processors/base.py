@@ -86,6 +86,15 @@ class StopRun(Exception):
         self.reason = reason
 
 
+class FailRun(Exception):
+    """Raised by a processor when no session can succeed this run (rejected credentials, say).
+
+    The session at hand is neither failed nor done, so no session is charged an attempt; the
+    sessions already processed are kept, and the run ends with outcome ``failed`` (exit code 1)
+    and this message, which the operator reports as a failed run.
+    """
+
+
 class Processor:
     """Base class for processors; subclasses set ``name``, ``version`` and implement ``process``."""
 
@@ -110,7 +119,8 @@ class Processor:
 
         ``data`` is the file's content up to and including its last complete line (a line still
         being written is left for a later run). Raise to fail the session: it is not marked done,
-        and its attempt count and error are recorded. Raise :class:`StopRun` to end the run.
+        and its attempt count and error are recorded. Raise :class:`StopRun` to end the run,
+        :class:`FailRun` to fail it.
         """
         raise NotImplementedError
 

@@ -45,7 +45,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from sessionpipe_contract import ENV_ANTHROPIC_API_KEY, ENV_LLM_MAX_TOKENS_PER_RUN, ENV_LLM_MODEL
-from sessionpipe_runner.processors.base import Migration, Output, Processor, RunContext, SessionFile, StopRun
+from sessionpipe_runner.processors.base import FailRun, Migration, Output, Processor, RunContext, SessionFile, StopRun
 from sessionpipe_runner.processors.verification import conversation, llm, redaction, store
 from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
 
@@ -233,7 +233,7 @@ class VerificationProcessor(Processor):
             self.budget.sessions_called += 1
             extraction = self._client.extract(prepared.text, stats, before_call=self.budget.before_call)
         except llm.LLMUnavailable as error:
-            raise StopRun(f"the LLM cannot be used with these settings: {error}") from error
+            raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
         finally:
             self.budget.tokens_used += stats.total_tokens
         issues["llm_calls"] += stats.calls
