@@ -150,7 +150,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     if lease != "file" and not lease.startswith("k8s:"):
         raise UsageError(f"--lease {lease!r}: use 'file' or 'k8s:NAME'")
     termination = resolve(args.termination_log, ENV_TERMINATION_LOG, None, Path, environ)
-    if termination is None and Path(DEFAULT_TERMINATION_LOG).exists():
+    # Only a container's /dev/termination-log is for us: on a host the file may belong to anyone.
+    in_pod = bool(environ.get("KUBERNETES_SERVICE_HOST"))
+    if termination is None and in_pod and Path(DEFAULT_TERMINATION_LOG).exists():
         termination = Path(DEFAULT_TERMINATION_LOG)
     settings = RunSettings(
         processor=processor,
@@ -454,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help=f"also write a compact summary here (env {ENV_TERMINATION_LOG}; "
-        f"default {DEFAULT_TERMINATION_LOG} if it exists)",
+        f"default {DEFAULT_TERMINATION_LOG} in a pod)",
     )
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(handler=cmd_run)
