@@ -1,0 +1,300 @@
+"""The Helm chart on the real control plane: accepted manifests, a working install, least privilege,
+and pods that meet the Pod Security "restricted" profile."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+
+from sessionpipe_contract import LABEL_PROCESSOR
+from tests.kube.cluster import ControlPlane
+from tests.runner_support import CORPUS, REPO
+
+pytestmark = pytest.mark.cluster
+
+CHART = REPO / "charts" / "sessionpipe"
+CRD = REPO / "crds" / "sessionprocessors.sessionpipe.io.yaml"
+
+#: Value sets beside the defaults: every template path the chart has.
+VALUE_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "limited-namespaces-with-network-policy": [
+        "--set",
+        "operator.watchNamespaces={NS,NS-other}",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.egressCIDRs={10.0.0.1/32}",
+    ],
+    "verification-with-claims-created": [
+        "--set",
+        "processors.verification.enabled=true",
+        "--set",
+        "anthropic.existingSecret=anthropic",
+        "--set",
+        "storage.sessions.create=true",
+        "--set",
+        "storage.database.create=true",
+        "--set",
+        "storage.database.accessModes={ReadWriteOncePod}",
+    ],
+    "own-service-accounts-and-json-logs": [
+        "--set",
+        "operator.serviceAccount.create=false",
+        "--set",
+        "operator.serviceAccount.name=existing-operator",
+        "--set",
+        "jobs.serviceAccount.name=runner",
+        "--set",
+        "operator.logFormat=json",
+        "--set",
+        "processors.usage.schedule=every 30m",
+    ],
+}
+
+
+def _helm(control_plane: ControlPlane, *args: str, check: bool = True) -> Any:
+    import subprocess
+
+    result = subprocess.run(
+        [str(control_plane.bin_dir / "helm"), *args, "--kubeconfig", str(control_plane.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+    return result
+
+
+def _install_crd(control_plane: ControlPlane) -> None:
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/sessionprocessors.sessionpipe.io", "--timeout=30s"
+    )
+
+
+def _wait(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_rendered_chart_is_accepted_by_the_api_server(
+    control_plane: ControlPlane, namespace: str, value_set: str
+) -> None:
+    _install_crd(control_plane)
+    other = f"{namespace}-other"
+    control_plane.kubectl("create", "namespace", other)
+    try:
+        values = [arg.replace("NS", namespace) for arg in VALUE_SETS[value_set]]
+        rendered = _helm(control_plane, "template", "rel", str(CHART), "-n", namespace, *values).stdout
+        documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
+        assert {"Deployment", "ServiceAccount", "SessionProcessor"} <= {doc["kind"] for doc in documents}
+        result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", namespace=namespace, input=rendered)
+        assert result.stdout.count("(server dry run)") == len(documents)
+    finally:
+        control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_leaves_nothing(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    database = tmp_path / "db"
+    database.mkdir()
+    control_plane.executor.map_claim(namespace, "transcripts", CORPUS)
+    control_plane.executor.map_claim(namespace, "results", database)
+    _helm(
+        control_plane,
+        "install",
+        "sp",
+        str(CHART),
+        "-n",
+        namespace,
+        "--set",
+        "storage.sessions.claimName=transcripts",
+        "--set",
+        "storage.database.claimName=results",
+        "--set-json",
+        'processors.usage.sessions={"claimName":"transcripts","subPath":"sniffly/projects"}',
+        "--set",
+        f"operator.watchNamespaces={{{namespace}}}",
+        "--set",
+        "processors.verification.enabled=true",
+        "--set",
+        "anthropic.existingSecret=anthropic",
+        "--set",
+        "processors.verification.suspend=true",
+    )
+    try:
+
+        def cronjobs() -> set[str]:
+            found = json.loads(control_plane.kubectl("get", "cronjobs", "-o", "json", namespace=namespace).stdout)
+            return {item["metadata"]["name"] for item in found["items"]}
+
+        assert _wait(lambda: cronjobs() == {"usage", "verification"}, 90, "the processors' CronJobs")
+        control_plane.kubectl("annotate", "sproc", "usage", "sessionpipe.io/run-now=first", namespace=namespace)
+
+        def finished_status() -> dict[str, Any] | None:
+            found = json.loads(control_plane.kubectl("get", "sproc", "usage", "-o", "json", namespace=namespace).stdout)
+            last = found.get("status", {}).get("lastRun") or {}
+            return found["status"] if last.get("outcome") else None
+
+        status = _wait(finished_status, 120, "the run-now Job of usage to be reported")
+        assert status["lastRun"]["outcome"] == "succeeded", status
+        assert status["lastRun"]["processed"] == 4
+        con = duckdb.connect(str(database / "sessionpipe.duckdb"), read_only=True)
+        try:
+            used = con.execute("SELECT count(*) FROM usage_rows").fetchone()
+        finally:
+            con.close()
+        assert used is not None and used[0] > 0
+    finally:
+        started = time.monotonic()
+        _helm(control_plane, "uninstall", "sp", "-n", namespace, "--wait", "--timeout", "120s")
+        uninstall_seconds = time.monotonic() - started
+    assert uninstall_seconds < 120
+
+    def leftovers() -> list[str]:
+        kinds = "sessionprocessors,cronjobs,jobs,deployments,serviceaccounts,roles,rolebindings"
+        found = json.loads(control_plane.kubectl("get", kinds, "-o", "json", namespace=namespace).stdout)
+        return [
+            f"{item['kind']}/{item['metadata']['name']}"
+            for item in found["items"]
+            if item["metadata"]["name"] != "default" and not item.get("metadata", {}).get("deletionTimestamp")
+        ]
+
+    _wait(lambda: not leftovers(), 60, "every resource of the release to go")
+    processes = [p for p in control_plane.executor.processes() if p.namespace == namespace and p.running]
+    assert not processes, processes
+
+
+def _can_i(control_plane: ControlPlane, account: str, verb: str, resource: str, namespace: str) -> bool:
+    result = control_plane.kubectl("auth", "can-i", verb, resource, "--as", account, namespace=namespace, check=False)
+    return result.stdout.strip() == "yes"
+
+
+def test_rbac_is_least_privilege(control_plane: ControlPlane, namespace: str) -> None:
+    _install_crd(control_plane)
+    other = f"{namespace}-x"
+    control_plane.kubectl("create", "namespace", other)
+    try:
+        rendered = _helm(
+            control_plane,
+            "template",
+            "rb",
+            str(CHART),
+            "-n",
+            namespace,
+            "--set",
+            f"operator.watchNamespaces={{{namespace}}}",
+        ).stdout
+        control_plane.kubectl("apply", "-f", "-", namespace=namespace, input=rendered)
+        cluster_wide = _helm(control_plane, "template", "cw", str(CHART), "-n", other).stdout
+        control_plane.kubectl("apply", "-f", "-", namespace=other, input=cluster_wide)
+
+        limited = f"system:serviceaccount:{namespace}:rb-sessionpipe-operator"
+        wide = f"system:serviceaccount:{other}:cw-sessionpipe-operator"
+        job = f"system:serviceaccount:{namespace}:rb-sessionpipe-job"
+        allowed = [
+            (limited, "patch", "sessionprocessors.sessionpipe.io/status", namespace),
+            (limited, "watch", "sessionprocessors.sessionpipe.io", namespace),
+            (limited, "create", "cronjobs.batch", namespace),
+            (limited, "delete", "cronjobs.batch", namespace),
+            (limited, "create", "jobs.batch", namespace),
+            (limited, "list", "pods", namespace),
+            (limited, "create", "events", namespace),
+            (wide, "create", "cronjobs.batch", namespace),
+            (wide, "list", "sessionprocessors.sessionpipe.io", "kube-system"),
+            (job, "get", "leases.coordination.k8s.io", namespace),
+            (job, "create", "leases.coordination.k8s.io", namespace),
+            (job, "update", "leases.coordination.k8s.io", namespace),
+        ]
+        denied = [
+            (limited, "get", "secrets", namespace),
+            (limited, "list", "secrets", namespace),
+            (limited, "create", "cronjobs.batch", other),
+            (limited, "list", "sessionprocessors.sessionpipe.io", other),
+            (limited, "delete", "pods", namespace),
+            (limited, "create", "pods", namespace),
+            (wide, "get", "secrets", namespace),
+            (wide, "list", "secrets", "kube-system"),
+            (wide, "update", "clusterroles.rbac.authorization.k8s.io", ""),
+            (job, "delete", "leases.coordination.k8s.io", namespace),
+            (job, "list", "leases.coordination.k8s.io", namespace),
+            (job, "get", "leases.coordination.k8s.io", other),
+            (job, "get", "secrets", namespace),
+            (job, "get", "pods", namespace),
+            (job, "get", "configmaps", namespace),
+            (job, "list", "sessionprocessors.sessionpipe.io", namespace),
+            (job, "create", "jobs.batch", namespace),
+        ]
+        wrong = [row for row in allowed if not _can_i(control_plane, *row)]
+        wrong += [row for row in denied if _can_i(control_plane, *row)]
+        assert not wrong, f"RBAC differs from least privilege for: {wrong}"
+    finally:
+        control_plane.kubectl("delete", "clusterrole,clusterrolebinding", "cw-sessionpipe-operator", check=False)
+        control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def _pod_from(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": template["spec"]}
+
+
+def test_every_rendered_pod_meets_the_restricted_pod_security_profile(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    from sessionpipe_operator.models import SessionProcessorSpec
+    from sessionpipe_operator.render import build_cronjob
+    from sessionpipe_operator.settings import OperatorSettings
+
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    rendered = _helm(control_plane, "template", "ps", str(CHART), "-n", namespace).stdout
+    deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
+    settings = OperatorSettings.from_env({"SESSIONPIPE_OPERATOR_JOB_IMAGE": "example.org/job:1"})
+    specs = {
+        "usage": {
+            "processor": "usage",
+            "schedule": "@hourly",
+            "sessions": {"claimName": "s"},
+            "database": {"claimName": "d"},
+        },
+        "verification": {
+            "processor": "verification",
+            "schedule": "every 2h",
+            "sessions": {"claimName": "s", "subPath": "team"},
+            "database": {"claimName": "d"},
+            "llm": {"model": "claude-sonnet-4-6", "apiKeySecretRef": {"name": "anthropic", "key": "key"}},
+        },
+    }
+    pods = [_pod_from(deployment["spec"]["template"], "operator")]
+    for name, spec in specs.items():
+        owner = {"apiVersion": "sessionpipe.io/v1alpha1", "kind": "SessionProcessor", "name": name, "uid": "0"}
+        cronjob = build_cronjob(name, namespace, owner, SessionProcessorSpec.model_validate(spec), settings)
+        pods.append(_pod_from(cronjob["spec"]["jobTemplate"]["spec"]["template"], f"job-{name}"))
+    for pod in pods:
+        result = control_plane.kubectl(
+            "create", "--dry-run=server", "-f", "-", namespace=namespace, input=json.dumps(pod), check=False
+        )
+        assert result.returncode == 0, f"{pod['metadata']['name']} refused:\n{result.stderr}"
+        assert "Warning" not in result.stderr, result.stderr
+    # The namespace really enforces the profile: a pod that asks for privilege is refused.
+    privileged = _pod_from(pods[0], "privileged")
+    privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    refused = control_plane.kubectl(
+        "create", "--dry-run=server", "-f", "-", namespace=namespace, input=json.dumps(privileged), check=False
+    )
+    assert refused.returncode != 0 and "restricted" in refused.stderr
+    assert LABEL_PROCESSOR in json.dumps(pods[1])
