@@ -231,6 +231,8 @@ class Run:
                 self.summary.issues["unreadable"] += 1
                 continue
             self.summary.hashed += 1
+            if not snapshot.size:
+                self.summary.issues["empty_file"] += 1
             if snapshot.partial_tail:
                 self.summary.issues["incomplete_last_line"] += 1
             file = dataclasses.replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)

@@ -12,6 +12,7 @@ Keys are always ``<user>/<path relative to the user's folder>`` with forward sla
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import Counter
@@ -60,10 +61,15 @@ def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
         _walk(root, [], user, result)
         return result
     for entry in _entries(root, result):
-        if _is_dir(entry, result):
+        is_dir = _is_dir(entry, result)
+        if is_dir is None:
+            continue
+        if is_dir:
             _walk(Path(entry.path), [], entry.name, result)
         elif entry.name.endswith(SESSION_SUFFIX):
             result.issues["outside_user_folder"] += 1
+        else:
+            result.issues["not_jsonl"] += 1
     return result
 
 
@@ -78,20 +84,38 @@ def _entries(directory: Path, result: ScanResult) -> list[os.DirEntry[str]]:
     return []
 
 
-def _is_dir(entry: os.DirEntry[str], result: ScanResult) -> bool:
+def _os_reason(error: OSError) -> str:
+    """The issue an entry that cannot be looked at is counted under."""
+    if isinstance(error, FileNotFoundError):
+        return "vanished"  # deleted since listed, or a dangling symlink
+    if error.errno == errno.ELOOP:
+        return "symlink_loop"
+    return "unreadable"  # a permission problem, an I/O error…
+
+
+def _is_dir(entry: os.DirEntry[str], result: ScanResult) -> bool | None:
+    """Whether to descend into ``entry``; ``None`` when it was counted as an issue and is done with.
+
+    A symlink to a directory is counted and not followed (it could loop back on its parents).
+    """
     try:
         if entry.is_dir(follow_symlinks=False):
             return True
         if entry.is_symlink() and entry.is_dir(follow_symlinks=True):
             result.issues["symlinked_dir_skipped"] += 1
-    except OSError:
-        result.issues["unreadable"] += 1
+            return None
+    except OSError as error:
+        result.issues[_os_reason(error)] += 1
+        return None
     return False
 
 
 def _walk(directory: Path, parts: list[str], user: str, result: ScanResult) -> None:
     for entry in _entries(directory, result):
-        if _is_dir(entry, result):
+        is_dir = _is_dir(entry, result)
+        if is_dir is None:
+            continue
+        if is_dir:
             _walk(Path(entry.path), [*parts, entry.name], user, result)
             continue
         if not entry.name.endswith(SESSION_SUFFIX):
@@ -99,11 +123,8 @@ def _walk(directory: Path, parts: list[str], user: str, result: ScanResult) -> N
             continue
         try:
             info = entry.stat(follow_symlinks=True)
-        except FileNotFoundError:
-            result.issues["vanished"] += 1  # deleted, or a dangling symlink
-            continue
-        except OSError:
-            result.issues["unreadable"] += 1  # a symlink loop, a permission problem…
+        except OSError as error:
+            result.issues[_os_reason(error)] += 1
             continue
         if not stat.S_ISREG(info.st_mode):
             result.issues["not_a_file"] += 1

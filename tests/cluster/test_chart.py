@@ -12,7 +12,6 @@ import duckdb
 import pytest
 import yaml
 
-from sessionpipe_contract import LABEL_PROCESSOR
 from tests.kube.cluster import ControlPlane
 from tests.runner_support import CORPUS, REPO
 
@@ -103,7 +102,7 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         rendered = _helm(control_plane, "template", "rel", str(CHART), "-n", namespace, *values).stdout
         documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
         assert {"Deployment", "ServiceAccount", "SessionProcessor"} <= {doc["kind"] for doc in documents}
-        result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", namespace=namespace, input=rendered)
+        result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
         assert result.stdout.count("(server dry run)") == len(documents)
     finally:
         control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
@@ -297,4 +296,3 @@ def test_every_rendered_pod_meets_the_restricted_pod_security_profile(
         "create", "--dry-run=server", "-f", "-", namespace=namespace, input=json.dumps(privileged), check=False
     )
     assert refused.returncode != 0 and "restricted" in refused.stderr
-    assert LABEL_PROCESSOR in json.dumps(pods[1])
