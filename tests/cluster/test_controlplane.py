@@ -434,6 +434,9 @@ def test_prelude_mounts_parents_first_and_read_only_last(tmp_path: Path) -> None
     lines = script.splitlines()
     binds = [line.split()[3] for line in lines if line.startswith("mount --bind")]
     assert binds == ["/data", "/dev/x", "/data/in/deeper"]
+    # Every source is staged before the first target is mounted, so no mount can hide a source.
+    staged = [i for i, line in enumerate(lines) if "mount --bind" in line and not line.startswith("mount")]
+    assert len(staged) == 3 and max(staged) < min(i for i, line in enumerate(lines) if line.startswith("mount --bind"))
     assert max(i for i, line in enumerate(lines) if line.startswith("mount --bind")) < next(
         i for i, line in enumerate(lines) if "remount,bind,ro /data " in line
     )
