@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import orjson
@@ -19,7 +20,7 @@ class Snapshot:
     mtime_ns: int
     partial_tail: bool  # the file ends in a line still being written, left for a later run
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         return hashlib.blake2b(self.data, digest_size=16).hexdigest()
 

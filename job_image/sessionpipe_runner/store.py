@@ -154,6 +154,15 @@ def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str,
     return [(str(name), str(kind)) for name, kind in rows]
 
 
+def column_names(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """A table's column names in order (a result description: several times cheaper than the catalog)."""
+    try:
+        description = con.execute(f"SELECT * FROM {table} LIMIT 0").description
+    except duckdb.CatalogException:
+        raise StoreError(f"no table named {table!r}") from None
+    return [str(column[0]) for column in description or ()]
+
+
 def insert_rows(
     con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]], *, replace: bool = False
 ) -> None:
@@ -166,7 +175,7 @@ def insert_rows(
 
     if not rows:
         return
-    names = [name for name, _ in table_columns(con, table)]
+    names = column_names(con, table)
     width = len(names)
     if any(len(row) != width for row in rows):
         bad = next(row for row in rows if len(row) != width)

@@ -176,6 +176,8 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
         ]
 
     _wait(lambda: not leftovers(), 60, "every resource of the release to go")
+    cluster_scoped = control_plane.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
+    assert "sp-sessionpipe" not in cluster_scoped
     processes = [p for p in control_plane.executor.processes() if p.namespace == namespace and p.running]
     assert not processes, processes
 
@@ -215,6 +217,7 @@ def test_rbac_is_least_privilege(control_plane: ControlPlane, namespace: str) ->
             (limited, "create", "jobs.batch", namespace),
             (limited, "list", "pods", namespace),
             (limited, "create", "events", namespace),
+            (limited, "list", "customresourcedefinitions.apiextensions.k8s.io", ""),
             (wide, "create", "cronjobs.batch", namespace),
             (wide, "list", "sessionprocessors.sessionpipe.io", "kube-system"),
             (job, "get", "leases.coordination.k8s.io", namespace),
@@ -228,6 +231,8 @@ def test_rbac_is_least_privilege(control_plane: ControlPlane, namespace: str) ->
             (limited, "list", "sessionprocessors.sessionpipe.io", other),
             (limited, "delete", "pods", namespace),
             (limited, "create", "pods", namespace),
+            (limited, "list", "namespaces", ""),
+            (limited, "delete", "customresourcedefinitions.apiextensions.k8s.io", ""),
             (wide, "get", "secrets", namespace),
             (wide, "list", "secrets", "kube-system"),
             (wide, "update", "clusterroles.rbac.authorization.k8s.io", ""),
@@ -244,7 +249,8 @@ def test_rbac_is_least_privilege(control_plane: ControlPlane, namespace: str) ->
         wrong += [row for row in denied if _can_i(control_plane, *row)]
         assert not wrong, f"RBAC differs from least privilege for: {wrong}"
     finally:
-        control_plane.kubectl("delete", "clusterrole,clusterrolebinding", "cw-sessionpipe-operator", check=False)
+        for name in ("cw-sessionpipe-operator", "cw-sessionpipe-operator-crds", "rb-sessionpipe-operator-crds"):
+            control_plane.kubectl("delete", "clusterrole,clusterrolebinding", name, check=False)
         control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 

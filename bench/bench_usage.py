@@ -1,0 +1,225 @@
+"""Throughput of the ``usage`` processor beside ccusage 20.0.24, on the same files, in the same session.
+
+``python bench/bench_usage.py [--megabytes 220] [--repeat 3]`` measures, on a generated corpus (see
+``gen_corpus.py``; a working copy is made so the cached corpus is never modified):
+
+1. cold run: ``sessionpipe run --processor usage`` into a new database, in MB/s, beside
+   ``ccusage claude monthly --json --offline`` over the same files (one ``CLAUDE_CONFIG_DIR`` per
+   user), as a ratio; both with the files in the page cache (a warm-up pass reads them first);
+2. incremental run: one session file gets one more line, then ``sessionpipe run`` again, beside
+   ccusage's full re-read (it has no state), as a ratio;
+3. peak RSS of the sessionpipe process (``wait4`` rusage of that child alone);
+4. a cross-check that both tools found the same total tokens.
+
+Targets (2-core machine): cold ≥ 100 MB/s; incremental ≥ 20x faster than ccusage; peak RSS < 500 MB.
+Each figure is the median of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script (python bench/bench_usage.py) or as a module (-m)
+
+from bench.gen_corpus import DEFAULT_OUT, ensure_corpus  # noqa: E402
+from tests import ccusage  # noqa: E402
+
+MB = 1024 * 1024
+TARGET_COLD_MB_S = 100.0
+TARGET_INCREMENTAL_RATIO = 20.0
+TARGET_PEAK_RSS_MB = 500.0
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run a command; its wall time and the peak RSS of that process alone."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    # read before waiting so a large output cannot block the child; wait4 gives this child's rusage
+    stdout = process.stdout.read()
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{command[0]} exited {process.returncode}:\n{stderr}")
+    return Measured(elapsed, usage.ru_maxrss / 1024, stdout)
+
+
+def sessionpipe_run(sessions: Path, db: Path) -> Measured:
+    script = Path(sys.executable).with_name("sessionpipe")
+    return timed([str(script), "run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"])
+
+
+def ccusage_env(config_dirs: list[Path]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CCUSAGE", "CLAUDE_"))}
+    env.update({"CLAUDE_CONFIG_DIR": ",".join(map(str, config_dirs)), "NO_COLOR": "1", "TZ": "UTC"})
+    return env
+
+
+def ccusage_monthly(launcher: Path, config_dirs: list[Path]) -> Measured:
+    command = [str(launcher), "claude", "monthly", "--json", "--offline", "--timezone", "UTC"]
+    return timed(command, env=ccusage_env(config_dirs))
+
+
+def corpus_bytes(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*.jsonl"))
+
+
+def warm_page_cache(root: Path) -> None:
+    for path in root.rglob("*.jsonl"):
+        path.read_bytes()
+
+
+def summary_of(measured: Measured) -> dict[str, Any]:
+    line = [text for text in measured.stdout.splitlines() if text.startswith("{")][-1]
+    data: dict[str, Any] = json.loads(line)
+    return data
+
+
+def our_total_tokens(db: Path) -> int:
+    script = Path(sys.executable).with_name("sessionpipe")
+    result = subprocess.run(
+        [str(script), "report", "usage", "--by", "month", "--json", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(json.loads(result.stdout)["totals"]["totalTokens"])
+
+
+def append_call(path: Path, number: int) -> None:
+    """One more API call at the end of a session, as Claude Code appends it."""
+    line = {
+        "parentUuid": None,
+        "isSidechain": False,
+        "userType": "external",
+        "cwd": "/home/bench/src/app",
+        "sessionId": path.stem,
+        "version": "2.1.20",
+        "gitBranch": "main",
+        "message": {
+            "id": f"msg_01benchappend{number:010d}",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-opus-4-6",
+            "content": [{"type": "text", "text": "Done."}],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "cache_read_input_tokens": 1200, "output_tokens": 42},
+        },
+        "requestId": f"req_011Cbenchappend{number:010d}",
+        "type": "assistant",
+        "uuid": f"00000000-0000-4000-8000-{number:012d}",
+        "timestamp": "2026-03-27T12:00:00.000Z",
+    }
+    with path.open("ab") as handle:
+        handle.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=220)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+
+    source = ensure_corpus(args.out, args.megabytes, args.users, args.seed)
+    launcher = ccusage.install()
+    with tempfile.TemporaryDirectory(prefix="bench-usage-") as scratch_name:
+        scratch = Path(scratch_name)
+        sessions = scratch / "sessions"
+        shutil.copytree(source, sessions)
+        size = corpus_bytes(sessions)
+        config_dirs = []
+        for user in sorted(p.name for p in sessions.iterdir() if p.is_dir()):
+            config = scratch / "claude" / user
+            config.mkdir(parents=True)
+            (config / "projects").symlink_to(sessions / user, target_is_directory=True)
+            config_dirs.append(config)
+        warm_page_cache(sessions)
+        print(
+            f"corpus: {size / MB:.1f} MB, {sum(1 for _ in sessions.rglob('*.jsonl'))} files, {len(config_dirs)} users"
+        )
+
+        cold: list[Measured] = []
+        theirs_cold: list[Measured] = []
+        for attempt in range(args.repeat):
+            cold.append(sessionpipe_run(sessions, scratch / f"cold-{attempt}.duckdb"))
+            theirs_cold.append(ccusage_monthly(launcher, config_dirs))
+        db = scratch / f"cold-{args.repeat - 1}.duckdb"
+        our_tokens = our_total_tokens(db)
+        their_tokens = int(json.loads(theirs_cold[-1].stdout)["totals"]["totalTokens"])
+
+        target_file = max(sessions.rglob("*.jsonl"), key=lambda p: p.stat().st_size)
+        incremental: list[Measured] = []
+        theirs_again: list[Measured] = []
+        for attempt in range(args.repeat):
+            append_call(target_file, attempt)
+            run = sessionpipe_run(sessions, db)
+            summary = summary_of(run)
+            assert summary["processed"] == 1 and summary["unchanged"] == summary["scanned"] - 1, summary
+            incremental.append(run)
+            theirs_again.append(ccusage_monthly(launcher, config_dirs))
+
+    cold_s = statistics.median(m.seconds for m in cold)
+    ccusage_cold_s = statistics.median(m.seconds for m in theirs_cold)
+    incremental_s = statistics.median(m.seconds for m in incremental)
+    ccusage_again_s = statistics.median(m.seconds for m in theirs_again)
+    peak = max(m.peak_rss_mb for m in [*cold, *incremental])
+    cold_mb_s = size / MB / cold_s
+    ratio = ccusage_again_s / incremental_s
+
+    print(f"cold run:        sessionpipe {cold_s:.2f}s = {cold_mb_s:.0f} MB/s   (runs: {_list(cold)})")
+    print(
+        f"                 ccusage     {ccusage_cold_s:.2f}s = {size / MB / ccusage_cold_s:.0f} MB/s"
+        f"   (runs: {_list(theirs_cold)})   sessionpipe/ccusage speed ratio {ccusage_cold_s / cold_s:.2f}x"
+    )
+    print(f"incremental run: sessionpipe {incremental_s:.3f}s after appending one line (runs: {_list(incremental)})")
+    print(f"                 ccusage re-reads everything: {ccusage_again_s:.2f}s   ratio {ratio:.1f}x")
+    print(f"peak RSS:        sessionpipe {peak:.0f} MB; ccusage {max(m.peak_rss_mb for m in theirs_cold):.0f} MB")
+    agree = "agree" if our_tokens == their_tokens else "DISAGREE"
+    print(f"total tokens:    sessionpipe {our_tokens:,}, ccusage {their_tokens:,} ({agree})")
+    print()
+    print(
+        f"target cold >= {TARGET_COLD_MB_S:.0f} MB/s: {verdict(cold_mb_s >= TARGET_COLD_MB_S)} ({cold_mb_s:.0f} MB/s)"
+    )
+    print(
+        f"target incremental >= {TARGET_INCREMENTAL_RATIO:.0f}x faster than ccusage: "
+        f"{verdict(ratio >= TARGET_INCREMENTAL_RATIO)} ({ratio:.1f}x)"
+    )
+    print(f"target peak RSS < {TARGET_PEAK_RSS_MB:.0f} MB: {verdict(peak < TARGET_PEAK_RSS_MB)} ({peak:.0f} MB)")
+    return 0 if our_tokens == their_tokens else 1
+
+
+def _list(measured: list[Measured]) -> str:
+    return ", ".join(f"{m.seconds:.2f}" for m in measured)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

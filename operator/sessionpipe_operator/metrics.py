@@ -1,0 +1,51 @@
+"""Prometheus metrics of the operator, served on the metrics port (``/metrics``).
+
+Runs are counted when the operator first records a finished Job in a SessionProcessor's status, so a
+restart that re-reads old Jobs does not count them twice.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+
+RUNS = Counter(
+    "sessionpipe_runs_total",
+    "Finished runs seen by the operator, by outcome.",
+    ["namespace", "sessionprocessor", "processor", "outcome"],
+)
+LAST_SUCCESS = Gauge(
+    "sessionpipe_last_success_timestamp_seconds",
+    "Unix time of the last successful run of a SessionProcessor.",
+    ["namespace", "sessionprocessor", "processor"],
+)
+RECONCILE_ERRORS = Counter(
+    "sessionpipe_reconcile_errors_total",
+    "Handler invocations that failed with an error (invalid specs are not errors).",
+    ["handler"],
+)
+INVALID_SPECS = Counter(
+    "sessionpipe_invalid_specs_total",
+    "Times a SessionProcessor was found schema-valid but unworkable (InvalidSpec).",
+    ["namespace", "sessionprocessor"],
+)
+API_REQUESTS = Counter(
+    "sessionpipe_operator_api_requests_total",
+    "Requests the operator's own client sent to the API server (kopf's watches and patches excluded).",
+    ["verb"],
+)
+DRIFT_REPAIRS = Counter(
+    "sessionpipe_cronjob_repairs_total",
+    "CronJobs put back after they were edited or deleted by someone else.",
+    ["namespace", "sessionprocessor", "kind"],
+)
+
+
+def count_request(verb: str) -> None:
+    """Hook for :class:`sessionpipe_operator.k8s.KubeClient`."""
+    API_REQUESTS.labels(verb=verb).inc()
+
+
+def serve(port: int, address: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve ``/metrics`` from a daemon thread; port 0 disables the endpoint."""
+    if port:
+        start_http_server(port, addr=address, registry=registry)
