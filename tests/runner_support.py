@@ -48,6 +48,23 @@ def sessionpipe(
     )
 
 
+def start_sessionpipe(*args: str | Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start the CLI in a fresh interpreter without waiting; stdout and stderr are captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sessionpipe_runner.cli", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Wait for a started CLI and return what it printed, as :func:`sessionpipe` does."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def run_summary(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The JSON summary a ``run --json`` printed on its last stdout line."""
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]

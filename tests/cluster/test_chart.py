@@ -12,6 +12,7 @@ import duckdb
 import pytest
 import yaml
 
+from tests.cluster.operator_support import wait_for
 from tests.kube.cluster import ControlPlane
 from tests.runner_support import CORPUS, REPO
 
@@ -80,16 +81,6 @@ def _install_crd(control_plane: ControlPlane) -> None:
     )
 
 
-def _wait(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 def test_rendered_chart_is_accepted_by_the_api_server(
     control_plane: ControlPlane, namespace: str, value_set: str
@@ -143,7 +134,7 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
             found = json.loads(control_plane.kubectl("get", "cronjobs", "-o", "json", namespace=namespace).stdout)
             return {item["metadata"]["name"] for item in found["items"]}
 
-        assert _wait(lambda: cronjobs() == {"usage", "verification"}, 90, "the processors' CronJobs")
+        assert wait_for(lambda: cronjobs() == {"usage", "verification"}, 90, "the processors' CronJobs", interval=0.5)
         control_plane.kubectl("annotate", "sproc", "usage", "sessionpipe.io/run-now=first", namespace=namespace)
 
         def finished_status() -> dict[str, Any] | None:
@@ -151,7 +142,7 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
             last = found.get("status", {}).get("lastRun") or {}
             return found["status"] if last.get("outcome") else None
 
-        status = _wait(finished_status, 120, "the run-now Job of usage to be reported")
+        status = wait_for(finished_status, 120, "the run-now Job of usage to be reported", interval=0.5)
         assert status["lastRun"]["outcome"] == "succeeded", status
         assert status["lastRun"]["processed"] == 4
         con = duckdb.connect(str(database / "sessionpipe.duckdb"), read_only=True)
@@ -175,7 +166,7 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
             if item["metadata"]["name"] != "default" and not item.get("metadata", {}).get("deletionTimestamp")
         ]
 
-    _wait(lambda: not leftovers(), 60, "every resource of the release to go")
+    wait_for(lambda: not leftovers(), 60, "every resource of the release to go", interval=0.5)
     cluster_scoped = control_plane.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
     assert "sp-sessionpipe" not in cluster_scoped
     processes = [p for p in control_plane.executor.processes() if p.namespace == namespace and p.running]

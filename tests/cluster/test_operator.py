@@ -10,11 +10,9 @@ active for as long as they need.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,14 +70,11 @@ def kube(k8s_api: Any) -> KubeClient:
 
 
 @pytest.fixture
-def database_dir() -> Iterator[Path]:
-    """A host folder for the database claim, outside /tmp: the pod's own /tmp (an emptyDir) is mounted
-    over /tmp in its mount namespace before the claim is, hiding any source folder below /tmp."""
-    folder = Path(tempfile.mkdtemp(prefix="sessionpipe-db-", dir="/var/tmp"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def database_dir(tmp_path: Path) -> Path:
+    """A host folder for the database claim (the executor stages mount sources, so /tmp is fine)."""
+    folder = tmp_path / "warehouse"
+    folder.mkdir()
+    return folder
 
 
 @pytest.fixture

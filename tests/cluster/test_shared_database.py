@@ -8,10 +8,7 @@ real runner in each pod with in-cluster credentials, and the database shows one 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +33,16 @@ pytestmark = pytest.mark.cluster
 NEVER = "0 0 1 1 *"
 
 
-@pytest.fixture
-def database_dir() -> Iterator[Path]:
-    # Outside /tmp: a job pod mounts its own /tmp (an emptyDir) over the host's.
-    folder = Path(tempfile.mkdtemp(prefix="sessionpipe-shared-", dir="/var/tmp"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _slow_empty_answer(body: dict[str, Any]) -> Any:
     time.sleep(1.5)  # long enough that the other processor's pod is waiting for the Lease meanwhile
     return tool_reply([])
 
 
 def test_usage_and_verification_on_one_database_both_complete_one_after_the_other(
-    control_plane: ControlPlane, namespace: str, database_dir: Path, tmp_path: Path
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
+    database_dir = tmp_path / "warehouse"
+    database_dir.mkdir()
     install_crd(control_plane)
     prepare_namespace(control_plane, namespace)
     control_plane.executor.map_claim(namespace, "transcripts", CORPUS)

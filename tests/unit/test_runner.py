@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,14 @@ import duckdb
 import pytest
 
 from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
-from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
+from tests.runner_support import (
+    finish,
+    install_test_plugin,
+    run_summary,
+    sessionpipe,
+    sessionpipe_env,
+    start_sessionpipe,
+)
 
 
 @pytest.fixture
@@ -153,13 +158,7 @@ def test_second_concurrent_run_waits_then_exits_with_the_lease_code(
 ) -> None:
     db = tmp_path / "db.duckdb"
     slow_env = {**plugin_env, "TESTPLUGIN_SLEEP": "2"}
-    args = [sys.executable, "-m", "sessionpipe_runner.cli", "run", "--processor", "lines"]
-    first = subprocess.Popen(
-        [*args, "--sessions", str(sessions), "--db", str(db), "--json"],
-        env=slow_env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    first = start_sessionpipe("run", "--processor", "lines", "--sessions", sessions, "--db", db, "--json", env=slow_env)
     lease_file = db.with_name(db.name + ".lease")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (lease_file.exists() and lease_file.read_text()):
@@ -174,9 +173,9 @@ def test_second_concurrent_run_waits_then_exits_with_the_lease_code(
     assert summary["outcome"] == "lease_not_acquired"
     assert f":{first.pid} (processor lines" in summary["message"]
     assert waited >= 1.0
-    out, _ = first.communicate(timeout=60)
-    assert first.returncode == EXIT_OK
-    assert json.loads(out.splitlines()[-1])["processed"] == 3
+    done = finish(first)
+    assert done.returncode == EXIT_OK
+    assert run_summary(done)["processed"] == 3
     assert rows(db, "SELECT count(*) FROM line_rows") == [(9,)]
     assert rows(db, "SELECT outcome FROM processor_runs") == [("succeeded",)]
 
@@ -186,31 +185,24 @@ def test_sigterm_rolls_back_releases_the_lease_and_reports(
 ) -> None:
     db = tmp_path / "db.duckdb"
     termination = tmp_path / "termination-log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sessionpipe_runner.cli",
-            "run",
-            "--processor",
-            "lines",
-            "--sessions",
-            str(sessions),
-            "--db",
-            str(db),
-            "--json",
-            "--termination-log",
-            str(termination),
-        ],
+    proc = start_sessionpipe(
+        "run",
+        "--processor",
+        "lines",
+        "--sessions",
+        sessions,
+        "--db",
+        db,
+        "--json",
+        "--termination-log",
+        termination,
         env={**plugin_env, "TESTPLUGIN_SLEEP": "1.5", "TESTPLUGIN_BATCHABLE": "0"},
-        stdout=subprocess.PIPE,
-        text=True,
     )
     time.sleep(2.5)  # inside the second session
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == EXIT_TERMINATED
-    summary = json.loads(out.splitlines()[-1])
+    result = finish(proc, timeout=30)
+    assert result.returncode == EXIT_TERMINATED
+    summary = run_summary(result)
     assert summary["outcome"] == "terminated"
     message = termination.read_bytes()
     assert len(message) < 4096 and json.loads(message)["outcome"] == "terminated"

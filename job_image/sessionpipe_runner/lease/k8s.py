@@ -118,7 +118,6 @@ class KubernetesLease:
         self._lost: str | None = None
         self._resource_version: str | None = None
         self._acquired = ""
-        self._pending_acquired = ""
         self._transitions = 0
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -173,9 +172,10 @@ class KubernetesLease:
         except ApiException as error:
             if error.status != 404:
                 raise
-            body = self._body(transitions=0)
+            acquired = _timestamp()
+            body = self._body(transitions=0, acquired=acquired)
             created = self._api.create_namespaced_lease(self._namespace, body, _request_timeout=self._request_timeout)
-            return self._won(created, started)
+            return self._won(created, started, acquired)
         spec = current.spec
         holder = spec.holder_identity if spec is not None else None
         version = current.metadata.resource_version
@@ -185,17 +185,18 @@ class KubernetesLease:
             if not expired:
                 raise _Held(holder, version)
         transitions = (spec.lease_transitions if spec is not None else None) or 0
-        body = self._body(transitions=transitions + 1, resource_version=version)
+        acquired = _timestamp()
+        body = self._body(transitions=transitions + 1, resource_version=version, acquired=acquired)
         replaced = self._api.replace_namespaced_lease(
             self._name, self._namespace, body, _request_timeout=self._request_timeout
         )
-        return self._won(replaced, started)
+        return self._won(replaced, started, acquired)
 
-    def _won(self, lease: Any, started: float) -> int:
+    def _won(self, lease: Any, started: float, acquired: str) -> int:
         transitions = int(lease.spec.lease_transitions or 0)
         with self._lock:
             self._resource_version = lease.metadata.resource_version
-            self._acquired = self._pending_acquired
+            self._acquired = acquired
             self._transitions = transitions
             self._valid_until = started + self._renew_deadline
             self._lost = None
@@ -204,24 +205,14 @@ class KubernetesLease:
     def _body(
         self, *, transitions: int, resource_version: str | None = None, acquired: str | None = None
     ) -> dict[str, Any]:
-        now = _timestamp()
-        if acquired is None:
-            acquired = self._pending_acquired = now
+        """The Lease as we write it: held by us since ``acquired``, or, without it, released."""
         metadata: dict[str, Any] = {"name": self._name, "namespace": self._namespace}
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
-        return {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": metadata,
-            "spec": {
-                "holderIdentity": self._holder,
-                "leaseDurationSeconds": self._duration,
-                "acquireTime": acquired,
-                "renewTime": now,
-                "leaseTransitions": transitions,
-            },
-        }
+        spec: dict[str, Any] = {"leaseDurationSeconds": self._duration, "leaseTransitions": transitions}
+        if acquired is not None:
+            spec.update(holderIdentity=self._holder, acquireTime=acquired, renewTime=_timestamp())
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
     def _explain(self, error: Any) -> str:
         if error.status == 403:
@@ -302,13 +293,8 @@ class KubernetesLease:
             self._resource_version = None
         if version is None or lost is not None:
             return
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": self._name, "namespace": self._namespace, "resourceVersion": version},
-            # No holder: the next writer takes it at once instead of waiting out the duration.
-            "spec": {"leaseDurationSeconds": self._duration, "leaseTransitions": self._transitions},
-        }
+        # No holder: the next writer takes it at once instead of waiting out the duration.
+        body = self._body(transitions=self._transitions, resource_version=version)
         try:
             self._api.replace_namespaced_lease(
                 self._name, self._namespace, body, _request_timeout=self._request_timeout
