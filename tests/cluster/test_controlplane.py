@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import errno
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +21,9 @@ import pytest
 from kubernetes import client
 
 from tests.kube.cluster import ControlPlane, wait_until
-from tests.kube.executor import Mount, expand, prelude
+from tests.kube.executor import Mount, expand, image_paths, prelude
 from tests.kube.plugin import SaApiFactory
+from tests.runner_support import REPO
 
 JSON = dict[str, Any]
 
@@ -441,3 +443,12 @@ def test_prelude_mounts_parents_first_and_read_only_last(tmp_path: Path) -> None
         i for i, line in enumerate(lines) if "remount,bind,ro /data " in line
     )
     assert lines[-1] == 'exec "$@"'
+
+
+def test_image_paths_cover_the_repository_and_the_interpreter() -> None:
+    """Pods run this checkout's console scripts, so both must survive any volume mounted over them."""
+    paths = image_paths()
+    assert any(path == REPO or path in REPO.parents for path in paths)
+    interpreter = Path(sys.executable).resolve()
+    assert any(path in interpreter.parents for path in paths)
+    assert all(not any(other in path.parents for other in paths) for path in paths)

@@ -22,7 +22,8 @@ import duckdb
 import pytest
 
 from sessionpipe_contract import EXIT_LEASE_LOST, EXIT_OK, EXIT_TERMINATED
-from tests.runner_support import REPO, install_test_plugin, run_summary, sessionpipe_env
+from tests.cluster.operator_support import wait_for
+from tests.runner_support import REPO, finish, install_test_plugin, run_summary, sessionpipe_env, start_sessionpipe
 
 pytestmark = pytest.mark.cluster
 
@@ -49,31 +50,23 @@ def lease_env(control_plane: Any, tmp_path: Path) -> dict[str, str]:
 def _start_run(
     env: dict[str, str], namespace: str, sessions: Path, db: Path, lease: str, *extra: str, **knobs: str
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sessionpipe_runner.cli",
-            "run",
-            "--processor",
-            "lines",
-            "--sessions",
-            str(sessions),
-            "--db",
-            str(db),
-            "--lease",
-            f"k8s:{lease}",
-            "--lease-namespace",
-            namespace,
-            "--lease-duration",
-            str(DURATION),
-            "--json",
-            *extra,
-        ],
+    return start_sessionpipe(
+        "run",
+        "--processor",
+        "lines",
+        "--sessions",
+        sessions,
+        "--db",
+        db,
+        "--lease",
+        f"k8s:{lease}",
+        "--lease-namespace",
+        namespace,
+        "--lease-duration",
+        str(DURATION),
+        "--json",
+        *extra,
         env={**env, **knobs},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -85,31 +78,18 @@ def _lease(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | No
     return found
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _holder_of(process: subprocess.Popen[str]) -> str:
     return f"{socket.gethostname()}-{process.pid}"
 
 
-def _held_by(control_plane: Any, namespace: str, name: str, holder: str) -> Callable[[], bool]:
-    def check() -> bool:
+def _held_by(control_plane: Any, namespace: str, name: str, holder: str) -> Callable[[], dict[str, Any] | None]:
+    """A check returning the Lease while ``holder`` holds it (a short run may release it soon after)."""
+
+    def check() -> dict[str, Any] | None:
         lease = _lease(control_plane, namespace, name)
-        return bool(lease and lease["spec"].get("holderIdentity") == holder)
+        return lease if lease and lease["spec"].get("holderIdentity") == holder else None
 
     return check
-
-
-def _finish(process: subprocess.Popen[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    stdout, stderr = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _state_times(db: Path) -> list[datetime]:
@@ -200,16 +180,27 @@ def test_a_killed_holder_is_succeeded_only_after_the_lease_duration(
     sessions = _sessions(tmp_path / "sessions", 30)
     db = tmp_path / "db.duckdb"
     first = _start_run(lease_env, namespace, sessions, db, "killed", TESTPLUGIN_SLEEP="1", TESTPLUGIN_BATCHABLE="0")
-    _wait_for(_held_by(control_plane, namespace, "killed", _holder_of(first)), 30, "the first run to hold the lease")
+    wait_for(_held_by(control_plane, namespace, "killed", _holder_of(first)), 30, "the first run to hold the lease")
     first.send_signal(signal.SIGKILL)
     first.wait()
     killed_at = time.time()
-    second = _start_run(lease_env, namespace, sessions, db, "killed", "--lease-wait", "60")
-    _wait_for(_held_by(control_plane, namespace, "killed", _holder_of(second)), 60, "the second run to take over")
-    acquired = _lease(control_plane, namespace, "killed")
-    assert acquired is not None
+    # Slow enough that the Lease is seen while held.
+    second = _start_run(
+        lease_env,
+        namespace,
+        sessions,
+        db,
+        "killed",
+        "--lease-wait",
+        "60",
+        TESTPLUGIN_SLEEP="0.1",
+        TESTPLUGIN_BATCHABLE="0",
+    )
+    acquired = wait_for(
+        _held_by(control_plane, namespace, "killed", _holder_of(second)), 60, "the second run to take over"
+    )
     acquire_time = datetime.fromisoformat(acquired["spec"]["acquireTime"].replace("Z", "+00:00")).timestamp()
-    result = _finish(second)
+    result = finish(second)
     assert result.returncode == EXIT_OK, result.stderr
     waited = acquire_time - killed_at
     assert waited >= DURATION, f"took over {waited:.2f}s after the kill, before the {DURATION}s lease ran out"
@@ -222,14 +213,14 @@ def test_a_frozen_holder_detects_the_loss_and_writes_nothing_after_the_newer_epo
     sessions = _sessions(tmp_path / "sessions", 24)
     db = tmp_path / "db.duckdb"
     frozen = _start_run(lease_env, namespace, sessions, db, "frozen", TESTPLUGIN_SLEEP="0.5", TESTPLUGIN_BATCHABLE="0")
-    _wait_for(_held_by(control_plane, namespace, "frozen", _holder_of(frozen)), 30, "the first run to hold the lease")
+    wait_for(_held_by(control_plane, namespace, "frozen", _holder_of(frozen)), 30, "the first run to hold the lease")
     time.sleep(2)  # let it commit a few sessions
     frozen.send_signal(signal.SIGSTOP)
     successor = _start_run(lease_env, namespace, sessions, db, "frozen", "--lease-wait", "90")
-    _wait_for(_held_by(control_plane, namespace, "frozen", _holder_of(successor)), 60, "the successor to take over")
+    wait_for(_held_by(control_plane, namespace, "frozen", _holder_of(successor)), 60, "the successor to take over")
     frozen.send_signal(signal.SIGCONT)
-    late = _finish(frozen)
-    done = _finish(successor, timeout=120)
+    late = finish(frozen)
+    done = finish(successor, timeout=120)
 
     assert late.returncode == EXIT_LEASE_LOST, late.stderr
     assert done.returncode == EXIT_OK, done.stderr
@@ -253,19 +244,29 @@ def test_sigterm_releases_the_lease_and_the_next_run_starts_at_once(
     sessions = _sessions(tmp_path / "sessions", 30)
     db = tmp_path / "db.duckdb"
     first = _start_run(lease_env, namespace, sessions, db, "term", TESTPLUGIN_SLEEP="1", TESTPLUGIN_BATCHABLE="0")
-    _wait_for(_held_by(control_plane, namespace, "term", _holder_of(first)), 30, "the first run to hold the lease")
-    waiting = _start_run(lease_env, namespace, sessions, db, "term", "--lease-wait", "60")
+    wait_for(_held_by(control_plane, namespace, "term", _holder_of(first)), 30, "the first run to hold the lease")
+    waiting = _start_run(
+        lease_env,
+        namespace,
+        sessions,
+        db,
+        "term",
+        "--lease-wait",
+        "60",
+        TESTPLUGIN_SLEEP="0.1",
+        TESTPLUGIN_BATCHABLE="0",
+    )
     time.sleep(2)  # the second run is polling the held lease
     first.send_signal(signal.SIGTERM)
-    terminated = _finish(first)
+    terminated = finish(first)
     released_at = time.time()
     assert terminated.returncode == EXIT_TERMINATED, terminated.stderr
-    _wait_for(_held_by(control_plane, namespace, "term", _holder_of(waiting)), 10, "the waiting run to take over")
-    lease = _lease(control_plane, namespace, "term")
-    assert lease is not None
+    lease = wait_for(
+        _held_by(control_plane, namespace, "term", _holder_of(waiting)), 10, "the waiting run to take over"
+    )
     acquired = datetime.fromisoformat(lease["spec"]["acquireTime"].replace("Z", "+00:00")).timestamp()
     assert acquired - released_at < 1.0, f"the next run took {acquired - released_at:.2f}s to start"
-    assert _finish(waiting).returncode == EXIT_OK
+    assert finish(waiting).returncode == EXIT_OK
 
 
 def test_a_holder_cut_off_from_the_api_server_stops_writing_at_its_renew_deadline(
@@ -274,12 +275,12 @@ def test_a_holder_cut_off_from_the_api_server_stops_writing_at_its_renew_deadlin
     sessions = _sessions(tmp_path / "sessions", 40)
     db = tmp_path / "db.duckdb"
     holder = _start_run(lease_env, namespace, sessions, db, "cutoff", TESTPLUGIN_SLEEP="0.3", TESTPLUGIN_BATCHABLE="0")
-    _wait_for(_held_by(control_plane, namespace, "cutoff", _holder_of(holder)), 30, "the run to hold the lease")
+    wait_for(_held_by(control_plane, namespace, "cutoff", _holder_of(holder)), 30, "the run to hold the lease")
     time.sleep(1)
     control_plane.stop_apiserver()
     stopped_at = time.time()
     try:
-        result = _finish(holder, timeout=60)
+        result = finish(holder, timeout=60)
     finally:
         control_plane.start_apiserver()
     assert result.returncode == EXIT_LEASE_LOST, result.stderr
@@ -301,7 +302,7 @@ def test_a_forbidden_lease_is_a_clear_error(
     sessions = _sessions(tmp_path / "sessions", 1)
     env = {**lease_env, "KUBECONFIG": str(kubeconfig)}
     process = _start_run(env, namespace, sessions, tmp_path / "db.duckdb", "forbidden", "--lease-wait", "5")
-    result = _finish(process)
+    result = finish(process)
     assert result.returncode != EXIT_OK
     assert "leases.coordination.k8s.io" in result.stdout + result.stderr
     assert not (tmp_path / "db.duckdb").exists()

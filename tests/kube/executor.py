@@ -448,6 +448,9 @@ class PodRun(threading.Thread):
         message_file.chmod(0o666)
         message_target = self.container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
         mounts.append(Mount(message_file, message_target, read_only=False))
+        # The "image" is this machine's Python and the repository: bind them back over any volume
+        # that would hide them (an emptyDir at /tmp hides a checkout or virtualenv below /tmp).
+        mounts += [Mount(path, str(path), read_only=False) for path in self.executor.image_paths]
         return _Launch(
             command=command,
             env=env,
@@ -801,6 +804,13 @@ class PodRun(threading.Thread):
 STAGING = "/run/sessionpipe-executor"
 
 
+def image_paths() -> list[Path]:
+    """What a pod's command needs from the host: the repository (editable install) and the Pythons."""
+    repository = Path(__file__).resolve().parents[2]
+    candidates = sorted({repository, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()})
+    return [path for path in candidates if not any(other in path.parents for other in candidates)]
+
+
 def prelude(mounts: list[Mount], working_dir: str | None) -> str:
     """The shell script that builds the pod's mounts inside its private mount namespace, then execs.
 
@@ -877,6 +887,7 @@ class PodExecutor:
         self.workdir = workdir
         self.apiserver_port = apiserver_port
         self.python_bin_dir = Path(sys.executable).parent
+        self.image_paths = image_paths()
         self.unshare = shutil.which("unshare") or "/usr/bin/unshare"
         self.setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
         self.log_file = workdir / "executor.log"
