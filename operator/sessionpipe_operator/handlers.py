@@ -537,6 +537,9 @@ def restore_deleted_cronjob(state: OperatorState, key: Key, logger: kopf.Logger)
         state.desired.pop(key, None)
         return
     with state.lock(key):
+        desired = state.desired.get(key)  # a reconcile may have replaced it meanwhile
+        if desired is None:
+            return
         try:
             if ensure_cronjob(state, key, desired) == "unchanged":
                 return
@@ -551,16 +554,22 @@ def restore_deleted_cronjob(state: OperatorState, key: Key, logger: kopf.Logger)
 
 
 def repair_drift(state: OperatorState, key: Key, cronjob: dict[str, Any], logger: kopf.Logger) -> None:
-    desired = state.desired.get(key)
-    if desired is None:
-        return
-    if cronjob["metadata"].get("resourceVersion") == state.applied_versions.get(key):
-        return  # the echo of our own apply
-    if cronjob["metadata"].get("uid") and not _owned_by_uid(cronjob, desired["metadata"]["ownerReferences"][0]["uid"]):
-        return
-    if not render.cronjob_drifted(desired, cronjob):
-        return
+    # Under the key's lock: a reconcile of a changed spec holds it while it applies the new CronJob
+    # and records it, so the event of that apply is never judged against the spec before it.
     with state.lock(key):
+        desired = state.desired.get(key)
+        if desired is None:
+            return
+        if cronjob["metadata"].get("resourceVersion") == state.applied_versions.get(key):
+            return  # the echo of our own apply
+        owner_uid = desired["metadata"]["ownerReferences"][0]["uid"]
+        if cronjob["metadata"].get("uid") and not _owned_by_uid(cronjob, owner_uid):
+            return
+        if not render.cronjob_drifted(desired, cronjob):
+            return
+        current = state.client.get(cronjob_path(*key))  # the event may be older than our last apply
+        if current is None or not render.cronjob_drifted(desired, current):
+            return
         applied = state.client.apply(cronjob_path(*key), desired)
         state.applied_versions[key] = str(applied.get("metadata", {}).get("resourceVersion", ""))
     metrics.DRIFT_REPAIRS.labels(namespace=key[0], sessionprocessor=key[1], kind="edited").inc()
