@@ -35,6 +35,7 @@ from sessionpipe_contract import (
     ENV_SESSIONS,
     ENV_TERMINATION_LOG,
     ENV_USER,
+    ENV_WORKERS,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -164,6 +165,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         ),
         max_sessions=resolve(args.max_sessions, ENV_MAX_SESSIONS, 0, non_negative_int, environ),
         max_attempts=resolve(args.max_attempts, ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS, positive_int, environ),
+        workers=resolve(args.workers, ENV_WORKERS, 0, non_negative_int, environ),
         config=resolve(args.config, ENV_CONFIG, {}, parse_config, environ),
         termination_log=termination,
         environ=dict(environ),
@@ -444,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg_type(positive_int),
         metavar="N",
         help=f"failures before a session is quarantined (env {ENV_MAX_ATTEMPTS}; default {DEFAULT_MAX_ATTEMPTS})",
+    )
+    p.add_argument(
+        "--workers",
+        type=_arg_type(non_negative_int),
+        metavar="N",
+        help="processes that read and process files, for processors that allow it: 1 for none besides the "
+        "runner, 0 (default) for one per available CPU when there are over 32 MB to read "
+        f"(env {ENV_WORKERS})",
     )
     p.add_argument(
         "--config",

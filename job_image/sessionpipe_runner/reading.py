@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
+import xxhash
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """A file's complete lines as read now, and the file's size and mtime at that moment."""
 
-    data: bytes  # up to and including the last complete line
+    data: bytes  # up to and including the last complete line (empty once :meth:`without_data`)
+    length: int  # bytes of complete lines: len(data) as read
     size: int
     mtime_ns: int
     partial_tail: bool  # the file ends in a line still being written, left for a later run
+    #: A 128-bit xxh3 digest of the complete lines: enough to tell a touched file from a changed
+    #: one (change detection, not security; ~20x faster than blake2b).
+    content_hash: str
 
-    @cached_property
-    def content_hash(self) -> str:
-        return hashlib.blake2b(self.data, digest_size=16).hexdigest()
+    def without_data(self) -> Snapshot:
+        """The same snapshot without the bytes, once they are processed (what a worker sends back)."""
+        return replace(self, data=b"")
 
 
 def complete_prefix(raw: bytes) -> tuple[bytes, bool]:
@@ -51,4 +54,11 @@ def read_snapshot(path: Path) -> Snapshot:
         info = os.fstat(handle.fileno())
         raw = handle.read()
     data, partial = complete_prefix(raw)
-    return Snapshot(data=data, size=len(raw), mtime_ns=info.st_mtime_ns, partial_tail=partial)
+    return Snapshot(
+        data=data,
+        length=len(data),
+        size=len(raw),
+        mtime_ns=info.st_mtime_ns,
+        partial_tail=partial,
+        content_hash=xxhash.xxh3_128_hexdigest(data),
+    )

@@ -9,13 +9,12 @@ release the lease; report the summary.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,20 +38,20 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import store
+from sessionpipe_runner import store, work
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
 from sessionpipe_runner.processors.base import FailRun, Output, Processor, RunContext, SessionFile, StopRun
-from sessionpipe_runner.reading import Snapshot, read_snapshot
+from sessionpipe_runner.reading import Snapshot
 from sessionpipe_runner.scan import Decision, plan, scan_sessions
 from sessionpipe_runner.store import StateRow
 from sessionpipe_runner.summary import RunSummary, write_termination_message
+from sessionpipe_runner.work import Examined, Outcome
 
 #: A batchable processor commits at most this many sessions, or this many bytes read, per transaction.
 #: (Each commit costs tens of milliseconds whatever its size: fewer, larger batches are faster.)
 BATCH_SESSIONS = 1024
 BATCH_BYTES = 64 * 1024 * 1024
 OPEN_RETRY_SECONDS = 0.2
-ERROR_TEXT_LIMIT = 2000
 
 
 class Terminated(BaseException):
@@ -73,6 +72,7 @@ class RunSettings:
     config: Mapping[str, Any] = field(default_factory=dict)
     termination_log: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
+    workers: int = 0  # worker processes: 0 lets the runner choose, 1 processes in the runner itself
 
 
 def snapshot_path(database: Path) -> Path:
@@ -96,11 +96,6 @@ def sigterm_raises() -> Iterator[None]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _error_text(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}"
-    return text[:ERROR_TEXT_LIMIT]
 
 
 @dataclass
@@ -205,66 +200,92 @@ class Run:
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan.files)
         self.states = store.load_state(con, self.processor.name)
-        batch_limit = BATCH_SESSIONS if self.processor.batchable else 1
-        pending = _Pending()
-        attempted = 0
-        stopped: str | None = None
+        candidates: list[tuple[SessionFile, str | None]] = []
         for file, decision in plan(scan.files, self.states, self.processor.version):
             if decision is Decision.UNCHANGED:
                 self.summary.unchanged += 1
-                continue
-            if decision is Decision.QUARANTINED:
+            elif decision is Decision.QUARANTINED:
                 self.summary.skipped += 1
                 self.summary.issues["quarantined_unchanged"] += 1
-                continue
-            if stopped is not None or (settings.max_sessions and attempted >= settings.max_sessions):
-                self.summary.skipped += 1
-                self.summary.issues["left_for_next_run"] += 1
-                continue
-            try:
-                snapshot = read_snapshot(file.path)
-            except FileNotFoundError:
-                self.summary.skipped += 1
-                self.summary.issues["vanished"] += 1
-                continue
-            except OSError:
-                self.summary.skipped += 1
-                self.summary.issues["unreadable"] += 1
-                continue
-            self.summary.hashed += 1
-            if not snapshot.size:
-                self.summary.issues["empty_file"] += 1
-            if snapshot.partial_tail:
-                self.summary.issues["incomplete_last_line"] += 1
-            file = dataclasses.replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
-            state = self.states.get(file.key)
-            if decision is Decision.CHECK and state is not None and state.content_hash == snapshot.content_hash:
-                self.summary.skipped += 1
-                self.summary.issues["touched_unchanged"] += 1
-                pending.seen.append((file.key, file.size, file.mtime_ns))
             else:
-                attempted += 1
-                try:
-                    output = self.processor.process(file, snapshot.data)
-                except StopRun as stop:
-                    stopped = stop.reason
-                    self.summary.skipped += 1
-                    self.summary.issues["left_for_next_run"] += 1
-                    continue
-                except FailRun:
-                    self.flush(con, pending)  # keep what this run already achieved
-                    raise
-                except Exception as error:
-                    pending.failures.append((file, snapshot, error))
-                else:
-                    pending.outputs.append((file, output, snapshot))
-                    pending.bytes += len(snapshot.data)
+                state = self.states.get(file.key)
+                known = state.content_hash if decision is Decision.CHECK and state is not None else None
+                candidates.append((file, known))
+        workers = 0
+        if not settings.max_sessions:  # a cap counts attempts one by one, in order
+            workers = work.worker_count(settings.workers, self.processor, sum(f.size for f, _ in candidates))
+        if workers:
+            self.summary.workers = workers
+            pool = work.WorkerPool(workers, self.processor, self._columns(con))
+            try:
+                self._consume(con, pool.examine(candidates))
+            finally:
+                pool.close()
+        else:
+            self._consume(con, self._examine_here(candidates))
+
+    def _columns(self, con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
+        return {table: store.table_columns(con, table) for table in self.processor.tables}
+
+    def _examine_here(self, candidates: Sequence[tuple[SessionFile, str | None]]) -> Iterator[Examined | None]:
+        """Examine candidates in this process; ``None`` for one left for the next run."""
+        attempted = 0
+        stopped = False
+        for file, known in candidates:
+            if stopped or (self.settings.max_sessions and attempted >= self.settings.max_sessions):
+                yield None
+                continue
+            examined = work.examine(self.processor, file, known)
+            attempted += examined.attempted
+            stopped = examined.outcome is Outcome.STOP_RUN
+            yield examined
+
+    def _consume(self, con: duckdb.DuckDBPyConnection, results: Iterable[Examined | None]) -> None:
+        """Count each examined candidate and commit the results in batches."""
+        summary = self.summary
+        batch_limit = BATCH_SESSIONS if self.processor.batchable else 1
+        pending = _Pending()
+        stopped: str | None = None
+        for examined in results:
+            if examined is None or stopped is not None:
+                summary.skipped += 1
+                summary.issues["left_for_next_run"] += 1
+                continue
+            outcome, file, snapshot = examined.outcome, examined.file, examined.snapshot
+            if outcome is Outcome.VANISHED or outcome is Outcome.UNREADABLE:
+                summary.skipped += 1
+                summary.issues[outcome.value] += 1
+                continue
+            assert snapshot is not None
+            summary.hashed += 1
+            if not snapshot.size:
+                summary.issues["empty_file"] += 1
+            if snapshot.partial_tail:
+                summary.issues["incomplete_last_line"] += 1
+            if outcome is Outcome.TOUCHED_UNCHANGED:
+                summary.skipped += 1
+                summary.issues["touched_unchanged"] += 1
+                pending.seen.append((file.key, file.size, file.mtime_ns))
+            elif outcome is Outcome.STOP_RUN:
+                stopped = examined.error.reason if isinstance(examined.error, StopRun) else str(examined.error)
+                summary.skipped += 1
+                summary.issues["left_for_next_run"] += 1
+                continue
+            elif outcome is Outcome.FAIL_RUN:
+                self.flush(con, pending)  # keep what this run already achieved
+                raise examined.error if isinstance(examined.error, FailRun) else FailRun(str(examined.error))
+            elif outcome is Outcome.FAILED:
+                pending.failures.append((file, snapshot, examined.error or RuntimeError("failed")))
+            else:
+                assert examined.output is not None
+                pending.outputs.append((file, examined.output, snapshot))
+                pending.bytes += snapshot.length
             if len(pending) >= batch_limit or pending.bytes >= BATCH_BYTES:
                 self.flush(con, pending)
                 pending = _Pending()
         self.flush(con, pending)
         if stopped is not None:
-            self.summary.message = f"stopped early: {stopped}"
+            summary.message = f"stopped early: {stopped}"
 
     def flush(self, con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
         """Commit a batch; if the batch's write fails, retry its sessions one at a time.
@@ -302,7 +323,7 @@ class Run:
         for file, tried, error in pending.failures:
             attempts = self._previous_attempts(file) + 1
             status = "quarantined" if attempts >= self.settings.max_attempts else "failed"
-            rows.append(self._state_row(file, tried, 0, attempts, _error_text(error), status, now))
+            rows.append(self._state_row(file, tried, 0, attempts, work.error_text(error), status, now))
         store.upsert_state(con, rows)
         store.update_seen(con, self.processor.name, pending.seen)
 
@@ -314,7 +335,7 @@ class Run:
             self.summary.issues.update(output.issues)
         for file, _, error in pending.failures:
             self.summary.errors += 1
-            self.summary.failures[file.key] = _error_text(error)
+            self.summary.failures[file.key] = work.error_text(error)
             if self._previous_attempts(file) + 1 >= self.settings.max_attempts:
                 self.summary.quarantined += 1
 
@@ -374,7 +395,7 @@ class Run:
 
 
 def _split(pending: _Pending) -> list[_Pending]:
-    parts = [_Pending(outputs=[one], bytes=len(one[2].data)) for one in pending.outputs]
+    parts = [_Pending(outputs=[one], bytes=one[2].length) for one in pending.outputs]
     parts += [_Pending(failures=[one]) for one in pending.failures]
     parts[0].seen = pending.seen
     return parts
@@ -438,7 +459,7 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
                 _close_after_failure(job)
             except Exception as error:
                 summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED
-                summary.message = _error_text(error)
+                summary.message = work.error_text(error)
                 _close_after_failure(job)
     finally:
         if holding:

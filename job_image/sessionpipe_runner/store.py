@@ -22,6 +22,8 @@ import duckdb
 from sessionpipe_runner.processors.base import Migration
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from sessionpipe_runner.processors.base import Processor
 
 RUNNER_MIGRATIONS: tuple[Migration, ...] = (
@@ -163,16 +165,20 @@ def column_names(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return [str(column[0]) for column in description or ()]
 
 
+#: Up to this many rows go in as one parameterised statement; more go through Arrow. (An
+#: incremental run writes a handful of rows and so never pays for importing pyarrow.)
+SMALL_INSERT_ROWS = 64
+
+
 def insert_rows(
     con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]], *, replace: bool = False
 ) -> None:
-    """Insert tuples (in the table's column order) in one bulk statement through Arrow.
+    """Insert tuples (in the table's column order) in one bulk statement.
 
-    DuckDB's ``executemany`` costs a statement per row; an Arrow table is inserted as one scan.
-    With ``replace``, rows whose primary key exists replace the old ones.
+    DuckDB's ``executemany`` costs a statement per row; a few rows go in as one ``VALUES`` list,
+    more as one Arrow table, inserted as a single scan. With ``replace``, rows whose primary key
+    exists replace the old ones.
     """
-    import pyarrow as pa
-
     if not rows:
         return
     names = column_names(con, table)
@@ -180,12 +186,35 @@ def insert_rows(
     if any(len(row) != width for row in rows):
         bad = next(row for row in rows if len(row) != width)
         raise ValueError(f"{table} has {width} columns, a row has {len(bad)}: {bad!r}")
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    if len(rows) <= SMALL_INSERT_ROWS:
+        placeholders = "(" + ", ".join("?" * width) + ")"
+        values = ", ".join([placeholders] * len(rows))
+        con.execute(f"{verb} INTO {table} VALUES {values}", [value for row in rows for value in row])
+        return
+    import pyarrow as pa
+
     columns = list(zip(*rows, strict=True))
     arrow = pa.table({name: pa.array(column) for name, column in zip(names, columns, strict=True)})
     con.register("_sessionpipe_insert", arrow)
     try:
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
         con.execute(f"{verb} INTO {table} SELECT * FROM _sessionpipe_insert")
+    finally:
+        con.unregister("_sessionpipe_insert")
+
+
+def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, parts: Sequence[pa.Table]) -> None:
+    """Insert Arrow tables holding ``table``'s columns (from worker processes) in one statement."""
+    import pyarrow as pa
+
+    parts = [part for part in parts if part.num_rows]
+    if not parts:
+        return
+    # One contiguous table: DuckDB scans a table of many small chunks (a slice per session) slowly.
+    arrow = pa.concat_tables(parts, promote_options="default").combine_chunks()
+    con.register("_sessionpipe_insert", arrow)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _sessionpipe_insert")
     finally:
         con.unregister("_sessionpipe_insert")
 
@@ -227,16 +256,13 @@ def update_seen(con: duckdb.DuckDBPyConnection, processor: str, seen: Sequence[t
     """Record a new size and mtime for files whose content proved unchanged: (key, size, mtime_ns)."""
     if not seen:
         return
-    import pyarrow as pa
-
-    keys, sizes, mtimes = zip(*seen, strict=True)
-    arrow = pa.table({"session_file": list(keys), "size": list(sizes), "mtime_ns": list(mtimes)})
-    con.register("_sessionpipe_seen", arrow)
-    try:
-        con.execute(
-            f"UPDATE {STATE_TABLE} AS s SET size = u.size, mtime_ns = u.mtime_ns "
-            "FROM _sessionpipe_seen AS u WHERE s.processor = ? AND s.session_file = u.session_file",
-            [processor],
-        )
-    finally:
-        con.unregister("_sessionpipe_seen")
+    con.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS _sessionpipe_seen (session_file VARCHAR, size BIGINT, mtime_ns BIGINT)"
+    )
+    con.execute("DELETE FROM _sessionpipe_seen")  # rows of an earlier batch on this connection
+    insert_rows(con, "_sessionpipe_seen", seen)
+    con.execute(
+        f"UPDATE {STATE_TABLE} AS s SET size = u.size, mtime_ns = u.mtime_ns "
+        "FROM _sessionpipe_seen AS u WHERE s.processor = ? AND s.session_file = u.session_file",
+        [processor],
+    )

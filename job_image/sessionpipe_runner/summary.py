@@ -37,6 +37,7 @@ class RunSummary:
     message: str = ""
     lease: str = ""
     writer_epoch: int | None = None
+    workers: int = 0  # worker processes that read and processed files (0: the runner alone)
 
     @property
     def duration_seconds(self) -> float:

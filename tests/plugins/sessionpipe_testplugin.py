@@ -21,6 +21,7 @@ class LinesProcessor(Processor):
     version = os.environ.get("TESTPLUGIN_VERSION", "1")
     tables = ("line_rows",)
     batchable = os.environ.get("TESTPLUGIN_BATCHABLE", "1") == "1"
+    parallel = os.environ.get("TESTPLUGIN_PARALLEL", "0") == "1"
     FAIL_MARKER = b"PLEASE-FAIL"
 
     def migrations(self) -> Sequence[Migration]:

@@ -20,7 +20,7 @@ KILL_POINTS = [
     "fn:sessionpipe_runner.store:apply_migrations:2",  # between the runner's and the processor's migrations
     "fn:sessionpipe_runner.scan:_walk:3",  # during the scan
     "fn:sessionpipe_runner.runner:plan:1",  # after the scan and the state load
-    "fn:sessionpipe_runner.runner:read_snapshot:4",  # while reading candidates
+    "fn:sessionpipe_runner.work:read_snapshot:4",  # while reading candidates
     "sql:BEGIN:4",  # at the start of a session's transaction
     "fn:sessionpipe_runner.store:insert_rows:3",  # inside a transaction, between delete and insert
     "fn:sessionpipe_runner.store:upsert_state:3",  # inside a transaction, rows written, state not yet

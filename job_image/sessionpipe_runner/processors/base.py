@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Output:
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     items: int = 0
     issues: Counter[str] = field(default_factory=Counter)
+    #: ``rows`` already converted to Arrow, by table: filled by the runner's worker processes
+    #: (see :attr:`Processor.parallel`), never by processors.
+    arrow: dict[str, pa.Table] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ class Processor:
     tables: ClassVar[Sequence[str]] = ()
     #: Deterministic processors may let the runner commit several sessions per transaction.
     batchable: ClassVar[bool] = False
+    #: A processor whose :meth:`process` depends only on the session, its bytes and what
+    #: :meth:`start` set up (no budgets, no shared state, picklable after ``start``), and that keeps
+    #: the default :meth:`write`, may be run in worker processes (``--workers``) on large runs.
+    parallel: ClassVar[bool] = False
 
     def migrations(self) -> Sequence[Migration]:
         """Schema steps that create and evolve this processor's tables and views."""
@@ -145,16 +153,17 @@ def replace_session_rows(
     batch: Sequence[tuple[SessionFile, Output]],
 ) -> None:
     """Delete the batch's sessions from ``tables`` and insert their new rows in bulk."""
-    from sessionpipe_runner.store import insert_rows
+    from sessionpipe_runner.store import insert_arrow, insert_rows
 
     keys = [session.key for session, _ in batch]
     for table in tables:
         con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [keys])
     for session, output in batch:
-        unknown = set(output.rows) - set(tables)
+        unknown = (set(output.rows) | set(output.arrow)) - set(tables)
         if unknown:
             raise ValueError(f"{session.key}: rows for tables the processor does not declare: {sorted(unknown)}")
     for table in tables:
         table_rows = [row for _, output in batch for row in output.rows.get(table, ())]
         if table_rows:
             insert_rows(con, table, table_rows)
+        insert_arrow(con, table, [output.arrow[table] for _, output in batch if table in output.arrow])

@@ -14,6 +14,7 @@ file whose entries replace or add to the shipped ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,7 +65,6 @@ CREATE TABLE usage_rows (
     pricing_version        VARCHAR NOT NULL,
     claude_version         VARCHAR
 );
-CREATE INDEX usage_rows_session_file ON usage_rows (session_file);
 
 -- One row per API call, globally (ccusage 20.0.24): the key is (message id, request id or none);
 -- rows without a message id are never merged; within a key the non-sidechain row wins, then the
@@ -100,6 +100,14 @@ GROUP BY user_name, project, session_id;
 """
 
 
+#: The fields of a :class:`UsageLine` that the cost depends on: model, the five token counts, speed.
+COST_KEY = itemgetter(6, 10, 11, 12, 13, 14, 16)
+
+# Databases made by earlier builds have an index on usage_rows.session_file. It cost more on every insert
+# than it saved on the per-batch DELETE, which scans one column whose rows arrive in key order.
+DROP_INDEX = "DROP INDEX IF EXISTS usage_rows_session_file;"
+
+
 def has_tokens(line: UsageLine) -> bool:
     """Whether a call used any token (a call with none needs no price, as in ccusage)."""
     return bool(
@@ -119,12 +127,16 @@ class UsageProcessor(Processor):
     version: ClassVar[str] = f"1+{shipped_version()}"
     tables: ClassVar[Sequence[str]] = ("usage_rows",)
     batchable: ClassVar[bool] = True
+    parallel: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.prices: PriceTable | None = None
+        #: Cost and source by (model, tokens…, speed): streaming snapshots and resumed sessions
+        #: repeat the same usage many times. One run, one price table, so the memo is per run.
+        self._costs: dict[tuple[Any, ...], tuple[float, str, bool]] = {}
 
     def migrations(self) -> Sequence[Migration]:
-        return (Migration("0001_usage_rows", SCHEMA),)
+        return (Migration("0001_usage_rows", SCHEMA), Migration("0002_drop_session_file_index", DROP_INDEX))
 
     def start(self, context: RunContext) -> None:
         """Load the prices: the shipped file, with the user's ``pricing`` file (setting or env) over it."""
@@ -132,6 +144,30 @@ class UsageProcessor(Processor):
         if configured is not None and not isinstance(configured, str):
             raise PricingError(f"the 'pricing' setting must be a file path, not {configured!r}")
         self.prices = load_prices(Path(configured) if configured else None)
+        self._costs = {}
+
+    def _priced(self, prices: PriceTable, line: UsageLine) -> tuple[float, str, bool]:
+        """(cost, cost source, whether a price was missing for a call that used tokens)."""
+        key = COST_KEY(line)
+        known = self._costs.get(key)
+        if known is not None:
+            return known
+        price = prices.find(line.model) if line.model else None
+        if price is None:
+            priced = (0.0, COST_UNPRICED, has_tokens(line))
+        else:
+            cost = call_cost(
+                price,
+                line.input_tokens,
+                line.output_tokens,
+                line.cache_write_5m_tokens,
+                line.cache_write_1h_tokens,
+                line.cache_read_tokens,
+                line.speed,
+            )
+            priced = (cost, COST_FROM_PRICES, False)
+        self._costs[key] = priced
+        return priced
 
     def process(self, session: SessionFile, data: bytes) -> Output:
         """One row per kept usage line; lines left out are counted in ``issues`` by reason."""
@@ -140,56 +176,21 @@ class UsageProcessor(Processor):
         prices = self.prices
         parsed = parse_usage_lines(data)
         output = Output(issues=parsed.issues)
+        key, user, project, session_id = session.key, session.user, session.project, session.session_id
+        version = prices.version
         rows: list[tuple[Any, ...]] = []
+        missing_prices = 0
         for line in parsed.lines:
             if line.logged_cost_usd is not None:
                 cost, source = line.logged_cost_usd, COST_FROM_TRANSCRIPT
             else:
-                price = prices.find(line.model) if line.model else None
-                if price is None:
-                    cost, source = 0.0, COST_UNPRICED
-                    if has_tokens(line):
-                        output.issues["missing_price"] += 1
-                else:
-                    cost = call_cost(
-                        price,
-                        line.input_tokens,
-                        line.output_tokens,
-                        line.cache_write_5m_tokens,
-                        line.cache_write_1h_tokens,
-                        line.cache_read_tokens,
-                        line.speed,
-                    )
-                    source = COST_FROM_PRICES
-            rows.append(
-                (
-                    session.key,
-                    line.line_no,
-                    session.user,
-                    session.project,
-                    session.session_id,
-                    line.transcript_session_id,
-                    line.cwd,
-                    line.git_branch,
-                    line.agent_id,
-                    line.is_sidechain,
-                    line.model,
-                    line.message_id,
-                    line.request_id,
-                    line.timestamp,
-                    line.input_tokens,
-                    line.output_tokens,
-                    line.cache_write_5m_tokens,
-                    line.cache_write_1h_tokens,
-                    line.cache_read_tokens,
-                    line.web_search_requests,
-                    line.speed,
-                    cost,
-                    source,
-                    prices.version,
-                    line.claude_version,
-                )
-            )
+                cost, source, missing = self._priced(prices, line)
+                missing_prices += missing
+            stored = line[1:17]  # transcript_session_id … speed, stored as they are
+            # The table's column order: the session, then the line's fields up to speed, then cost.
+            rows.append((key, line[0], user, project, session_id, *stored, cost, source, version, line.claude_version))
+        if missing_prices:
+            output.issues["missing_price"] += missing_prices
         output.rows["usage_rows"] = rows
         output.items = len(rows)
         return output

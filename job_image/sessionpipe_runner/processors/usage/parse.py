@@ -1,7 +1,10 @@
 """Usage lines of a Claude Code transcript, read the way ccusage 20.0.24 reads them.
 
 Pure functions over bytes. Only lines that contain ``"usage"`` are decoded (a byte search over the
-whole file finds them, so the many tool-result and user lines are never touched), with orjson.
+whole file finds them, so the many tool-result and user lines are never touched). They are decoded
+with msgspec into :class:`_Record`, which names only the fields accounting needs: the message
+content, most of a usage line's bytes, is checked for JSON syntax but never built into Python
+objects. Any JSON value is accepted in those fields, so the type rules below stay ours.
 
 A line is kept when ``message.usage`` is an object and ``timestamp`` parses, unless ccusage would
 skip it (docs/transcripts.md): an explicit JSON null in one of :data:`NULL_REJECTED_TOP`,
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import orjson
+import msgspec
 
 USAGE_MARK = b'"usage"'
 #: A line longer than this is not decoded (counted as ``line_too_long``): no real usage line is near it.
@@ -28,6 +31,7 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_TOKENS = 10**15
 VERSION_PREFIX = re.compile(r"\d+\.\d+\.\d")
 ZERO = timedelta(0)
+UNSET: Any = msgspec.UNSET  # a field absent from the line (``None`` is an explicit JSON null)
 
 NULL_REJECTED_TOP = ("cwd", "version", "sessionId", "requestId", "costUSD", "isApiErrorMessage", "speed")
 NULL_REJECTED_MESSAGE = ("id", "model")
@@ -74,119 +78,228 @@ class _Skip(Exception):
         self.reason = reason
 
 
-def _text(container: dict[str, Any], key: str) -> str | None:
-    value = container.get(key)
-    if value is None or isinstance(value, str):
+class _Message(msgspec.Struct, gc=False):
+    id: Any = UNSET
+    model: Any = UNSET
+    usage: Any = UNSET
+
+
+class _Record(
+    msgspec.Struct,
+    gc=False,
+    rename={
+        "session_id": "sessionId",
+        "request_id": "requestId",
+        "cost_usd": "costUSD",
+        "is_api_error": "isApiErrorMessage",
+        "git_branch": "gitBranch",
+        "agent_id": "agentId",
+        "is_sidechain": "isSidechain",
+    },
+):
+    """The fields of a transcript line that usage accounting reads; every other field is skipped."""
+
+    message: _Message | None = None
+    timestamp: Any = UNSET
+    session_id: Any = UNSET
+    request_id: Any = UNSET
+    version: Any = UNSET
+    cwd: Any = UNSET
+    git_branch: Any = UNSET
+    agent_id: Any = UNSET
+    is_sidechain: Any = UNSET
+    is_api_error: Any = UNSET
+    cost_usd: Any = UNSET
+    speed: Any = UNSET
+
+
+_decode_record = msgspec.json.Decoder(_Record).decode
+
+
+def _text(value: Any) -> str | None:
+    if value is UNSET or value is None:
+        return None
+    if type(value) is str:
         return value
     raise _Skip("wrong_type")
 
 
-def _identifier(container: dict[str, Any], key: str) -> str | None:
-    value = _text(container, key)
-    if value == "":
+def _identifier(value: Any) -> str | None:
+    text = _text(value)
+    if text == "":
         raise _Skip("empty_id")
-    return value
+    return text
 
 
-def _tokens(usage: dict[str, Any], key: str) -> int:
-    value = usage.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+def _tokens(container: dict[str, Any], key: str) -> int:
+    value = container.get(key, 0)
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
         raise _Skip("wrong_type")
     return value
 
 
 def parse_timestamp(value: object) -> datetime | None:
     """An ISO-8601 timestamp as an aware UTC datetime; ``None`` if it does not parse."""
-    if not isinstance(value, str) or "T" not in value:
+    if type(value) is not str or "T" not in value:
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    offset = parsed.utcoffset()
-    if offset is None:
+    zone = parsed.tzinfo
+    if zone is UTC:  # "…Z" and "…+00:00", nearly every line
+        return parsed
+    if zone is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed if offset == ZERO and parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    return parsed.astimezone(UTC)
 
 
-def usage_line(line_no: int, record: dict[str, Any]) -> UsageLine | None:
-    """The usage of one decoded line; ``None`` if it has none; raises :class:`_Skip` to leave it out."""
-    message = record.get("message")
-    if not isinstance(message, dict):
-        return None
-    usage = message.get("usage")
-    if usage is None:
-        return None
-    if not isinstance(usage, dict):
-        raise _Skip("wrong_type")
-    for container, keys in (
-        (record, NULL_REJECTED_TOP),
-        (message, NULL_REJECTED_MESSAGE),
-        (usage, NULL_REJECTED_USAGE),
-    ):
-        for key in keys:
-            if key in container and container[key] is None:
-                raise _Skip("null_field")
-    request_id = _identifier(record, "requestId")
-    session_id = _identifier(record, "sessionId")
-    message_id = _identifier(message, "id")
-    model = _identifier(message, "model")
-    version = _text(record, "version")
-    if version is not None and not VERSION_PREFIX.match(version):
-        raise _Skip("unsupported_version")
-    timestamp = parse_timestamp(record.get("timestamp"))
-    if timestamp is None:
-        raise _Skip("bad_timestamp")
-    sidechain = record.get("isSidechain", False)
-    if not isinstance(sidechain, bool) or not isinstance(record.get("isApiErrorMessage", False), bool):
-        raise _Skip("wrong_type")
-    cost = record.get("costUSD")
-    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
-        raise _Skip("wrong_type")
-    breakdown = usage.get("cache_creation")
-    if breakdown is not None and not isinstance(breakdown, dict):
-        raise _Skip("wrong_type")
-    cache_write_total = _tokens(usage, "cache_creation_input_tokens")
-    if breakdown is None:
-        write_5m, write_1h = cache_write_total, 0
-    else:
-        # ccusage takes the 5m/1h split whenever it exists, even when it is empty.
-        write_5m = _tokens(breakdown, "ephemeral_5m_input_tokens")
-        write_1h = _tokens(breakdown, "ephemeral_1h_input_tokens")
-    server_tools = usage.get("server_tool_use")
-    web_search = server_tools.get("web_search_requests", 0) if isinstance(server_tools, dict) else 0
-    if isinstance(web_search, bool) or not isinstance(web_search, int) or not 0 <= web_search <= MAX_TOKENS:
-        web_search = 0
-    speed = usage.get("speed", record.get("speed"))
-    return UsageLine(
-        line_no=line_no,
-        transcript_session_id=session_id,
-        cwd=_text(record, "cwd"),
-        git_branch=_text(record, "gitBranch"),
-        agent_id=_text(record, "agentId"),
-        is_sidechain=sidechain,
-        model=model,
-        message_id=message_id,
-        request_id=request_id,
-        timestamp=timestamp,
-        input_tokens=_tokens(usage, "input_tokens"),
-        output_tokens=_tokens(usage, "output_tokens"),
-        cache_write_5m_tokens=write_5m,
-        cache_write_1h_tokens=write_1h,
-        cache_read_tokens=_tokens(usage, "cache_read_input_tokens"),
-        web_search_requests=web_search,
-        speed=speed if isinstance(speed, str) else None,
-        logged_cost_usd=float(cost) if cost is not None else None,
-        claude_version=version,
+def _has_rejected_null(record: _Record, message: _Message, usage: dict[str, Any]) -> bool:
+    """Whether one of the fields ccusage refuses to see as JSON null is null (absent is fine)."""
+    return (
+        record.cwd is None
+        or record.version is None
+        or record.session_id is None
+        or record.request_id is None
+        or record.cost_usd is None
+        or record.is_api_error is None
+        or record.speed is None
+        or message.id is None
+        or message.model is None
+        or usage.get("speed", UNSET) is None
+        or usage.get("cache_read_input_tokens", UNSET) is None
+        or usage.get("cache_creation_input_tokens", UNSET) is None
     )
 
 
-def _decode_failure(raw: bytes) -> str:
+_new_usage_line = tuple.__new__  # UsageLine(...) by keyword costs a Python-level call per line
+
+
+def usage_line(line_no: int, record: _Record) -> UsageLine | None:
+    """The usage of one decoded line; ``None`` if it has none; raises :class:`_Skip` to leave it out.
+
+    This runs once per API call in every transcript, so the common case (a string where a string
+    belongs, an int where an int belongs) is checked inline and the helpers see only the rest.
+    """
+    message = record.message
+    if message is None:
+        return None
+    usage = message.usage
+    if type(usage) is not dict:
+        if usage is None or usage is UNSET:
+            return None
+        raise _Skip("wrong_type")
+    if _has_rejected_null(record, message, usage):
+        raise _Skip("null_field")
+    request_id = record.request_id
+    if type(request_id) is not str or not request_id:
+        request_id = _identifier(request_id)
+    session_id = record.session_id
+    if type(session_id) is not str or not session_id:
+        session_id = _identifier(session_id)
+    message_id = message.id
+    if type(message_id) is not str or not message_id:
+        message_id = _identifier(message_id)
+    model = message.model
+    if type(model) is not str or not model:
+        model = _identifier(model)
+    version = record.version
+    if type(version) is not str:
+        version = _text(version)
+    if version is not None and not VERSION_PREFIX.match(version):
+        raise _Skip("unsupported_version")
+    timestamp = parse_timestamp(record.timestamp)
+    if timestamp is None:
+        raise _Skip("bad_timestamp")
+    sidechain = False if record.is_sidechain is UNSET else record.is_sidechain
+    if type(sidechain) is not bool or not (record.is_api_error is UNSET or type(record.is_api_error) is bool):
+        raise _Skip("wrong_type")
+    cost = record.cost_usd
+    if cost is UNSET:
+        cost = None
+    elif type(cost) is int:
+        cost = float(cost)
+    elif type(cost) is not float:
+        raise _Skip("wrong_type")
+    get = usage.get
+    input_tokens = get("input_tokens", 0)
+    output_tokens = get("output_tokens", 0)
+    cache_write = get("cache_creation_input_tokens", 0)
+    cache_read = get("cache_read_input_tokens", 0)
+    breakdown = get("cache_creation")
+    if breakdown is None:
+        write_5m, write_1h = cache_write, 0
+    elif type(breakdown) is dict:
+        # ccusage takes the 5m/1h split whenever it exists, even when it is empty.
+        write_5m = breakdown.get("ephemeral_5m_input_tokens", 0)
+        write_1h = breakdown.get("ephemeral_1h_input_tokens", 0)
+    else:
+        raise _Skip("wrong_type")
+    if not (
+        type(input_tokens) is type(output_tokens) is type(cache_write) is type(cache_read) is int
+        and type(write_5m) is type(write_1h) is int
+        and min(input_tokens, output_tokens, cache_write, cache_read, write_5m, write_1h) >= 0
+        and max(input_tokens, output_tokens, cache_write, cache_read, write_5m, write_1h) <= MAX_TOKENS
+    ):
+        raise _Skip("wrong_type")
+    server_tools = get("server_tool_use")
+    web_search = server_tools.get("web_search_requests", 0) if type(server_tools) is dict else 0
+    if type(web_search) is not int or not 0 <= web_search <= MAX_TOKENS:
+        web_search = 0
+    speed = get("speed", UNSET)
+    if speed is UNSET:
+        speed = record.speed
+    cwd = record.cwd
+    if type(cwd) is not str:
+        cwd = _text(cwd)
+    git_branch = record.git_branch
+    if type(git_branch) is not str:
+        git_branch = _text(git_branch)
+    agent_id = record.agent_id
+    if type(agent_id) is not str:
+        agent_id = _text(agent_id)
+    return _new_usage_line(
+        UsageLine,
+        (
+            line_no,
+            session_id,
+            cwd,
+            git_branch,
+            agent_id,
+            sidechain,
+            model,
+            message_id,
+            request_id,
+            timestamp,
+            input_tokens,
+            output_tokens,
+            write_5m,
+            write_1h,
+            cache_read,
+            web_search,
+            speed if type(speed) is str else None,
+            cost,
+            version,
+        ),
+    )
+
+
+def _decode(raw: bytes) -> _Record:
+    """A line decoded into :class:`_Record`; raises :class:`_Skip` when it is not a JSON object."""
+    if not raw.isascii():
+        try:  # msgspec checks the UTF-8 of the fields it builds only, so check the whole line
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Skip("invalid_utf8") from None
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "invalid_utf8"
-    return "invalid_json"
+        return _decode_record(raw)
+    except msgspec.ValidationError:
+        # Valid JSON of the wrong shape: not an object at all, or a ``message`` that is not one.
+        if not isinstance(msgspec.json.decode(raw), dict):
+            raise _Skip("not_an_object") from None
+        return _Record()  # a line whose message is not an object has no usage
+    except msgspec.DecodeError:
+        raise _Skip("invalid_json") from None
 
 
 def parse_usage_lines(data: bytes) -> ParseResult:
@@ -210,17 +323,8 @@ def parse_usage_lines(data: bytes) -> ParseResult:
         if end - start > MAX_LINE_BYTES:
             issues["line_too_long"] += 1
             continue
-        raw = data[start:end]
         try:
-            record = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            issues[_decode_failure(raw)] += 1
-            continue
-        if not isinstance(record, dict):
-            issues["not_an_object"] += 1
-            continue
-        try:
-            kept = usage_line(line_no, record)
+            kept = usage_line(line_no, _decode(data[start:end]))
         except _Skip as skip:
             issues[skip.reason] += 1
             continue

@@ -1,0 +1,313 @@
+"""Reading and processing one candidate file, in the runner's process or in worker processes.
+
+:func:`examine` is the whole of what happens to a candidate before the database: read it, tell a
+touched file from a changed one, run the processor. The runner calls it in its own process, or,
+for a processor that declares :attr:`~sessionpipe_runner.processors.base.Processor.parallel` and a
+run with enough to do, hands chunks of candidates to a :class:`WorkerPool`: the workers examine
+them, turn the rows into one Arrow table per processor table (so nothing is pickled row by row),
+and the runner, still the only writer, commits what comes back in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from multiprocessing.pool import AsyncResult, Pool
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sessionpipe_runner.processors.base import FailRun, Output, Processor, SessionFile, StopRun
+from sessionpipe_runner.reading import Snapshot, read_snapshot
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+ERROR_TEXT_LIMIT = 2000
+#: A chunk handed to a worker holds at most this many files, or this many bytes.
+CHUNK_FILES = 64
+CHUNK_BYTES = 8 * 1024 * 1024
+#: With ``workers`` left to the runner, candidates must add up to this much for workers to pay off
+#: (starting one costs an interpreter and the processor's imports).
+AUTO_PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
+
+
+class Outcome(Enum):
+    """What became of one examined candidate."""
+
+    VANISHED = "vanished"  # deleted between the scan and the read
+    UNREADABLE = "unreadable"
+    TOUCHED_UNCHANGED = "touched_unchanged"  # new size or mtime, same complete lines
+    PROCESSED = "processed"
+    FAILED = "failed"  # the processor raised: counted against the session's attempts
+    STOP_RUN = "stop_run"
+    FAIL_RUN = "fail_run"
+
+
+class ProcessingError(Exception):
+    """A processor's exception as text (from a worker, where the exception itself stays)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def error_text(error: BaseException) -> str:
+    """How a failure is recorded: the exception's type and message, bounded."""
+    text = error.text if isinstance(error, ProcessingError) else f"{type(error).__name__}: {error}"
+    return text[:ERROR_TEXT_LIMIT]
+
+
+@dataclass
+class Examined:
+    """One candidate after :func:`examine`."""
+
+    file: SessionFile  # with the size and mtime of the bytes read
+    outcome: Outcome
+    snapshot: Snapshot | None = None
+    output: Output | None = None
+    error: BaseException | None = None
+
+    @property
+    def attempted(self) -> bool:
+        """Whether the processor was called (what ``--max-sessions`` counts)."""
+        return self.outcome in (Outcome.PROCESSED, Outcome.FAILED, Outcome.STOP_RUN, Outcome.FAIL_RUN)
+
+
+def examine(processor: Processor, file: SessionFile, known_hash: str | None) -> Examined:
+    """Read ``file`` and process it, unless its complete lines still hash to ``known_hash``.
+
+    Never raises for the file's or the processor's sake: every ending is an :class:`Outcome`.
+    """
+    try:
+        snapshot = read_snapshot(file.path)
+    except FileNotFoundError:
+        return Examined(file, Outcome.VANISHED)
+    except OSError:
+        return Examined(file, Outcome.UNREADABLE)
+    file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+    if known_hash is not None and known_hash == snapshot.content_hash:
+        return Examined(file, Outcome.TOUCHED_UNCHANGED, snapshot)
+    try:
+        output = processor.process(file, snapshot.data)
+    except StopRun as stop:
+        return Examined(file, Outcome.STOP_RUN, snapshot, error=stop)
+    except FailRun as error:
+        return Examined(file, Outcome.FAIL_RUN, snapshot, error=error)
+    except Exception as error:
+        return Examined(file, Outcome.FAILED, snapshot, error=error)
+    return Examined(file, Outcome.PROCESSED, snapshot, output)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 CPU limit (a pod's)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def worker_count(requested: int, processor: Processor, candidate_bytes: int) -> int:
+    """How many worker processes a run uses; 0 means the runner processes in its own process.
+
+    ``requested`` is the ``--workers`` setting: 1 or less processes in-process, 0 chooses (one
+    per available CPU when the candidates are large enough), more asks for that many.
+    """
+    if not processor.parallel or type(processor).write is not Processor.write:
+        return 0
+    if requested == 0:
+        cpus = available_cpus()
+        return cpus if cpus > 1 and candidate_bytes >= AUTO_PARALLEL_MIN_BYTES else 0
+    return requested if requested > 1 else 0
+
+
+# --- worker processes ---------------------------------------------------------------------
+
+#: Arrow types for DuckDB column types, so every chunk's table has the same schema (inferred types
+#: differ where a chunk's column is all null). Other types are left to inference.
+_ARROW_TYPES = {
+    "VARCHAR": "string",
+    "BIGINT": "int64",
+    "INTEGER": "int32",
+    "BOOLEAN": "bool_",
+    "DOUBLE": "float64",
+    "TIMESTAMP WITH TIME ZONE": "utc_timestamp",
+}
+
+_worker_processor: Processor | None = None
+_worker_columns: Mapping[str, Sequence[tuple[str, str]]] = {}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the runner dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: the pool's own shutdown is all there is
+    if os.getppid() != parent:  # the runner died before the request above
+        os._exit(1)
+
+
+def _init_worker(parent: int, processor: Processor, columns: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+    global _worker_processor, _worker_columns
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner handles Ctrl-C and stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_processor, _worker_columns = processor, columns
+
+
+def _arrow_type(duckdb_type: str) -> pa.DataType | None:
+    import pyarrow as pa
+
+    name = _ARROW_TYPES.get(duckdb_type)
+    if name is None:
+        return None
+    if name == "utc_timestamp":
+        return pa.timestamp("us", tz="UTC")
+    factory: Any = getattr(pa, name)
+    return factory()
+
+
+def to_arrow(rows: Sequence[tuple[Any, ...]], columns: Sequence[tuple[str, str]]) -> pa.Table:
+    """Rows (tuples in column order) as an Arrow table typed after the DuckDB columns.
+
+    Raises ``ValueError`` (a row of the wrong width) or an Arrow error (a value of the wrong type).
+    """
+    import pyarrow as pa
+
+    width = len(columns)
+    for row in rows:
+        if len(row) != width:
+            raise ValueError(f"the table has {width} columns, a row has {len(row)}: {row!r}")
+    values = list(zip(*rows, strict=True)) if rows else [()] * width
+    return pa.table(
+        {name: pa.array(column, type=_arrow_type(kind)) for (name, kind), column in zip(columns, values, strict=True)}
+    )
+
+
+@dataclass
+class Chunk:
+    """The examined files of one chunk, their rows as one Arrow table per processor table."""
+
+    examined: list[Examined]
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    row_counts: list[dict[str, int]] = field(default_factory=list)  # per examined file, per table
+
+
+def _fail(examined: Examined, error: BaseException) -> None:
+    examined.outcome, examined.output = Outcome.FAILED, None
+    examined.error = ProcessingError(error_text(error))
+
+
+def _examine_chunk(tasks: Sequence[tuple[SessionFile, str | None]]) -> Chunk:
+    processor = _worker_processor
+    assert processor is not None, "worker used before its initializer ran"
+    chunk = Chunk(examined=[])
+    for file, known_hash in tasks:
+        examined = examine(processor, file, known_hash)
+        if examined.snapshot is not None:
+            examined.snapshot = examined.snapshot.without_data()
+        if examined.outcome is Outcome.FAILED and examined.error is not None:
+            _fail(examined, examined.error)  # any exception travels as text
+        elif examined.error is not None:
+            examined.error = type(examined.error)(str(examined.error))  # StopRun, FailRun
+        elif examined.output is not None:
+            unknown = sorted(set(examined.output.rows) - set(_worker_columns))
+            if unknown:
+                _fail(examined, ValueError(f"{file.key}: rows for tables the processor does not declare: {unknown}"))
+        chunk.examined.append(examined)
+    for table, columns in _worker_columns.items():
+        outputs = [e.output for e in chunk.examined if e.output is not None]
+        try:
+            chunk.tables[table] = to_arrow([row for o in outputs for row in o.rows.get(table, ())], columns)
+        except Exception:
+            # Find the session whose rows do not fit, fail it, and convert the rest.
+            for examined in chunk.examined:
+                if examined.output is not None:
+                    try:
+                        to_arrow(examined.output.rows.get(table, []), columns)
+                    except Exception as error:
+                        _fail(examined, error)
+            outputs = [e.output for e in chunk.examined if e.output is not None]
+            chunk.tables[table] = to_arrow([row for o in outputs for row in o.rows.get(table, ())], columns)
+    for examined in chunk.examined:
+        counts: dict[str, int] = {}
+        if examined.output is not None:
+            counts = {table: len(rows) for table, rows in examined.output.rows.items()}
+            examined.output.rows = {}
+        chunk.row_counts.append(counts)
+    return chunk
+
+
+def chunked(
+    tasks: Iterable[tuple[SessionFile, str | None]], files: int = CHUNK_FILES, size: int = CHUNK_BYTES
+) -> Iterator[list[tuple[SessionFile, str | None]]]:
+    """Consecutive tasks grouped so that a chunk holds at most ``files`` files or about ``size`` bytes."""
+    chunk: list[tuple[SessionFile, str | None]] = []
+    chunk_bytes = 0
+    for task in tasks:
+        chunk.append(task)
+        chunk_bytes += task[0].size
+        if len(chunk) >= files or chunk_bytes >= size:
+            yield chunk
+            chunk, chunk_bytes = [], 0
+    if chunk:
+        yield chunk
+
+
+class WorkerPool:
+    """Worker processes that examine chunks of candidates; results come back in order.
+
+    At most two chunks per worker are in flight, so memory stays bounded however far the writer
+    falls behind. Workers are started fresh (``spawn``): the runner has DuckDB and maybe a lease
+    thread running, which a forked child must not inherit.
+    """
+
+    def __init__(self, workers: int, processor: Processor, columns: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.workers = workers
+        self.pool: Pool = context.Pool(
+            workers, initializer=_init_worker, initargs=(os.getpid(), processor, dict(columns))
+        )
+
+    def examine(self, tasks: Iterable[tuple[SessionFile, str | None]]) -> Iterator[Examined]:
+        """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``."""
+        in_flight: collections.deque[AsyncResult[Chunk]] = collections.deque()
+        chunks = chunked(tasks)
+        window = 8 * self.workers
+        exhausted = False
+        while in_flight or not exhausted:
+            while not exhausted and len(in_flight) < window:
+                chunk_tasks = next(chunks, None)
+                if chunk_tasks is None:
+                    exhausted = True
+                else:
+                    in_flight.append(self.pool.apply_async(_examine_chunk, (chunk_tasks,)))
+            if in_flight:
+                yield from _unpack(in_flight.popleft().get())
+
+    def close(self) -> None:
+        """Stop the workers now (also on SIGTERM, or when the run ends early)."""
+        self.pool.terminate()
+        self.pool.join()
+
+
+def _unpack(chunk: Chunk) -> Iterator[Examined]:
+    offsets = dict.fromkeys(chunk.tables, 0)
+    for examined, counts in zip(chunk.examined, chunk.row_counts, strict=True):
+        if examined.output is not None:
+            for table, count in counts.items():
+                examined.output.arrow[table] = chunk.tables[table].slice(offsets[table], count)
+                offsets[table] += count
+        yield examined

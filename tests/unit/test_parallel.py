@@ -1,0 +1,175 @@
+"""Worker processes (``--workers``): the same tables as the runner alone, failures isolated, no orphans."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sessionpipe_runner import work
+from sessionpipe_runner.processors.base import Output, Processor, SessionFile
+from sessionpipe_runner.processors.usage import UsageProcessor
+from sessionpipe_runner.synth import generate_corpus
+from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
+
+STATE = (
+    "SELECT processor, session_file, user_name, size, mtime_ns, content_hash, processor_version, items, "
+    "attempts, last_error, status FROM session_processor_state ORDER BY ALL"
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("parallel") / "sessions"
+    generate_corpus(root, users=3, target_bytes=3 * 1024 * 1024, seed=7)
+    return root
+
+
+def table(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_workers_store_exactly_what_the_runner_alone_stores(corpus: Path, tmp_path: Path) -> None:
+    summaries = {}
+    for workers in ("1", "2"):
+        db = tmp_path / f"w{workers}.duckdb"
+        result = sessionpipe(
+            "run", "--processor", "usage", "--sessions", corpus, "--db", db, "--workers", workers, "--json"
+        )
+        assert result.returncode == 0, result.stderr
+        summaries[workers] = run_summary(result)
+    assert summaries["1"]["workers"] == 0
+    assert summaries["2"]["workers"] == 2
+    for key in ("scanned", "hashed", "processed", "items", "errors", "issues"):
+        assert summaries["2"][key] == summaries["1"][key], key
+    assert summaries["2"]["items"] > 1000
+    alone, parallel = tmp_path / "w1.duckdb", tmp_path / "w2.duckdb"
+    rows = "SELECT * FROM usage_rows ORDER BY session_file, line_no"
+    assert table(parallel, rows) == table(alone, rows)
+    assert table(parallel, STATE) == table(alone, STATE)
+    # Sums of floats depend on the order rows are met in: costs agree to the nano-dollar.
+    report = "SELECT * EXCLUDE (cost_usd), round(cost_usd, 9) FROM usage_sessions ORDER BY ALL"
+    assert table(parallel, report) == table(alone, report)
+
+
+def test_a_session_that_fails_in_a_worker_fails_alone(tmp_path: Path) -> None:
+    sessions = tmp_path / "sessions"
+    for index in range(40):
+        path = sessions / f"user{index % 2}" / "-proj" / f"s{index:02}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker = "PLEASE-FAIL" if index == 17 else "fine"
+        path.write_text("".join(f'{{"i": {i}, "m": "{marker}"}}\n' for i in range(index + 1)))
+    env = sessionpipe_env(install_test_plugin(tmp_path / "site"), TESTPLUGIN_PARALLEL="1")
+    db = tmp_path / "db.duckdb"
+    result = sessionpipe(
+        "run", "--processor", "lines", "--sessions", sessions, "--db", db, "--workers", "2", "--json", env=env
+    )
+    summary = run_summary(result)
+    assert (summary["outcome"], summary["workers"], summary["processed"], summary["errors"]) == (
+        "completed_with_errors",
+        2,
+        39,
+        1,
+    )
+    assert summary["failures"] == {
+        "user1/-proj/s17.jsonl": "RuntimeError: refusing user1/-proj/s17.jsonl: it asks to fail"
+    }
+    failed = table(db, "SELECT session_file, attempts, status FROM session_processor_state WHERE status <> 'done'")
+    assert failed == [("user1/-proj/s17.jsonl", 1, "failed")]
+    assert table(db, "SELECT count(*) FROM line_rows")[0][0] == sum(range(1, 41)) - 18
+
+
+class _Budgeted(Processor):
+    name = "budgeted"
+    version = "1"
+    tables = ("budgeted_rows",)
+    parallel = True
+
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        return Output()
+
+
+class _OwnWriter(_Budgeted):
+    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+        pass
+
+
+def test_worker_count_follows_the_setting_the_processor_and_the_amount_of_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    big, small = work.AUTO_PARALLEL_MIN_BYTES, work.AUTO_PARALLEL_MIN_BYTES - 1
+    monkeypatch.setattr(work, "available_cpus", lambda: 4)
+    assert work.worker_count(0, UsageProcessor(), big) == 4
+    assert work.worker_count(0, UsageProcessor(), small) == 0  # not worth starting interpreters
+    assert work.worker_count(1, UsageProcessor(), big) == 0
+    assert work.worker_count(3, UsageProcessor(), 1) == 3  # asked for explicitly
+    assert work.worker_count(3, _OwnWriter(), big) == 0  # its own write() runs in the runner
+    monkeypatch.setattr(_Budgeted, "parallel", False)
+    assert work.worker_count(3, _Budgeted(), big) == 0
+    monkeypatch.setattr(work, "available_cpus", lambda: 1)
+    assert work.worker_count(0, UsageProcessor(), big) == 0
+
+
+def test_available_cpus_is_at_least_one_and_at_most_the_affinity() -> None:
+    import os
+
+    assert 1 <= work.available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_rows_that_do_not_fit_the_table_fail_their_session_only(tmp_path: Path) -> None:
+    columns = [("session_file", "VARCHAR"), ("n", "BIGINT")]
+    assert work.to_arrow([("a", 1), ("b", 2)], columns).num_rows == 2
+    with pytest.raises(ValueError, match="2 columns, a row has 3"):
+        work.to_arrow([("a", 1, 2)], columns)
+    with pytest.raises(Exception, match=r"str|int"):
+        work.to_arrow([("a", "not a number")], columns)
+
+
+def worker_pids(mark: str) -> list[int]:
+    """Processes whose environment carries ``mark`` (the runner's workers, here)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_runner_leaves_no_worker_behind_and_the_rerun_completes_the_tables(
+    corpus: Path, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    mark = f"sessionpipe-test-{uuid.uuid4().hex}"
+    env = sessionpipe_env(TESTPLUGIN_MARK=mark)
+    wrapper = Path(__file__).resolve().parent.parent / "crash_wrapper.py"
+    args = ["run", "--processor", "usage", "--sessions", str(corpus), "--db", str(tmp_path / "db.duckdb")]
+    killed = subprocess.run(
+        [sys.executable, str(wrapper), "fn:sessionpipe_runner.store:insert_arrow:1", "--", *args, "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    deadline = time.monotonic() + 10
+    while worker_pids(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker_pids(mark) == []
+    again = sessionpipe(*args, "--workers", "2", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    reference = tmp_path / "reference.duckdb"
+    uninterrupted = sessionpipe(*args[:-1], str(reference), "--workers", "2", env=env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    rows = "SELECT * FROM usage_rows ORDER BY session_file, line_no"
+    assert table(tmp_path / "db.duckdb", rows) == table(reference, rows)
+    assert table(tmp_path / "db.duckdb", STATE) == table(reference, STATE)
