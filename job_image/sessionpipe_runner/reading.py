@@ -45,12 +45,12 @@ def complete_prefix(raw: bytes) -> tuple[bytes, bool]:
     return (raw, False) if complete else (raw[:cut], True)
 
 
-def read_snapshot(path: Path) -> Snapshot:
+def read_snapshot(path: str | Path) -> Snapshot:
     """Read a file once; size and mtime come from the open descriptor, so they match the bytes.
 
     Raises ``FileNotFoundError`` if it vanished and ``OSError`` if it cannot be read.
     """
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:  # noqa: PTH123 (a str from the scan, no Path needed)
         info = os.fstat(handle.fileno())
         raw = handle.read()
     data, partial = complete_prefix(raw)

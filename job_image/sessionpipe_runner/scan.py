@@ -134,7 +134,7 @@ def _walk(directory: Path, parts: list[str], user: str, result: ScanResult) -> N
         result.files.append(
             SessionFile(
                 key="/".join([user, *relative]),
-                path=Path(entry.path),
+                location=entry.path,
                 user=user,
                 project=project,
                 session_id=session_id,

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import multiprocessing
 import os
 import signal
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,8 @@ from sessionpipe_runner.processors.base import FailRun, Output, Processor, Sessi
 from sessionpipe_runner.reading import Snapshot, read_snapshot
 
 if TYPE_CHECKING:
+    from multiprocessing.pool import AsyncResult, Pool
+
     import pyarrow as pa
 
 ERROR_TEXT_LIMIT = 2000
@@ -86,7 +86,7 @@ def examine(processor: Processor, file: SessionFile, known_hash: str | None) -> 
     Never raises for the file's or the processor's sake: every ending is an :class:`Outcome`.
     """
     try:
-        snapshot = read_snapshot(file.path)
+        snapshot = read_snapshot(file.location)
     except FileNotFoundError:
         return Examined(file, Outcome.VANISHED)
     except OSError:
@@ -275,6 +275,8 @@ class WorkerPool:
     """
 
     def __init__(self, workers: int, processor: Processor, columns: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        import multiprocessing  # only runs that use workers pay for the import
+
         context = multiprocessing.get_context("spawn")
         self.workers = workers
         self.pool: Pool = context.Pool(

@@ -130,7 +130,7 @@ def test_timestamp_with_an_offset_is_stored_in_utc() -> None:
 def test_processor_rows_use_the_logged_cost_and_the_session_identity() -> None:
     session = SessionFile(
         key="carol/project-alpha/session-alpha/chat.jsonl",
-        path=FIXTURES_ALPHA,
+        location=str(FIXTURES_ALPHA),
         user="carol",
         project="project-alpha",
         session_id="session-alpha",
@@ -150,7 +150,7 @@ def test_processor_rows_use_the_logged_cost_and_the_session_identity() -> None:
 def test_processor_prices_calls_at_the_published_per_token_rates() -> None:
     # Claude Sonnet 4 list prices (USD per million tokens): input 3, output 15, 5m cache write 3.75,
     # cache read 0.30. The sniffly lines carry no costUSD, so every cost comes from these rates.
-    session = SessionFile("u/p/s.jsonl", SNIFFLY, "u", "p", "s", 0, 0)
+    session = SessionFile("u/p/s.jsonl", str(SNIFFLY), "u", "p", "s", 0, 0)
     rows = UsageProcessor().process(session, SNIFFLY.read_bytes()).rows["usage_rows"]
     for (_, _, usage), row in zip(plain_usage(SNIFFLY), rows, strict=True):
         expected = (

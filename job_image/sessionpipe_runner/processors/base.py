@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,12 +42,17 @@ class SessionFile:
     """One transcript file on the sessions volume, as the scan found it."""
 
     key: str  # path relative to the sessions root, user first: "alice/-home-alice-app/1f0c….jsonl"
-    path: Path  # where to read it
+    location: str  # where to read it (a string: a scan of 100,000 files need not build Paths)
     user: str  # the first component of ``key``
     project: str  # the folder under the user ("" for a flat <user>/<session>.jsonl)
     session_id: str  # the session this file rolls up into (subagent files join their parent)
     size: int
     mtime_ns: int
+
+    @cached_property
+    def path(self) -> Path:
+        """:attr:`location` as a ``Path``."""
+        return Path(self.location)
 
 
 @dataclass
