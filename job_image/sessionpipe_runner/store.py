@@ -195,7 +195,12 @@ def insert_rows(
     import pyarrow as pa
 
     columns = list(zip(*rows, strict=True))
-    arrow = pa.table({name: pa.array(column) for name, column in zip(names, columns, strict=True)})
+    _insert_table(
+        con, verb, table, pa.table({name: pa.array(column) for name, column in zip(names, columns, strict=True)})
+    )
+
+
+def _insert_table(con: duckdb.DuckDBPyConnection, verb: str, table: str, arrow: pa.Table) -> None:
     con.register("_sessionpipe_insert", arrow)
     try:
         con.execute(f"{verb} INTO {table} SELECT * FROM _sessionpipe_insert")
@@ -211,12 +216,7 @@ def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, parts: Sequence[pa.
     if not parts:
         return
     # One contiguous table: DuckDB scans a table of many small chunks (a slice per session) slowly.
-    arrow = pa.concat_tables(parts, promote_options="default").combine_chunks()
-    con.register("_sessionpipe_insert", arrow)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM _sessionpipe_insert")
-    finally:
-        con.unregister("_sessionpipe_insert")
+    _insert_table(con, "INSERT", table, pa.concat_tables(parts, promote_options="default").combine_chunks())
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,14 @@ def _fail(examined: Examined, error: BaseException) -> None:
     examined.error = ProcessingError(error_text(error))
 
 
+def _tables(examined: Sequence[Examined]) -> dict[str, pa.Table]:
+    outputs = [one.output for one in examined if one.output is not None]
+    return {
+        table: to_arrow([row for output in outputs for row in output.rows.get(table, ())], columns)
+        for table, columns in _worker_columns.items()
+    }
+
+
 def _examine_chunk(tasks: Sequence[tuple[SessionFile, str | None]]) -> Chunk:
     processor = _worker_processor
     assert processor is not None, "worker used before its initializer ran"
@@ -227,20 +235,18 @@ def _examine_chunk(tasks: Sequence[tuple[SessionFile, str | None]]) -> Chunk:
             if unknown:
                 _fail(examined, ValueError(f"{file.key}: rows for tables the processor does not declare: {unknown}"))
         chunk.examined.append(examined)
-    for table, columns in _worker_columns.items():
-        outputs = [e.output for e in chunk.examined if e.output is not None]
-        try:
-            chunk.tables[table] = to_arrow([row for o in outputs for row in o.rows.get(table, ())], columns)
-        except Exception:
-            # Find the session whose rows do not fit, fail it, and convert the rest.
-            for examined in chunk.examined:
-                if examined.output is not None:
-                    try:
-                        to_arrow(examined.output.rows.get(table, []), columns)
-                    except Exception as error:
-                        _fail(examined, error)
-            outputs = [e.output for e in chunk.examined if e.output is not None]
-            chunk.tables[table] = to_arrow([row for o in outputs for row in o.rows.get(table, ())], columns)
+    try:
+        chunk.tables = _tables(chunk.examined)
+    except Exception:
+        # Fail the sessions whose rows do not fit, then convert the rest. Every table is rebuilt,
+        # so no table keeps rows of a session failed because of another table.
+        for examined in chunk.examined:
+            if examined.output is not None:
+                try:
+                    _tables([examined])
+                except Exception as error:
+                    _fail(examined, error)
+        chunk.tables = _tables(chunk.examined)
     for examined in chunk.examined:
         counts: dict[str, int] = {}
         if examined.output is not None:
