@@ -58,6 +58,24 @@ class Terminated(BaseException):
     """SIGTERM arrived: roll back, release the lease, report, exit."""
 
 
+class Sigterm:
+    """Whether SIGTERM arrived during the run.
+
+    The handler raises :class:`Terminated`, but when the signal lands while DuckDB runs a
+    statement, DuckDB turns that exception into its own ``Query interrupted`` error, an ordinary
+    ``Exception`` that would fail a session or the run instead. So the flag is the record that
+    counts: the runner checks it wherever it catches errors and between sessions.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def check(self) -> None:
+        """Raise :class:`Terminated` if SIGTERM arrived, whatever became of the handler's exception."""
+        if self.received:
+            raise Terminated()
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Everything one run needs, already resolved from flags, environment and defaults."""
@@ -81,10 +99,11 @@ def snapshot_path(database: Path) -> Path:
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
+def sigterm_raises(sigterm: Sigterm) -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` in the main thread for the duration of a run."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        sigterm.received = True
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -126,6 +145,7 @@ class Run:
             lease=lease.name,
         )
         self.con: duckdb.DuckDBPyConnection | None = None
+        self.sigterm = Sigterm()
         self.epoch = 0
         self.states: dict[str, StateRow] = {}
 
@@ -247,6 +267,7 @@ class Run:
         pending = _Pending()
         stopped: str | None = None
         for examined in results:
+            self.sigterm.check()  # a processor may have caught the handler's exception
             if examined is None or stopped is not None:
                 summary.skipped += 1
                 summary.issues["left_for_next_run"] += 1
@@ -300,6 +321,7 @@ class Run:
         except LeaseLost:
             raise
         except Exception as error:
+            self.sigterm.check()
             if len(pending.outputs) + len(pending.failures) > 1:
                 for one in _split(pending):
                     self.flush(con, one)
@@ -432,13 +454,14 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
     summary = job.summary
     holding = False
     try:
-        with sigterm_raises():
+        with sigterm_raises(job.sigterm):
             try:
                 waiting_until = time.monotonic() + settings.lease_wait_seconds
                 job.epoch = lease.acquire(settings.lease_wait_seconds)
                 holding = True
                 con = job.open(waiting_until)
                 job.process_all(con)
+                job.sigterm.check()
                 _settle(summary)
                 job.finish(con)
                 publish_snapshot(settings.database)
@@ -450,17 +473,18 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
                 summary.message = f"lease lost, stopped writing: {error}"
                 _abandon(job)
             except Terminated:
-                summary.outcome, summary.exit_code = OUTCOME_TERMINATED, EXIT_TERMINATED
-                summary.message = "terminated by SIGTERM; the open transaction was rolled back"
-                _close_after_failure(job)
+                _terminated(job)
             except FailRun as error:
                 summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED
                 summary.message = str(error)
                 _close_after_failure(job)
             except Exception as error:
-                summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED
-                summary.message = work.error_text(error)
-                _close_after_failure(job)
+                if job.sigterm.received:  # DuckDB's "Query interrupted" in place of Terminated
+                    _terminated(job)
+                else:
+                    summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED
+                    summary.message = work.error_text(error)
+                    _close_after_failure(job)
     finally:
         if holding:
             lease.release()
@@ -468,6 +492,13 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
         if settings.termination_log is not None:
             write_termination_message(summary, settings.termination_log)
     return summary
+
+
+def _terminated(job: Run) -> None:
+    summary = job.summary
+    summary.outcome, summary.exit_code = OUTCOME_TERMINATED, EXIT_TERMINATED
+    summary.message = "terminated by SIGTERM; the open transaction was rolled back"
+    _close_after_failure(job)
 
 
 def _abandon(job: Run) -> None:

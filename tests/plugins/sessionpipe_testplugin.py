@@ -11,7 +11,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sessionpipe_runner.processors.base import Migration, Output, Processor, SessionFile
+import duckdb
+
+from sessionpipe_runner.processors.base import Migration, Output, Processor, SessionFile, replace_session_rows
+
+#: A DuckDB statement that runs for a second or more. DuckDB notices a pending signal when the
+#: statement ends and reports it as its own "Query interrupted" error.
+SLOW_QUERY = "SELECT count(*) FROM range(50000) a, range(200000) b"
+
+
+def _slow_query_once(con: duckdb.DuckDBPyConnection) -> None:
+    """Run :data:`SLOW_QUERY` the first time only, after creating ``TESTPLUGIN_SLOW_QUERY_MARK``."""
+    mark = Path(os.environ["TESTPLUGIN_SLOW_QUERY_MARK"])
+    if not mark.exists():
+        mark.touch()
+        con.execute(SLOW_QUERY).fetchall()
 
 
 class LinesProcessor(Processor):
@@ -34,8 +48,12 @@ class LinesProcessor(Processor):
         )
 
     def process(self, session: SessionFile, data: bytes) -> Output:
-        # Knobs for tests of the runner: a slow processor, and a file that vanishes mid-run.
+        # Knobs for tests of the runner: a slow processor, a file that vanishes mid-run, and a
+        # DuckDB statement to be interrupted in process() or in write().
         time.sleep(float(os.environ.get("TESTPLUGIN_SLEEP", "0")))
+        if os.environ.get("TESTPLUGIN_SLOW_QUERY") == "process":
+            with duckdb.connect() as scratch:
+                _slow_query_once(scratch)
         doomed = os.environ.get("TESTPLUGIN_DELETE")
         if doomed:
             Path(doomed).unlink(missing_ok=True)
@@ -44,3 +62,9 @@ class LinesProcessor(Processor):
         lines = data.splitlines()
         rows = [(session.key, number, len(line)) for number, line in enumerate(lines, start=1)]
         return Output(rows={"line_rows": rows}, items=len(rows))
+
+    if os.environ.get("TESTPLUGIN_SLOW_QUERY") == "write":  # a custom write, only when asked for
+
+        def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+            replace_session_rows(con, self.tables, batch)
+            _slow_query_once(con)

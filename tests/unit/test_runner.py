@@ -216,6 +216,38 @@ def test_sigterm_rolls_back_releases_the_lease_and_reports(
     assert nxt["_exit"] == EXIT_OK and nxt["processed"] == 3 - summary["processed"]
 
 
+@pytest.mark.parametrize("where", ["process", "write"])
+def test_sigterm_during_a_duckdb_statement_still_terminates_the_run(
+    where: str, sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """DuckDB reports a signal that lands in a statement as "Query interrupted", an ordinary error.
+
+    Neither a processor's own statement (which would fail the session) nor one in the runner's
+    transaction (which would be retried session by session) may turn SIGTERM into a run that goes on.
+    """
+    db = tmp_path / "db.duckdb"
+    mark = tmp_path / "in-the-statement"
+    knobs = {"TESTPLUGIN_SLOW_QUERY": where, "TESTPLUGIN_SLOW_QUERY_MARK": str(mark), "TESTPLUGIN_BATCHABLE": "0"}
+    proc = start_sessionpipe(
+        "run", "--processor", "lines", "--sessions", sessions, "--db", db, "--json", env={**plugin_env, **knobs}
+    )
+    deadline = time.monotonic() + 30
+    while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert mark.exists(), "the run never reached the slow statement"
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    result = finish(proc, timeout=60)
+    assert result.returncode == EXIT_TERMINATED, result.stdout + result.stderr
+    summary = run_summary(result)
+    assert (summary["outcome"], summary["processed"], summary["errors"]) == ("terminated", 0, 0)
+    assert rows(db, "SELECT count(*) FROM session_processor_state") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM line_rows") == [(0,)]
+    assert rows(db, "SELECT outcome, exit_code FROM processor_runs") == [("terminated", EXIT_TERMINATED)]
+    nxt = run_lines(sessions, db, {**plugin_env, **knobs})
+    assert (nxt["_exit"], nxt["processed"], nxt["errors"]) == (EXIT_OK, 3, 0)
+
+
 def test_termination_message_is_compact_json(sessions: Path, tmp_path: Path, plugin_env: dict[str, str]) -> None:
     for index in range(300):  # many failures with long errors must still fit in 4096 bytes
         (sessions / "alice" / f"bad-{index:03}-{'x' * 80}.jsonl").write_text('"PLEASE-FAIL"\n')
