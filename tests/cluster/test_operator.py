@@ -480,6 +480,9 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
     for name, spec in unworkable.items():
         apply(control_plane, ns, sessionprocessor(name, spec))
 
+    def valid(namespace: str, name: str) -> bool:
+        return not condition_true(cr(kube, namespace, name).get("status") or {}, "InvalidSpec")
+
     def all_invalid() -> bool:
         return all(condition_true(cr(kube, ns, name).get("status") or {}, "InvalidSpec") for name in unworkable)
 
@@ -507,12 +510,13 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
 
     # A corrected spec is reconciled at once; the second writer runs once the first is gone.
     merge_patch_cr(control_plane, ns, "odd-interval", {"spec": {"schedule": "every 5m"}})
+    # (The status is patched when the handler returns, a moment after the CronJob is written.)
     fixed = wait_for(lambda: kube.get(cronjob_path(ns, "odd-interval")), 5, "the corrected processor's CronJob")
     assert fixed["spec"]["schedule"] == "*/5 * * * *"
-    assert not condition_true(cr(kube, ns, "odd-interval")["status"], "InvalidSpec")
+    wait_for(lambda: valid(ns, "odd-interval"), 5, "InvalidSpec cleared on the corrected processor")
     control_plane.kubectl("delete", "sessionprocessor", "first", namespace=ns)
     wait_for(lambda: kube.get(cronjob_path(ns, "second-writer")), 10, "the second writer's CronJob once it is alone")
-    assert not condition_true(cr(kube, ns, "second-writer")["status"], "InvalidSpec")
+    wait_for(lambda: valid(ns, "second-writer"), 5, "InvalidSpec cleared on the second writer")
 
 
 # --- 5. failure and recovery ---------------------------------------------------------------------------
