@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import random
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +128,86 @@ def test_timestamp_with_an_offset_is_stored_in_utc() -> None:
     data = mutated(lambda r: r.update(timestamp="2025-06-08T13:00:00.500+02:00"))
     (line,) = parse_usage_lines(data).lines
     assert line.timestamp == datetime(2025, 6, 8, 11, 0, 0, 500000, tzinfo=UTC)
+
+
+# --- the typed reading and the untyped one agree on every line ------------------------------------
+
+#: Values to put in place of a field: of the right type, of a wrong one, out of range, null, absent.
+ODD_VALUES: list[Any] = [
+    None, "", "x", "0", "beta", "1.0.9", "2.0.31-dev", "2025-06-08T13:00:00Z", "2025-06-08T13:00:00.5+02:00",
+    "2025-06-08", "2025-06-08 13:00:00", 0, 7, -1, 10**15, 10**15 + 1, 10**30, 1.5, 2.0, 1e300, True, False,
+    [], [1], {}, {"ephemeral_5m_input_tokens": 3}, {"ephemeral_1h_input_tokens": "3"}, {"web_search_requests": 2},
+    {"web_search_requests": -2}, "fast", "standard",
+]  # fmt: skip
+TOP_FIELDS = ["timestamp", "sessionId", "requestId", "version", "cwd", "gitBranch", "agentId", "isSidechain",
+              "isApiErrorMessage", "costUSD", "speed", "message"]  # fmt: skip
+MESSAGE_FIELDS = ["id", "model", "usage"]
+USAGE_FIELDS = ["input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                "cache_creation", "server_tool_use", "speed"]  # fmt: skip
+ABSENT = object()
+
+
+def corpus_usage_lines() -> list[dict[str, Any]]:
+    return [record for path in sorted(CORPUS.rglob("*.jsonl")) for _, record, _ in plain_usage(path)]
+
+
+def fuzzed_lines(count: int, seed: int = 20261123) -> list[bytes]:
+    """Real usage lines with one to three fields replaced by odd values or removed."""
+    rng = random.Random(seed)
+    originals = corpus_usage_lines()
+    lines = []
+    for _ in range(count):
+        record = copy.deepcopy(rng.choice(originals))
+        for _ in range(rng.randint(1, 3)):
+            where = rng.choice(["top", "message", "usage"])
+            container = record if where == "top" else record.get("message")
+            if where == "usage" and isinstance(container, dict):
+                container = container.get("usage")
+            if not isinstance(container, dict):
+                continue
+            key = rng.choice({"top": TOP_FIELDS, "message": MESSAGE_FIELDS, "usage": USAGE_FIELDS}[where])
+            value = rng.choice([*ODD_VALUES, ABSENT])
+            if value is ABSENT:
+                container.pop(key, None)
+            else:
+                container[key] = copy.deepcopy(value)
+        lines.append(json.dumps(record).encode())
+    return lines
+
+
+def reading(read: Any, number: int, raw: bytes) -> Any:
+    try:
+        return read(number, raw)
+    except usage_parse._Skip as skip:
+        return skip.reason
+
+
+def test_the_typed_reading_takes_the_real_lines() -> None:
+    """Real usage lines decode with the types (or the typed reading would never be used)."""
+    for record in corpus_usage_lines():
+        usage_parse._decode_typed_record(json.dumps(record).encode())
+
+
+def test_the_typed_and_untyped_readings_agree_on_fuzzed_lines() -> None:
+    outcomes: Counter[str] = Counter()
+    for number, raw in enumerate(fuzzed_lines(6000), start=1):
+        typed = reading(usage_parse.read_line, number, raw)
+        assert typed == reading(usage_parse.read_line_untyped, number, raw), raw
+        outcomes["kept" if isinstance(typed, usage_parse.UsageLine) else str(typed)] += 1
+    # The fuzzing reached every rule, so agreement means something.
+    assert {"kept", "None", "wrong_type", "null_field", "empty_id", "unsupported_version", "bad_timestamp"} <= set(
+        outcomes
+    ), outcomes
+
+
+def test_the_typed_and_untyped_readings_agree_on_whole_files() -> None:
+    for path in sorted(CORPUS.rglob("*.jsonl")):
+        data = path.read_bytes()
+        damaged = data + b"\n".join([*BAD_LINES.values(), *fuzzed_lines(50)]) + b"\n"
+        for variant in (data, damaged):
+            typed = parse_usage_lines(variant)
+            untyped = parse_usage_lines(variant, usage_parse.read_line_untyped)
+            assert (typed.lines, typed.issues) == (untyped.lines, untyped.issues), path
 
 
 def test_processor_rows_use_the_logged_cost_and_the_session_identity() -> None:

@@ -1,26 +1,23 @@
 """Usage lines of a Claude Code transcript, read the way ccusage 20.0.24 reads them.
 
 Pure functions over bytes. Only lines that contain ``"usage"`` are decoded (a byte search over the
-whole file finds them, so the many tool-result and user lines are never touched). They are decoded
-with msgspec into :class:`_Record`, which names only the fields accounting needs: the message
+whole file finds them, so the many tool-result and user lines are never touched). Each is decoded
+with msgspec into :class:`_TypedRecord`, which names only the fields accounting needs, with the
+types a sound line has: msgspec checks those types and the token ranges in C, and the message
 content, most of a usage line's bytes, is checked for JSON syntax but never built into Python
-objects. Any JSON value is accepted in those fields, so the type rules below stay ours.
-
-A line is kept when ``message.usage`` is an object and ``timestamp`` parses, unless ccusage would
-skip it (docs/transcripts.md): an explicit JSON null in one of :data:`NULL_REJECTED_TOP`,
-:data:`NULL_REJECTED_MESSAGE` or :data:`NULL_REJECTED_USAGE`; an empty ``requestId``,
-``sessionId``, ``message.id`` or ``message.model``; a ``version`` that does not start with
-digits.digits.digit. Every line left out for a reason other than "has no usage" is counted in
-:attr:`ParseResult.issues` under that reason; nothing here raises on bad input.
+objects. A line the types refuse is decoded again into :class:`_Record`, which takes any JSON value
+in those fields, and :func:`usage_line` applies every rule below to it and names the reason it
+is left out. A differential test holds the two readings to the same result on every line.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -84,19 +81,19 @@ class _Message(msgspec.Struct, gc=False):
     usage: Any = UNSET
 
 
-class _Record(
-    msgspec.Struct,
-    gc=False,
-    rename={
-        "session_id": "sessionId",
-        "request_id": "requestId",
-        "cost_usd": "costUSD",
-        "is_api_error": "isApiErrorMessage",
-        "git_branch": "gitBranch",
-        "agent_id": "agentId",
-        "is_sidechain": "isSidechain",
-    },
-):
+#: Field names of the records below as a transcript spells them.
+TRANSCRIPT_NAMES = {
+    "session_id": "sessionId",
+    "request_id": "requestId",
+    "cost_usd": "costUSD",
+    "is_api_error": "isApiErrorMessage",
+    "git_branch": "gitBranch",
+    "agent_id": "agentId",
+    "is_sidechain": "isSidechain",
+}
+
+
+class _Record(msgspec.Struct, gc=False, rename=TRANSCRIPT_NAMES):
     """The fields of a transcript line that usage accounting reads; every other field is skipped."""
 
     message: _Message | None = None
@@ -115,6 +112,112 @@ class _Record(
 
 _decode_record = msgspec.json.Decoder(_Record).decode
 
+# --- the typed reading --------------------------------------------------------------------------
+# Each field has the type :func:`usage_line` accepts without comment; any other value (a null where
+# ccusage refuses one, a string for a count, a negative count) fails the typed decoding and sends the
+# line to :func:`usage_line`, which finds the reason.
+
+Unset = msgspec.UnsetType
+Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+
+
+class _TypedBreakdown(msgspec.Struct, gc=False):
+    ephemeral_5m_input_tokens: Tokens = 0
+    ephemeral_1h_input_tokens: Tokens = 0
+
+
+class _TypedServerTools(msgspec.Struct, gc=False):
+    web_search_requests: Tokens = 0
+
+
+class _TypedUsage(msgspec.Struct, gc=False):
+    input_tokens: Tokens = 0
+    output_tokens: Tokens = 0
+    cache_creation_input_tokens: Tokens = 0
+    cache_read_input_tokens: Tokens = 0
+    cache_creation: _TypedBreakdown | Unset | None = UNSET
+    server_tool_use: _TypedServerTools | Unset = UNSET
+    speed: str | Unset = UNSET
+
+
+class _TypedMessage(msgspec.Struct, gc=False):
+    id: str | Unset = UNSET
+    model: str | Unset = UNSET
+    usage: _TypedUsage | Unset | None = UNSET
+
+
+class _TypedRecord(msgspec.Struct, gc=False, rename=TRANSCRIPT_NAMES):
+    """:class:`_Record` with the types of a line that needs no second look."""
+
+    message: _TypedMessage | Unset | None = UNSET
+    timestamp: str | Unset = UNSET
+    session_id: str | Unset = UNSET
+    request_id: str | Unset = UNSET
+    version: str | Unset = UNSET
+    cwd: str | Unset = UNSET
+    git_branch: str | Unset | None = UNSET
+    agent_id: str | Unset | None = UNSET
+    is_sidechain: bool | Unset = UNSET
+    is_api_error: bool | Unset = UNSET
+    cost_usd: float | Unset = UNSET
+    speed: str | Unset = UNSET
+
+
+_decode_typed_record = msgspec.json.Decoder(_TypedRecord).decode
+
+
+def _typed_usage_line(line_no: int, record: _TypedRecord, message: _TypedMessage, usage: _TypedUsage) -> UsageLine:
+    """:func:`usage_line` for a typed record: only the rules types cannot express are left to check.
+
+    Raises :class:`_Skip` for those, in the order :func:`usage_line` checks them.
+    """
+    request_id = None if record.request_id is msgspec.UNSET else record.request_id
+    session_id = None if record.session_id is msgspec.UNSET else record.session_id
+    message_id = None if message.id is msgspec.UNSET else message.id
+    model = None if message.model is msgspec.UNSET else message.model
+    if request_id == "" or session_id == "" or message_id == "" or model == "":
+        raise _Skip("empty_id")
+    version = None if record.version is msgspec.UNSET else record.version
+    if version is not None and not VERSION_PREFIX.match(version):
+        raise _Skip("unsupported_version")
+    timestamp = parse_timestamp(record.timestamp)
+    if timestamp is None:
+        raise _Skip("bad_timestamp")
+    breakdown = usage.cache_creation
+    if breakdown is None or breakdown is msgspec.UNSET:
+        write_5m, write_1h = usage.cache_creation_input_tokens, 0
+    else:
+        write_5m, write_1h = breakdown.ephemeral_5m_input_tokens, breakdown.ephemeral_1h_input_tokens
+    server_tools = usage.server_tool_use
+    speed = record.speed if usage.speed is msgspec.UNSET else usage.speed
+    return _new_usage_line(
+        UsageLine,
+        (
+            line_no,
+            session_id,
+            None if record.cwd is msgspec.UNSET else record.cwd,
+            None if record.git_branch is msgspec.UNSET else record.git_branch,
+            None if record.agent_id is msgspec.UNSET else record.agent_id,
+            False if record.is_sidechain is msgspec.UNSET else record.is_sidechain,
+            model,
+            message_id,
+            request_id,
+            timestamp,
+            usage.input_tokens,
+            usage.output_tokens,
+            write_5m,
+            write_1h,
+            usage.cache_read_input_tokens,
+            0 if server_tools is msgspec.UNSET else server_tools.web_search_requests,
+            None if speed is msgspec.UNSET else speed,
+            None if record.cost_usd is msgspec.UNSET else record.cost_usd,
+            version,
+        ),
+    )
+
+
+# --- the untyped reading: every rule checked in Python --------------------------------------
+
 
 def _text(value: Any) -> str | None:
     if value is UNSET or value is None:
@@ -129,13 +232,6 @@ def _identifier(value: Any) -> str | None:
     if text == "":
         raise _Skip("empty_id")
     return text
-
-
-def _tokens(container: dict[str, Any], key: str) -> int:
-    value = container.get(key, 0)
-    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
-        raise _Skip("wrong_type")
-    return value
 
 
 def parse_timestamp(value: object) -> datetime | None:
@@ -178,8 +274,8 @@ _new_usage_line = tuple.__new__  # UsageLine(...) by keyword costs a Python-leve
 def usage_line(line_no: int, record: _Record) -> UsageLine | None:
     """The usage of one decoded line; ``None`` if it has none; raises :class:`_Skip` to leave it out.
 
-    This runs once per API call in every transcript, so the common case (a string where a string
-    belongs, an int where an int belongs) is checked inline and the helpers see only the rest.
+    Every rule is checked here, for lines whose fields the typed reading refused (so it is off the
+    hot path, and written for clarity).
     """
     message = record.message
     if message is None:
@@ -191,21 +287,11 @@ def usage_line(line_no: int, record: _Record) -> UsageLine | None:
         raise _Skip("wrong_type")
     if _has_rejected_null(record, message, usage):
         raise _Skip("null_field")
-    request_id = record.request_id
-    if type(request_id) is not str or not request_id:
-        request_id = _identifier(request_id)
-    session_id = record.session_id
-    if type(session_id) is not str or not session_id:
-        session_id = _identifier(session_id)
-    message_id = message.id
-    if type(message_id) is not str or not message_id:
-        message_id = _identifier(message_id)
-    model = message.model
-    if type(model) is not str or not model:
-        model = _identifier(model)
-    version = record.version
-    if type(version) is not str:
-        version = _text(version)
+    request_id = _identifier(record.request_id)
+    session_id = _identifier(record.session_id)
+    message_id = _identifier(message.id)
+    model = _identifier(message.model)
+    version = _text(record.version)
     if version is not None and not VERSION_PREFIX.match(version):
         raise _Skip("unsupported_version")
     timestamp = parse_timestamp(record.timestamp)
@@ -249,15 +335,7 @@ def usage_line(line_no: int, record: _Record) -> UsageLine | None:
     speed = get("speed", UNSET)
     if speed is UNSET:
         speed = record.speed
-    cwd = record.cwd
-    if type(cwd) is not str:
-        cwd = _text(cwd)
-    git_branch = record.git_branch
-    if type(git_branch) is not str:
-        git_branch = _text(git_branch)
-    agent_id = record.agent_id
-    if type(agent_id) is not str:
-        agent_id = _text(agent_id)
+    cwd, git_branch, agent_id = _text(record.cwd), _text(record.git_branch), _text(record.agent_id)
     return _new_usage_line(
         UsageLine,
         (
@@ -286,11 +364,6 @@ def usage_line(line_no: int, record: _Record) -> UsageLine | None:
 
 def _decode(raw: bytes) -> _Record:
     """A line decoded into :class:`_Record`; raises :class:`_Skip` when it is not a JSON object."""
-    if not raw.isascii():
-        try:  # msgspec checks the UTF-8 of the fields it builds only, so check the whole line
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Skip("invalid_utf8") from None
     try:
         return _decode_record(raw)
     except msgspec.ValidationError:
@@ -302,7 +375,39 @@ def _decode(raw: bytes) -> _Record:
         raise _Skip("invalid_json") from None
 
 
-def parse_usage_lines(data: bytes) -> ParseResult:
+def read_line(line_no: int, raw: bytes) -> UsageLine | None:
+    """The usage of one line; ``None`` if it has none; raises :class:`_Skip` to leave it out."""
+    if not raw.isascii():
+        try:  # msgspec checks the UTF-8 of the strings it builds only, so check the whole line
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Skip("invalid_utf8") from None
+    try:
+        record = _decode_typed_record(raw)
+    except msgspec.ValidationError:
+        return usage_line(line_no, _decode(raw))
+    except msgspec.DecodeError:
+        raise _Skip("invalid_json") from None
+    message = record.message
+    if message is None or message is msgspec.UNSET:
+        return None
+    usage = message.usage
+    if usage is None or usage is msgspec.UNSET:
+        return None
+    return _typed_usage_line(line_no, record, message, usage)
+
+
+def read_line_untyped(line_no: int, raw: bytes) -> UsageLine | None:
+    """:func:`read_line` without the typed reading: what the differential test compares it with."""
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Skip("invalid_utf8") from None
+    return usage_line(line_no, _decode(raw))
+
+
+def parse_usage_lines(data: bytes, read: Callable[[int, bytes], UsageLine | None] = read_line) -> ParseResult:
     """Every kept usage line of a transcript's bytes, in file order, and the issues met."""
     result = ParseResult()
     lines, issues = result.lines, result.issues
@@ -324,7 +429,7 @@ def parse_usage_lines(data: bytes) -> ParseResult:
             issues["line_too_long"] += 1
             continue
         try:
-            kept = usage_line(line_no, _decode(data[start:end]))
+            kept = read(line_no, data[start:end])
         except _Skip as skip:
             issues[skip.reason] += 1
             continue
