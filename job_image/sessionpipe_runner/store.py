@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
+from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import duckdb
 
@@ -219,10 +220,10 @@ def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, parts: Sequence[pa.
     _insert_table(con, "INSERT", table, pa.concat_tables(parts, promote_options="default").combine_chunks())
 
 
-@dataclass(frozen=True)
-class StateRow:
+class StateRow(NamedTuple):
     """What the store remembers of one session file for one processor."""
 
+    session_file: str
     size: int
     mtime_ns: int
     content_hash: str | None
@@ -238,10 +239,8 @@ def load_state(con: duckdb.DuckDBPyConnection, processor: str) -> dict[str, Stat
         "FROM session_processor_state WHERE processor = ?",
         [processor],
     ).fetchall()
-    return {
-        key: StateRow(size, mtime, digest, version, attempts, status)
-        for key, size, mtime, digest, version, attempts, status in rows
-    }
+    # An unchanged re-run loads one row per file on the volume: no Python-level call per row.
+    return dict(zip(map(itemgetter(0), rows), map(partial(tuple.__new__, StateRow), rows), strict=True))
 
 
 STATE_TABLE = "session_processor_state"

@@ -17,6 +17,7 @@ import signal
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,9 +191,12 @@ def to_arrow(rows: Sequence[tuple[Any, ...]], columns: Sequence[tuple[str, str]]
     for row in rows:
         if len(row) != width:
             raise ValueError(f"the table has {width} columns, a row has {len(row)}: {row!r}")
-    values = list(zip(*rows, strict=True)) if rows else [()] * width
+    # One pass per column: zip(*rows) makes an iterator per row, which wakes the garbage collector.
     return pa.table(
-        {name: pa.array(column, type=_arrow_type(kind)) for (name, kind), column in zip(columns, values, strict=True)}
+        {
+            name: pa.array(list(map(itemgetter(index), rows)), type=_arrow_type(kind))
+            for index, (name, kind) in enumerate(columns)
+        }
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,7 +36,7 @@ class Migration:
     sql: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionFile:
     """One transcript file on the sessions volume, as the scan found it."""
 
@@ -49,7 +48,7 @@ class SessionFile:
     size: int
     mtime_ns: int
 
-    @cached_property
+    @property
     def path(self) -> Path:
         """:attr:`location` as a ``Path``."""
         return Path(self.location)
