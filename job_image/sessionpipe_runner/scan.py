@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from operator import attrgetter
 from pathlib import Path
 
 from sessionpipe_runner.processors.base import SessionFile
@@ -113,23 +112,15 @@ def _is_dir(entry: os.DirEntry[str], result: ScanResult) -> bool | None:
 
 def _walk(directory: Path, parts: list[str], user: str, result: ScanResult) -> None:
     for entry in _entries(directory, result):
-        name = entry.name
-        try:  # the common case, told from the listing alone: a .jsonl that is neither link nor folder
-            listed_file = (
-                name.endswith(SESSION_SUFFIX) and not entry.is_symlink() and not entry.is_dir(follow_symlinks=False)
-            )
-        except OSError:
-            listed_file = False
-        if not listed_file:
-            is_dir = _is_dir(entry, result)
-            if is_dir is None:
-                continue
-            if is_dir:
-                _walk(Path(entry.path), [*parts, name], user, result)
-                continue
-            if not name.endswith(SESSION_SUFFIX):
-                result.issues["not_jsonl"] += 1
-                continue
+        is_dir = _is_dir(entry, result)
+        if is_dir is None:
+            continue
+        if is_dir:
+            _walk(Path(entry.path), [*parts, entry.name], user, result)
+            continue
+        if not entry.name.endswith(SESSION_SUFFIX):
+            result.issues["not_jsonl"] += 1
+            continue
         try:
             info = entry.stat(follow_symlinks=True)
         except OSError as error:
@@ -178,17 +169,5 @@ def plan(
     files: Sequence[SessionFile], states: Mapping[str, StateRow], version: str
 ) -> Iterator[tuple[SessionFile, Decision]]:
     """Each file with its decision, in a stable order (by key)."""
-    get = states.get
-    for file in sorted(files, key=attrgetter("key")):
-        state = get(file.key)
-        # The common case of a re-run, checked here without a call: done, same version, same stat.
-        if (
-            state is not None
-            and state.status == "done"
-            and state.size == file.size
-            and state.mtime_ns == file.mtime_ns
-            and state.processor_version == version
-        ):
-            yield file, Decision.UNCHANGED
-        else:
-            yield file, decide(file, state, version)
+    for file in sorted(files, key=lambda f: f.key):
+        yield file, decide(file, states.get(file.key), version)
