@@ -219,9 +219,12 @@ class Run:
         scan = scan_sessions(settings.sessions, settings.user)
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan.files)
-        self.states = store.load_state(con, self.processor.name)
+        version = self.processor.version
+        scanned = [(file.key, file.size, file.mtime_ns) for file in scan.files]
+        unsettled = store.unsettled_state(con, self.processor.name, version, scanned)
+        self.states = {key: state for key, state in unsettled.items() if state is not None}
         candidates: list[tuple[SessionFile, str | None]] = []
-        for file, decision in plan(scan.files, self.states, self.processor.version):
+        for file, decision in plan(scan.files, unsettled, version):
             if decision is Decision.UNCHANGED:
                 self.summary.unchanged += 1
             elif decision is Decision.QUARANTINED:

@@ -166,8 +166,16 @@ def decide(file: SessionFile, state: StateRow | None, version: str) -> Decision:
 
 
 def plan(
-    files: Sequence[SessionFile], states: Mapping[str, StateRow], version: str
+    files: Sequence[SessionFile], unsettled: Mapping[str, StateRow | None], version: str
 ) -> Iterator[tuple[SessionFile, Decision]]:
-    """Each file with its decision, in a stable order (by key)."""
+    """Each file with its decision, in a stable order (by key).
+
+    ``unsettled`` has the state (``None`` if there is none) of every file that may be anything but
+    unchanged, as :func:`~sessionpipe_runner.store.unsettled_state` finds them; a file not in it
+    is unchanged.
+    """
     for file in sorted(files, key=lambda f: f.key):
-        yield file, decide(file, states.get(file.key), version)
+        if file.key in unsettled:
+            yield file, decide(file, unsettled[file.key], version)
+        else:
+            yield file, Decision.UNCHANGED
