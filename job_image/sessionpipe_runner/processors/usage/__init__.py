@@ -14,7 +14,6 @@ file whose entries replace or add to the shipped ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,9 +99,6 @@ GROUP BY user_name, project, session_id;
 """
 
 
-#: The fields of a :class:`UsageLine` that the cost depends on: model, the five token counts, speed.
-COST_KEY = itemgetter(6, 10, 11, 12, 13, 14, 16)
-
 # Databases made by earlier builds have an index on usage_rows.session_file. It cost more on every insert
 # than it saved on the per-batch DELETE, which scans one column whose rows arrive in key order.
 DROP_INDEX = "DROP INDEX IF EXISTS usage_rows_session_file;"
@@ -131,9 +127,6 @@ class UsageProcessor(Processor):
 
     def __init__(self) -> None:
         self.prices: PriceTable | None = None
-        #: Cost and source by (model, tokens…, speed): streaming snapshots and resumed sessions
-        #: repeat the same usage many times. One run, one price table, so the memo is per run.
-        self._costs: dict[tuple[Any, ...], tuple[float, str, bool]] = {}
 
     def migrations(self) -> Sequence[Migration]:
         return (Migration("0001_usage_rows", SCHEMA), Migration("0002_drop_session_file_index", DROP_INDEX))
@@ -144,30 +137,27 @@ class UsageProcessor(Processor):
         if configured is not None and not isinstance(configured, str):
             raise PricingError(f"the 'pricing' setting must be a file path, not {configured!r}")
         self.prices = load_prices(Path(configured) if configured else None)
-        self._costs = {}
 
-    def _priced(self, prices: PriceTable, line: UsageLine) -> tuple[float, str, bool]:
-        """(cost, cost source, whether a price was missing for a call that used tokens)."""
-        key = COST_KEY(line)
-        known = self._costs.get(key)
-        if known is not None:
-            return known
+    @staticmethod
+    def _priced(prices: PriceTable, line: UsageLine) -> tuple[float, str, bool]:
+        """(cost, cost source, whether a price was missing for a call that used tokens).
+
+        (A per-run memo of costs was tried: it hit on a third of the lines, gained nothing
+        measurable, and grew with every distinct call, to hundreds of MB on a large volume.)
+        """
         price = prices.find(line.model) if line.model else None
         if price is None:
-            priced = (0.0, COST_UNPRICED, has_tokens(line))
-        else:
-            cost = call_cost(
-                price,
-                line.input_tokens,
-                line.output_tokens,
-                line.cache_write_5m_tokens,
-                line.cache_write_1h_tokens,
-                line.cache_read_tokens,
-                line.speed,
-            )
-            priced = (cost, COST_FROM_PRICES, False)
-        self._costs[key] = priced
-        return priced
+            return 0.0, COST_UNPRICED, has_tokens(line)
+        cost = call_cost(
+            price,
+            line.input_tokens,
+            line.output_tokens,
+            line.cache_write_5m_tokens,
+            line.cache_write_1h_tokens,
+            line.cache_read_tokens,
+            line.speed,
+        )
+        return cost, COST_FROM_PRICES, False
 
     def process(self, session: SessionFile, data: bytes) -> Output:
         """One row per kept usage line; lines left out are counted in ``issues`` by reason."""
