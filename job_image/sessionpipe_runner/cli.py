@@ -19,12 +19,14 @@ from typing import Any, NoReturn, TypeVar
 import duckdb
 
 from sessionpipe_contract import (
+    DEFAULT_DB_MEMORY,
     DEFAULT_LEASE_DURATION_SECONDS,
     DEFAULT_LEASE_WAIT_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TERMINATION_LOG,
     ENV_CONFIG,
     ENV_DB,
+    ENV_DB_MEMORY,
     ENV_LEASE,
     ENV_LEASE_DURATION,
     ENV_LEASE_NAMESPACE,
@@ -87,6 +89,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise ValueError("must be 1 or more")
     return value
+
+
+MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def memory_size(text: str) -> str:
+    """A size as DuckDB reads one (``256MB``, ``1.5GiB``), checked here so a typo is a usage error."""
+    text = text.strip()
+    if not MEMORY_SIZE.fullmatch(text):
+        raise ValueError("must be a size such as 256MB or 1GiB")
+    return text
 
 
 def non_negative_float(text: str) -> float:
@@ -166,6 +179,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         max_sessions=resolve(args.max_sessions, ENV_MAX_SESSIONS, 0, non_negative_int, environ),
         max_attempts=resolve(args.max_attempts, ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS, positive_int, environ),
         workers=resolve(args.workers, ENV_WORKERS, 0, non_negative_int, environ),
+        db_memory=resolve(args.db_memory, ENV_DB_MEMORY, DEFAULT_DB_MEMORY, memory_size, environ),
         config=resolve(args.config, ENV_CONFIG, {}, parse_config, environ),
         termination_log=termination,
         environ=dict(environ),
@@ -454,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes that read and process files, for processors that allow it: 1 for none besides the "
         "runner, 0 (default) for one per available CPU when there are over 32 MB to read "
         f"(env {ENV_WORKERS})",
+    )
+    p.add_argument(
+        "--db-memory",
+        type=_arg_type(memory_size),
+        metavar="SIZE",
+        help=f"what DuckDB may keep in memory while writing, such as 256MB or 1GiB; it spills to disk beyond "
+        f"(env {ENV_DB_MEMORY}; default {DEFAULT_DB_MEMORY})",
     )
     p.add_argument(
         "--config",

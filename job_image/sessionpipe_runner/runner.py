@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 
 from sessionpipe_contract import (
+    DEFAULT_DB_MEMORY,
     EXIT_FAILED,
     EXIT_LEASE_LOST,
     EXIT_LEASE_NOT_ACQUIRED,
@@ -91,6 +92,7 @@ class RunSettings:
     termination_log: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     workers: int = 0  # worker processes: 0 lets the runner choose, 1 processes in the runner itself
+    db_memory: str = DEFAULT_DB_MEMORY  # DuckDB's memory_limit for this run's connection
 
 
 def snapshot_path(database: Path) -> Path:
@@ -199,7 +201,7 @@ class Run:
         """
         while True:
             try:
-                return store.connect(self.settings.database)
+                return store.connect(self.settings.database, memory_limit=self.settings.db_memory)
             except store.DatabaseLocked:
                 self.lease.check()
                 if time.monotonic() >= deadline:

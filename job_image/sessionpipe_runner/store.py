@@ -76,12 +76,18 @@ class DatabaseLocked(StoreError):
     """Another process has the database file open for writing (DuckDB's own file lock)."""
 
 
-def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file with extension auto-install and auto-load off: job pods are offline."""
+def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with extension auto-install and auto-load off: job pods are offline.
+
+    ``memory_limit`` (DuckDB's setting, such as ``"256MB"``) caps what DuckDB keeps in memory; it
+    spills to a temporary directory beside the database beyond that.
+    """
     config: dict[str, str | bool | int | float | list[str]] = {
         "autoinstall_known_extensions": "false",
         "autoload_known_extensions": "false",
     }
+    if memory_limit is not None:
+        config["memory_limit"] = memory_limit
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:

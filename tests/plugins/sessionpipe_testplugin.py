@@ -63,8 +63,15 @@ class LinesProcessor(Processor):
         rows = [(session.key, number, len(line)) for number, line in enumerate(lines, start=1)]
         return Output(rows={"line_rows": rows}, items=len(rows))
 
-    if os.environ.get("TESTPLUGIN_SLOW_QUERY") == "write":  # a custom write, only when asked for
+    # A custom write, only when asked for: a slow statement in the runner's transaction, or a look
+    # at the settings of the runner's connection.
+    if os.environ.get("TESTPLUGIN_SLOW_QUERY") == "write" or os.environ.get("TESTPLUGIN_SETTINGS_TO"):
 
         def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
             replace_session_rows(con, self.tables, batch)
-            _slow_query_once(con)
+            settings_to = os.environ.get("TESTPLUGIN_SETTINGS_TO")
+            if settings_to:
+                (memory_limit,) = con.execute("SELECT current_setting('memory_limit')").fetchone() or ("",)
+                Path(settings_to).write_text(str(memory_limit))
+            if os.environ.get("TESTPLUGIN_SLOW_QUERY") == "write":
+                _slow_query_once(con)

@@ -275,6 +275,7 @@ def test_processors_are_found_through_entry_points(plugin_env: dict[str, str]) -
         (["run", "--processor", "usage", "--sessions", ".", "--lease", "zookeeper"], "use 'file' or 'k8s:NAME'"),
         (["run", "--processor", "usage", "--sessions", ".", "--config", "[1]"], "must be a JSON object"),
         (["status", "--db", "/does/not/exist.duckdb"], "does not exist"),
+        (["run", "--processor", "usage", "--sessions", ".", "--db-memory", "lots"], "must be a size such as 256MB"),
     ],
 )
 def test_user_mistakes_get_one_line_and_exit_2(args: list[str], message: str, plugin_env: dict[str, str]) -> None:
@@ -282,6 +283,22 @@ def test_user_mistakes_get_one_line_and_exit_2(args: list[str], message: str, pl
     assert result.returncode == EXIT_USAGE
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+
+
+def test_the_database_memory_limit_reaches_the_writers_connection(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """DuckDB's own default (80 % of the machine) would let a writer cache everything it writes."""
+    seen = tmp_path / "memory-limit"
+    env = {**plugin_env, "TESTPLUGIN_SETTINGS_TO": str(seen)}
+    default = run_lines(sessions, tmp_path / "default.duckdb", env)
+    assert default["_exit"] == EXIT_OK and seen.read_text() == "244.1 MiB"  # 256MB
+    by_env = run_lines(sessions, tmp_path / "env.duckdb", {**env, "SESSIONPIPE_DB_MEMORY": "1GiB"})
+    assert by_env["_exit"] == EXIT_OK and seen.read_text() == "1.0 GiB"
+    by_flag = run_lines(
+        sessions, tmp_path / "flag.duckdb", {**env, "SESSIONPIPE_DB_MEMORY": "1GiB"}, "--db-memory", "100MB"
+    )
+    assert by_flag["_exit"] == EXIT_OK and seen.read_text() == "95.3 MiB"
 
 
 def test_environment_fills_in_for_flags_and_flags_win(
