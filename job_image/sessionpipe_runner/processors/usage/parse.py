@@ -8,6 +8,15 @@ content, most of a usage line's bytes, is checked for JSON syntax but never buil
 objects. A line the types refuse is decoded again into :class:`_Record`, which takes any JSON value
 in those fields, and :func:`usage_line` applies every rule below to it and names the reason it
 is left out. A differential test holds the two readings to the same result on every line.
+
+A line is kept when ``message.usage`` is an object and ``timestamp`` parses, unless ccusage would
+skip it (docs/transcripts.md): an explicit JSON null in ``cwd``, ``version``, ``sessionId``,
+``requestId``, ``costUSD``, ``isApiErrorMessage``, ``speed``, ``message.id``, ``message.model``,
+``message.usage.speed``, ``…cache_read_input_tokens`` or ``…cache_creation_input_tokens`` (see
+:func:`_has_rejected_null`); an empty ``requestId``, ``sessionId``, ``message.id`` or
+``message.model``; a ``version`` that does not start with digits.digits.digit. Every line left out
+for a reason other than "has no usage" is counted in :attr:`ParseResult.issues` under that reason;
+nothing here raises on bad input.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
@@ -27,12 +36,7 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 #: Token counts above this are not real (and would overflow the database's BIGINT arithmetic).
 MAX_TOKENS = 10**15
 VERSION_PREFIX = re.compile(r"\d+\.\d+\.\d")
-ZERO = timedelta(0)
 UNSET: Any = msgspec.UNSET  # a field absent from the line (``None`` is an explicit JSON null)
-
-NULL_REJECTED_TOP = ("cwd", "version", "sessionId", "requestId", "costUSD", "isApiErrorMessage", "speed")
-NULL_REJECTED_MESSAGE = ("id", "model")
-NULL_REJECTED_USAGE = ("speed", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 class UsageLine(NamedTuple):
@@ -375,13 +379,21 @@ def _decode(raw: bytes) -> _Record:
         raise _Skip("invalid_json") from None
 
 
-def read_line(line_no: int, raw: bytes) -> UsageLine | None:
-    """The usage of one line; ``None`` if it has none; raises :class:`_Skip` to leave it out."""
+def _check_utf8(raw: bytes) -> None:
+    """Raise :class:`_Skip` for a line that is not UTF-8.
+
+    msgspec checks the UTF-8 of the strings it builds only, so the whole line is checked here.
+    """
     if not raw.isascii():
-        try:  # msgspec checks the UTF-8 of the strings it builds only, so check the whole line
+        try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
             raise _Skip("invalid_utf8") from None
+
+
+def read_line(line_no: int, raw: bytes) -> UsageLine | None:
+    """The usage of one line; ``None`` if it has none; raises :class:`_Skip` to leave it out."""
+    _check_utf8(raw)
     try:
         record = _decode_typed_record(raw)
     except msgspec.ValidationError:
@@ -399,11 +411,7 @@ def read_line(line_no: int, raw: bytes) -> UsageLine | None:
 
 def read_line_untyped(line_no: int, raw: bytes) -> UsageLine | None:
     """:func:`read_line` without the typed reading: what the differential test compares it with."""
-    if not raw.isascii():
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Skip("invalid_utf8") from None
+    _check_utf8(raw)
     return usage_line(line_no, _decode(raw))
 
 
