@@ -240,11 +240,20 @@ class StateRow(NamedTuple):
 _make_state_row = partial(tuple.__new__, StateRow)  # StateRow(*row) without a Python-level call
 
 
+#: Files' (key, size, mtime_ns) as a relation, from the parameters :func:`_file_stats` makes.
+_FILE_STATS = "(SELECT unnest($keys) AS session_file, unnest($sizes) AS size, unnest($mtimes) AS mtime_ns)"
+
+
+def _file_stats(files: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
+    keys, sizes, mtimes = (list(column) for column in zip(*files, strict=True))
+    return {"keys": keys, "sizes": sizes, "mtimes": mtimes}
+
+
 #: The rule by which :func:`~sessionpipe_runner.scan.decide` calls a file unchanged, in SQL.
-_UNSETTLED_STATE = """
+_UNSETTLED_STATE = f"""
 SELECT scanned.session_file, state.size, state.mtime_ns, state.content_hash, state.processor_version,
        state.attempts, state.status
-FROM (SELECT unnest($keys) AS session_file, unnest($sizes) AS size, unnest($mtimes) AS mtime_ns) AS scanned
+FROM {_FILE_STATS} AS scanned
 LEFT JOIN session_processor_state AS state
        ON state.processor = $processor AND state.session_file = scanned.session_file
 WHERE state.session_file IS NULL
@@ -267,11 +276,7 @@ def unsettled_state(
     """
     if not files:
         return {}
-    keys, sizes, mtimes = (list(column) for column in zip(*files, strict=True))
-    rows = con.execute(
-        _UNSETTLED_STATE,
-        {"keys": keys, "sizes": sizes, "mtimes": mtimes, "processor": processor, "version": version},
-    ).fetchall()
+    rows = con.execute(_UNSETTLED_STATE, {**_file_stats(files), "processor": processor, "version": version}).fetchall()
     return {row[0]: None if row[6] is None else _make_state_row(row) for row in rows}
 
 
@@ -288,12 +293,7 @@ def update_seen(con: duckdb.DuckDBPyConnection, processor: str, seen: Sequence[t
     if not seen:
         return
     con.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS _sessionpipe_seen (session_file VARCHAR, size BIGINT, mtime_ns BIGINT)"
-    )
-    con.execute("DELETE FROM _sessionpipe_seen")  # rows of an earlier batch on this connection
-    insert_rows(con, "_sessionpipe_seen", seen)
-    con.execute(
         f"UPDATE {STATE_TABLE} AS s SET size = u.size, mtime_ns = u.mtime_ns "
-        "FROM _sessionpipe_seen AS u WHERE s.processor = ? AND s.session_file = u.session_file",
-        [processor],
+        f"FROM {_FILE_STATS} AS u WHERE s.processor = $processor AND s.session_file = u.session_file",
+        {**_file_stats(seen), "processor": processor},
     )

@@ -21,7 +21,14 @@ from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sessionpipe_runner.processors.base import FailRun, Output, Processor, SessionFile, StopRun
+from sessionpipe_runner.processors.base import (
+    FailRun,
+    Output,
+    Processor,
+    SessionFile,
+    StopRun,
+    check_declared_tables,
+)
 from sessionpipe_runner.reading import Snapshot, read_snapshot
 
 if TYPE_CHECKING:
@@ -235,9 +242,10 @@ def _examine_chunk(tasks: Sequence[tuple[SessionFile, str | None]]) -> Chunk:
         elif examined.error is not None:
             examined.error = type(examined.error)(str(examined.error))  # StopRun, FailRun
         elif examined.output is not None:
-            unknown = sorted(set(examined.output.rows) - set(_worker_columns))
-            if unknown:
-                _fail(examined, ValueError(f"{file.key}: rows for tables the processor does not declare: {unknown}"))
+            try:  # before the rows become Arrow tables by the processor's tables
+                check_declared_tables(file, examined.output, processor.tables)
+            except ValueError as error:
+                _fail(examined, error)
         chunk.examined.append(examined)
     try:
         chunk.tables = _tables(chunk.examined)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -128,6 +129,39 @@ def test_rows_that_do_not_fit_the_table_fail_their_session_only(tmp_path: Path) 
         work.to_arrow([("a", 1, 2)], columns)
     with pytest.raises(Exception, match=r"str|int"):
         work.to_arrow([("a", "not a number")], columns)
+
+
+class StrayRowsProcessor(Processor):
+    """Declares one table and writes rows for another when a session's bytes ask for it."""
+
+    name = "stray"
+    tables = ("kept",)
+
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        return Output(rows={"elsewhere" if b"stray" in data else "kept": [(session.key, 1)]})
+
+
+def test_rows_for_an_undeclared_table_fail_their_session_in_a_worker_and_in_the_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = []
+    for name, text in (("good", b"{}\n"), ("bad", b'{"stray": 1}\n')):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(text)
+        files.append(SessionFile(f"alice/-app/{name}.jsonl", str(path), "alice", "-app", name, len(text), 0))
+    processor = StrayRowsProcessor()
+    monkeypatch.setattr(work, "_worker_processor", processor)
+    monkeypatch.setattr(work, "_worker_columns", {"kept": [("session_file", "VARCHAR"), ("n", "BIGINT")]})
+    chunk = work._examine_chunk([(file, None) for file in files])
+    good, bad = chunk.examined
+    assert (good.outcome, bad.outcome) == (work.Outcome.PROCESSED, work.Outcome.FAILED)
+    message = "alice/-app/bad.jsonl: rows for tables the processor does not declare: ['elsewhere']"
+    assert str(bad.error) == f"ValueError: {message}"
+    assert chunk.tables["kept"].num_rows == 1
+    con = duckdb.connect()
+    con.execute("CREATE TABLE kept (session_file VARCHAR, n BIGINT)")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processor.write(con, [(file, processor.process(file, Path(file.location).read_bytes())) for file in files])
 
 
 def worker_pids(mark: str) -> list[int]:

@@ -152,6 +152,13 @@ class Processor:
             con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [list(session_keys)])
 
 
+def check_declared_tables(session: SessionFile, output: Output, tables: Sequence[str]) -> None:
+    """Raise ``ValueError`` if ``output`` has rows for a table not in ``tables``."""
+    unknown = (set(output.rows) | set(output.arrow)) - set(tables)
+    if unknown:
+        raise ValueError(f"{session.key}: rows for tables the processor does not declare: {sorted(unknown)}")
+
+
 def replace_session_rows(
     con: duckdb.DuckDBPyConnection,
     tables: Sequence[str],
@@ -164,9 +171,7 @@ def replace_session_rows(
     for table in tables:
         con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [keys])
     for session, output in batch:
-        unknown = (set(output.rows) | set(output.arrow)) - set(tables)
-        if unknown:
-            raise ValueError(f"{session.key}: rows for tables the processor does not declare: {sorted(unknown)}")
+        check_declared_tables(session, output, tables)
     for table in tables:
         table_rows = [row for _, output in batch for row in output.rows.get(table, ())]
         if table_rows:
