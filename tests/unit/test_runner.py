@@ -292,7 +292,7 @@ def test_the_database_memory_limit_reaches_the_writers_connection(
     seen = tmp_path / "memory-limit"
     env = {**plugin_env, "TESTPLUGIN_SETTINGS_TO": str(seen)}
     default = run_lines(sessions, tmp_path / "default.duckdb", env)
-    assert default["_exit"] == EXIT_OK and seen.read_text() == "244.1 MiB"  # 256MB
+    assert default["_exit"] == EXIT_OK and seen.read_text() == "122.0 MiB"  # 128MB
     by_env = run_lines(sessions, tmp_path / "env.duckdb", {**env, "SESSIONPIPE_DB_MEMORY": "1GiB"})
     assert by_env["_exit"] == EXIT_OK and seen.read_text() == "1.0 GiB"
     by_flag = run_lines(
