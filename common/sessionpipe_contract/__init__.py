@@ -103,6 +103,7 @@ SUMMARY_KEYS: Final = (
     "errors",
     "quarantined",
     "items",
-    "issues",
+    "issues",  # {reason: count}: input the processor could not use
+    "counters",  # {name: count}: what the processor did or spent (llm_calls, llm_tokens)
     "message",
 )

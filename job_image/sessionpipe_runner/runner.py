@@ -360,6 +360,7 @@ class Run:
             self.summary.processed += 1
             self.summary.items += output.items
             self.summary.issues.update(output.issues)
+            self.summary.counters.update(output.counters)
         for file, _, error in pending.failures:
             self.summary.errors += 1
             self.summary.failures[file.key] = work.error_text(error)

@@ -33,6 +33,7 @@ class RunSummary:
     quarantined: int = 0  # of those, how many reached the attempt limit now
     items: int = 0
     issues: Counter[str] = field(default_factory=Counter)  # explained oddities, by reason
+    counters: Counter[str] = field(default_factory=Counter)  # what processors did or spent (LLM calls, tokens)
     failures: dict[str, str] = field(default_factory=dict)  # session key -> error, this run
     message: str = ""
     lease: str = ""
@@ -50,16 +51,17 @@ class RunSummary:
         data["finished"] = self.finished.isoformat() if self.finished else None
         data["duration_seconds"] = self.duration_seconds
         data["issues"] = dict(sorted(self.issues.items()))
+        data["counters"] = dict(sorted(self.counters.items()))
         return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def compact(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-        """The summary in at most ``limit`` bytes: failures and issues go first, then the message."""
+        """The summary in at most ``limit`` bytes: failures, counters and issues go first, then the message."""
         data = self.to_dict()
         data["failures"] = dict(list(self.failures.items())[:5])
-        for drop in ("failures", "issues", "lease"):
+        for drop in ("failures", "counters", "issues", "lease"):
             text = json.dumps(data, sort_keys=True, separators=(",", ":"))
             if len(text.encode()) <= limit:
                 return text

@@ -78,7 +78,7 @@ def _clean_summary(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _TEXT_KEYS:
             if isinstance(value, str) and value:
                 summary[key] = value[:_MAX_TEXT]
-        elif key == "issues" and isinstance(value, dict):
+        elif key in ("issues", "counters") and isinstance(value, dict):
             summary[key] = value
     return summary
 

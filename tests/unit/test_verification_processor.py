@@ -184,7 +184,8 @@ def test_transient_errors_inside_a_run_are_retried_and_the_session_is_done(tmp_p
     replay = AnthropicReplay([rate_limited(2), overloaded(), error_reply(500, "api_error", "Internal"), good])
     summary = run_once(sessions, tmp_path / "db.duckdb", processor_for(replay))
     assert len(replay.requests) == 4
-    assert (summary.processed, summary.errors, summary.items, summary.issues["llm_retries"]) == (1, 0, 1, 3)
+    assert (summary.processed, summary.errors, summary.items, summary.counters["llm_retries"]) == (1, 0, 1, 3)
+    assert summary.counters["llm_calls"] == 4 and "llm_retries" not in summary.issues  # requests, retries included
 
 
 def test_when_retries_run_out_the_session_fails_and_is_not_done(tmp_path: Path) -> None:
@@ -374,6 +375,8 @@ def test_token_budget_stops_before_it_is_exceeded_and_the_next_run_continues(tmp
     for summary, seen in zip(summaries, seen_per_run, strict=True):
         assert len(seen) * per_call <= budget  # what the API reports as spent never passes the budget
         assert summary.processed == len(seen)
+        # the summary's counters are what the API reported, not what the runner guessed
+        assert summary.counters["llm_calls"] == len(seen) and summary.counters["llm_tokens"] == len(seen) * per_call
     all_seen = [text for seen in seen_per_run for text in seen]
     assert len(all_seen) == len(set(all_seen)) == 5  # each session called once over the runs, none lost
     assert summaries[-1].outcome == OUTCOME_SUCCEEDED

@@ -62,12 +62,14 @@ class Output:
     default :meth:`Processor.write` replaces the session's earlier rows with them. ``items`` is the
     count reported in the run summary (rows, extracted items…). ``issues`` counts lines or parts
     the processor could not use, by reason (``invalid_json``, ``invalid_utf8``, ``wrong_type``…):
-    they are explained outcomes, not failures.
+    they are explained outcomes, not failures. ``counters`` counts what the processor did or
+    spent, by name (``llm_calls``, ``llm_tokens``…); both are summed into the run summary.
     """
 
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     items: int = 0
     issues: Counter[str] = field(default_factory=Counter)
+    counters: Counter[str] = field(default_factory=Counter)
     #: ``rows`` already converted to Arrow, by table: filled by the runner's worker processes
     #: (see :attr:`Processor.parallel`), never by processors.
     arrow: dict[str, pa.Table] = field(default_factory=dict)

@@ -117,6 +117,7 @@ def test_a_summary_keeps_the_known_keys_with_sound_values() -> None:
             "duration_seconds": 12,
             "started": "2026-06-01T11:58:00Z",
             "issues": {"bad_json_line": 1},
+            "counters": {"llm_calls": 4, "llm_tokens": 10400},
             "secret_field": "not ours",
         }
     )
@@ -127,6 +128,7 @@ def test_a_summary_keeps_the_known_keys_with_sound_values() -> None:
         "duration_seconds": 12.0,
         "started": "2026-06-01T11:58:00Z",
         "issues": {"bad_json_line": 1},
+        "counters": {"llm_calls": 4, "llm_tokens": 10400},
     }
     assert set(parsed) <= set(SUMMARY_KEYS)
 

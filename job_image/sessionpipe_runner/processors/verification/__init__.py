@@ -236,12 +236,11 @@ class VerificationProcessor(Processor):
             raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
         finally:
             self.budget.tokens_used += stats.total_tokens
-        issues["llm_calls"] += stats.calls
-        issues["llm_tokens"] += stats.total_tokens
+        counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
         if stats.retries:
-            issues["llm_retries"] += stats.retries
+            counters["llm_retries"] += stats.retries
         if stats.repairs:
-            issues["llm_repaired"] += stats.repairs
+            counters["llm_repaired"] += stats.repairs
         accepted = self._accept(extraction, prepared.user_texts, issues)
         result = store.SessionExtraction(
             session_file=session.key,
@@ -253,7 +252,7 @@ class VerificationProcessor(Processor):
             extracted_at=datetime.now(UTC),
             items=tuple(accepted),
         )
-        return VerificationOutput(items=len(accepted), issues=issues, extraction=result)
+        return VerificationOutput(items=len(accepted), issues=issues, counters=counters, extraction=result)
 
     @staticmethod
     def _accept(extraction: Extraction, user_texts: Sequence[str], issues: Counter[str]) -> list[store.AcceptedItem]:
