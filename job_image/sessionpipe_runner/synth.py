@@ -557,19 +557,16 @@ class _SessionWriter:
         self.context += len(content) // 4
         self.emit(lines, record, 0.2, 40)
 
+    def child(self, agent_id: str) -> _SessionWriter:
+        """A writer for a subagent of this session (same user, folder, session and clock)."""
+        return _SessionWriter(
+            self.gen, self.user, self.cwd, self.session_id, self.version, self.branch, self.now, agent_id=agent_id
+        )
+
     def subagent(self, rng: random.Random) -> tuple[str, dict[str, Any]]:
         """Write a subagent transcript; returns the parent's tool result text and ``toolUseResult``."""
         agent_id = self.gen.token("", 8).lower()
-        agent = _SessionWriter(
-            self.gen,
-            self.user,
-            self.cwd,
-            self.session_id,
-            self.version,
-            self.branch,
-            self.now,
-            agent_id=agent_id,
-        )
+        agent = self.child(agent_id)
         agent_lines: list[bytes] = []
         agent.user_prompt(agent_lines, self.gen.prose(30))
         calls_before = self.gen.stats.api_calls
@@ -644,16 +641,7 @@ class _SessionWriter:
         self.emit(lines, record)
         if self.nested_subagents:
             # the compaction call itself is real usage, written as its own subagent file
-            agent = _SessionWriter(
-                self.gen,
-                self.user,
-                self.cwd,
-                self.session_id,
-                self.version,
-                self.branch,
-                self.now,
-                agent_id="acompact-" + self.gen.token("", 6).lower(),
-            )
+            agent = self.child("acompact-" + self.gen.token("", 6).lower())
             agent.context = self.context
             agent_lines: list[bytes] = []
             agent.user_prompt(agent_lines, "Your task is to create a detailed summary of the conversation so far.")
