@@ -475,6 +475,10 @@ def record_finished_job(
     outcome = str(record.get("outcome") or status_rules.job_outcome(job) or "unknown")
     processor = job["metadata"].get("labels", {}).get(LABEL_PROCESSOR, "")
     metrics.RUNS.labels(namespace=namespace, sessionprocessor=instance, processor=processor, outcome=outcome).inc()
+    for counter, value in ((summary or {}).get("counters") or {}).items():
+        metrics.RUN_COUNTERS.labels(
+            namespace=namespace, sessionprocessor=instance, processor=processor, counter=counter
+        ).inc(value)
     message = _run_message(job_name, outcome, record)
     if outcome == OUTCOME_LEASE_NOT_ACQUIRED:
         _post_info(cr_body, reason="RunSkipped", message=message)

@@ -18,6 +18,11 @@ LAST_SUCCESS = Gauge(
     "Unix time of the last successful run of a SessionProcessor.",
     ["namespace", "sessionprocessor", "processor"],
 )
+RUN_COUNTERS = Counter(
+    "sessionpipe_run_counters_total",
+    "What finished runs reported doing or spending (the summary's counters: llm_calls, llm_tokens...).",
+    ["namespace", "sessionprocessor", "processor", "counter"],
+)
 RECONCILE_ERRORS = Counter(
     "sessionpipe_reconcile_errors_total",
     "Handler invocations that failed with an error (invalid specs are not errors).",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,8 @@ _COUNT_KEYS = ("scanned", "unchanged", "hashed", "processed", "skipped", "errors
 _TEXT_KEYS = ("processor", "processor_version", "run_id", "outcome", "started", "finished", "message")
 _RECORD_COUNTS = ("scanned", "processed", "skipped", "errors", "quarantined", "items")
 _MAX_TEXT = 1024
+_COUNTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_MAX_COUNTERS = 32  # each name is a metric label value: a processor must not flood the registry
 
 
 # --- the runner's summary ---------------------------------------------------------------------------
@@ -78,9 +81,25 @@ def _clean_summary(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _TEXT_KEYS:
             if isinstance(value, str) and value:
                 summary[key] = value[:_MAX_TEXT]
-        elif key in ("issues", "counters") and isinstance(value, dict):
+        elif key == "issues" and isinstance(value, dict):
             summary[key] = value
+        elif key == "counters" and isinstance(value, dict):
+            summary[key] = run_counters(value)
     return summary
+
+
+def run_counters(raw: Mapping[str, Any]) -> dict[str, int]:
+    """A summary's counters fit to become metric labels: snake_case names, counts, a bounded number."""
+    counters = {
+        name: value
+        for name, value in raw.items()
+        if isinstance(name, str)
+        and _COUNTER_NAME.fullmatch(name)
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= 0
+    }
+    return dict(sorted(counters.items())[:_MAX_COUNTERS])
 
 
 # --- Jobs -------------------------------------------------------------------------------------------

@@ -99,6 +99,15 @@ def test_usage_and_verification_on_one_database_both_complete_one_after_the_othe
                 return jobs if len(jobs) == 2 and len(done) == 2 else None
 
             jobs = wait_for(both_finished, 180, "both run-now Jobs to finish", interval=0.5)
+
+            def llm_counters() -> tuple[float, float] | None:
+                labels = {"sessionprocessor": "verification"}
+                calls = operator.metric_sum("sessionpipe_run_counters_total", counter="llm_calls", **labels)
+                tokens = operator.metric_sum("sessionpipe_run_counters_total", counter="llm_tokens", **labels)
+                return (calls, tokens) if calls else None
+
+            # the operator reads what the run spent from its termination message into its metrics
+            llm_calls, llm_tokens = wait_for(llm_counters, 30, "the verification run's counters in the metrics")
     finally:
         operator.stop()
 
@@ -129,3 +138,4 @@ def test_usage_and_verification_on_one_database_both_complete_one_after_the_othe
     assert usage_rows is not None and usage_rows[0] > 0
     assert evidence_sessions is not None and evidence_sessions[0] > 0
     assert len(server.requests) >= 1
+    assert llm_calls == len(server.requests) and llm_tokens > 0

@@ -117,7 +117,7 @@ def test_a_summary_keeps_the_known_keys_with_sound_values() -> None:
             "duration_seconds": 12,
             "started": "2026-06-01T11:58:00Z",
             "issues": {"bad_json_line": 1},
-            "counters": {"llm_calls": 4, "llm_tokens": 10400},
+            "counters": {"llm_calls": 4, "llm_tokens": 10400, "Bad Name": 1, "negative": -1, "text": "9", "flag": True},
             "secret_field": "not ours",
         }
     )
@@ -131,6 +131,13 @@ def test_a_summary_keeps_the_known_keys_with_sound_values() -> None:
         "counters": {"llm_calls": 4, "llm_tokens": 10400},
     }
     assert set(parsed) <= set(SUMMARY_KEYS)
+
+
+def test_a_summary_keeps_a_bounded_number_of_counters() -> None:
+    """Each counter name becomes a metric label value: a processor must not flood the registry."""
+    message = json.dumps({"outcome": "succeeded", "counters": {f"c{n:02d}": n for n in range(40)}})
+    parsed = parse_run_summary(message)
+    assert parsed is not None and list(parsed["counters"]) == [f"c{n:02d}" for n in range(32)]
 
 
 def test_a_summary_is_found_at_the_end_of_a_log_tail() -> None:
