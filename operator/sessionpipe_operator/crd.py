@@ -39,7 +39,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Processor", "type": "string", "jsonPath": ".spec.processor", "description": "The processor run."},
     {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule", "description": "When it runs."},
     {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend", "description": "Scheduling stopped."},
-    {"name": "Active", "type": "string", "jsonPath": ".status.active", "description": "Jobs running now."},
+    {"name": "Active", "type": "integer", "jsonPath": ".status.activeCount", "description": "Jobs running now."},
     {
         "name": "Last Success",
         "type": "date",
@@ -69,6 +69,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
         "description": "The CronJob is in place and runs are healthy.",
+    },
+    {
+        "name": "Jobs",
+        "type": "string",
+        "jsonPath": ".status.active",
+        "priority": 1,  # -o wide
+        "description": "Names of the Jobs running now.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

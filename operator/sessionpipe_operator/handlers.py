@@ -589,13 +589,13 @@ def mirror_cronjob_status(
     """Copy ``active`` and ``lastScheduleTime`` from the CronJob; write only when they changed."""
     if key not in state.desired or known is None:
         return
-    mirrored = _cronjob_mirror(cronjob)
+    mirrored = status_rules.cronjob_mirror(cronjob)
     current = known.get("status") or {}
     if all(current.get(field_name) == value for field_name, value in mirrored.items()):
         return
 
     def mirror(cr: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        status.update(_cronjob_mirror(cronjob))
+        status.update(status_rules.cronjob_mirror(cronjob))
         spec = _parse_spec(cr.get("spec") or {})
         status["nextScheduleTime"] = _next_schedule_time(spec, datetime.now(UTC))
         return status
@@ -809,14 +809,6 @@ def _run_message(job_name: str, outcome: str, record: Mapping[str, Any]) -> str:
         if record.get(name) is not None
     )
     return f"Job {job_name}: {outcome}" + (f" ({counts})" if counts else "")
-
-
-def _cronjob_mirror(cronjob: Mapping[str, Any]) -> dict[str, Any]:
-    cron_status = cronjob.get("status") or {}
-    return {
-        "active": sorted(ref.get("name", "") for ref in cron_status.get("active") or []) or None,
-        "lastScheduleTime": cron_status.get("lastScheduleTime"),
-    }
 
 
 def _next_schedule_time(spec: SessionProcessorSpec | None, now: datetime) -> str | None:

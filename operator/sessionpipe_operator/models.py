@@ -405,6 +405,7 @@ class SessionProcessorStatus(_Model):
         default=None, max_length=16, description="Ready, Stale, Degraded and InvalidSpec."
     )
     active: list[str] | None = Field(default=None, max_length=64, description="Names of the Jobs running now.")
+    active_count: int | None = Field(default=None, ge=0, description="How many Jobs are running now.")
     last_schedule_time: str | None = Field(
         default=None, description="When the CronJob last started a Job.", json_schema_extra=_TIME
     )

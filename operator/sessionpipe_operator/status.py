@@ -102,6 +102,13 @@ def run_counters(raw: Mapping[str, Any]) -> dict[str, int]:
     return dict(sorted(counters.items())[:_MAX_COUNTERS])
 
 
+def cronjob_mirror(cronjob: Mapping[str, Any]) -> dict[str, Any]:
+    """The status fields copied from the CronJob: its running Jobs (names and count), its last tick."""
+    cron_status = cronjob.get("status") or {}
+    names = sorted(ref.get("name", "") for ref in cron_status.get("active") or [])
+    return {"active": names or None, "activeCount": len(names), "lastScheduleTime": cron_status.get("lastScheduleTime")}
+
+
 # --- Jobs -------------------------------------------------------------------------------------------
 def _true_conditions(job: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     conditions = (job.get("status") or {}).get("conditions") or []

@@ -341,12 +341,16 @@ def test_usage_run_now_end_to_end_fills_the_database_and_the_status(
     assert {state for _, state in sessions} == {"done"}
     assert events(kube, ns, "usage", "RunSucceeded"), "a RunSucceeded Event"
 
+    # the CronJob's finished Job leaves its active list, and the mirror follows with a count
+    wait_for(lambda: cr(kube, ns, "usage")["status"].get("activeCount") == 0, 15, "activeCount 0 after the run")
     listing = control_plane.kubectl("get", "sessionprocessors", "-o", "wide", namespace=ns).stdout
     described = control_plane.kubectl("describe", "sessionprocessor", "usage", namespace=ns).stdout
     print(
         f"\n$ kubectl get sessionprocessors -o wide\n{listing}\n$ kubectl describe sessionprocessor usage\n{described}"
     )
     assert "usage" in listing and "succeeded" in listing
+    header, row = listing.splitlines()[:2]
+    assert row[header.index("ACTIVE") :].split()[0] == "0"  # a count, as for CronJobs
     assert "RunSucceeded" in described and "Ready" in described
 
 

@@ -155,8 +155,11 @@ def test_crd_identity_subresource_and_printer_columns() -> None:
         "Processed",
         "Errors",
         "Ready",
+        "Jobs",
         "Age",
     ]
+    # -o wide adds the running Jobs' names
+    assert [column["name"] for column in version["additionalPrinterColumns"] if column.get("priority")] == ["Jobs"]
     # Every column points at a field the schema has.
     properties = version["schema"]["openAPIV3Schema"]["properties"]
     for column in version["additionalPrinterColumns"]:
@@ -167,6 +170,8 @@ def test_crd_identity_subresource_and_printer_columns() -> None:
         for part in rest:
             node = node["items"] if node["type"] == "array" else node
             node = node["properties"][part]
+        if column["type"] in ("integer", "boolean"):  # a count column shows a count, not a list
+            assert node["type"] == column["type"], column
 
 
 def _with(**changes: Any) -> dict[str, Any]:

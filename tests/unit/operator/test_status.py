@@ -14,6 +14,7 @@ from sessionpipe_operator.models import SessionProcessorSpec, SessionProcessorSt
 from sessionpipe_operator.status import (
     apply_job_event,
     conditions,
+    cronjob_mirror,
     job_is_active,
     job_outcome,
     parse_run_summary,
@@ -138,6 +139,13 @@ def test_a_summary_keeps_a_bounded_number_of_counters() -> None:
     message = json.dumps({"outcome": "succeeded", "counters": {f"c{n:02d}": n for n in range(40)}})
     parsed = parse_run_summary(message)
     assert parsed is not None and list(parsed["counters"]) == [f"c{n:02d}" for n in range(32)]
+
+
+def test_the_cronjob_mirror_counts_running_jobs_and_names_them() -> None:
+    running = {"status": {"active": [{"name": "usage-2"}, {"name": "usage-1"}], "lastScheduleTime": "T"}}
+    assert cronjob_mirror(running) == {"active": ["usage-1", "usage-2"], "activeCount": 2, "lastScheduleTime": "T"}
+    # none running: the names go (a merge patch with null removes them), the count says 0
+    assert cronjob_mirror({"status": {}}) == {"active": None, "activeCount": 0, "lastScheduleTime": None}
 
 
 def test_a_summary_is_found_at_the_end_of_a_log_tail() -> None:
