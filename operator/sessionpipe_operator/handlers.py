@@ -586,7 +586,10 @@ def repair_drift(state: OperatorState, key: Key, cronjob: dict[str, Any], logger
 def mirror_cronjob_status(
     state: OperatorState, key: Key, cronjob: dict[str, Any], known: dict[str, Any] | None
 ) -> None:
-    """Copy ``active`` and ``lastScheduleTime`` from the CronJob; write only when they changed."""
+    """Copy the running Jobs (``active``, ``activeCount``) and ``lastScheduleTime`` from the CronJob.
+
+    Writes only when they changed.
+    """
     if key not in state.desired or known is None:
         return
     mirrored = status_rules.cronjob_mirror(cronjob)
@@ -595,7 +598,7 @@ def mirror_cronjob_status(
         return
 
     def mirror(cr: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        status.update(status_rules.cronjob_mirror(cronjob))
+        status.update(mirrored)
         spec = _parse_spec(cr.get("spec") or {})
         status["nextScheduleTime"] = _next_schedule_time(spec, datetime.now(UTC))
         return status
