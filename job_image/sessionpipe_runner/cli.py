@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import re
 import sys
@@ -535,8 +536,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """The runner's own notices (a lease wait, a failed lease renewal) as plain lines on stderr.
+
+    Only sessionpipe's loggers: libraries' INFO lines (an HTTP client's per request) stay quiet.
+    """
+    logger = logging.getLogger("sessionpipe_runner")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("sessionpipe: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         code: int = args.handler(args)
     except UsageError as error:

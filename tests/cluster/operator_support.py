@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus"
 JOB_SERVICE_ACCOUNT = "sessionpipe-job"
 JOB_IMAGE = "sessionpipe-job:test"
+#: How long a test waits for the cluster to converge on what it was told (a CronJob to appear, an
+#: Event to be posted). Generous on purpose: on a busy two-core machine a step that takes 0.2 s when
+#: idle can take many seconds. How fast these steps are is measured in bench/, not asserted here.
+CONVERGE_SECONDS = 60.0
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:

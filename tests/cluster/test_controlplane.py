@@ -168,7 +168,7 @@ def test_cronjob_forbid_keeps_the_next_schedule_from_overlapping(control_plane: 
 
     # Forbid defers the declined tick rather than dropping it: within startingDeadlineSeconds the
     # controller starts it once the first Job has finished, never while it runs.
-    wait_until(lambda: len(jobs()) == 2, 20, "the deferred run to start after the first Job")
+    wait_until(lambda: len(jobs()) == 2, 60, "the deferred run to start after the first Job")
     completed = get(control_plane, namespace, "job", job_name)["status"]["completionTime"]
     (deferred,) = [job for job in jobs() if job["metadata"]["name"] != job_name]
     assert deferred["metadata"]["creationTimestamp"] >= completed
@@ -257,7 +257,7 @@ def test_rbac_is_enforced_for_service_accounts(
             return False
         return True
 
-    wait_until(allowed, 10, "the RoleBinding to take effect")
+    wait_until(allowed, 60, "the RoleBinding to take effect")
     core.create_namespaced_config_map(namespace, body)
     assert exists(control_plane, namespace, "configmap", "made-by-worker")
     with pytest.raises(client.ApiException) as secrets:

@@ -35,6 +35,7 @@ from sessionpipe_operator.k8s import KubeClient, cronjob_path, job_path, session
 from sessionpipe_operator.models import SessionProcessorSpec
 from sessionpipe_operator.settings import OperatorSettings
 from tests.cluster.operator_support import (
+    CONVERGE_SECONDS,
     CORPUS,
     JOB_IMAGE,
     JobWatcher,
@@ -192,7 +193,7 @@ def start_run_now(control_plane: ControlPlane, kube: KubeClient, namespace: str,
                 return str(job["metadata"]["name"])
         return None
 
-    return wait_for(served, 15, f"a Job serving run-now token {token}")
+    return wait_for(served, CONVERGE_SECONDS, f"a Job serving run-now token {token}")
 
 
 def session_files(root: Path) -> list[Path]:
@@ -205,7 +206,7 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
 ) -> None:
     started = time.monotonic()
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
-    cronjob = wait_for(lambda: kube.get(cronjob_path(ns, "usage")), 5, "the CronJob within 5 seconds")
+    cronjob = wait_for(lambda: kube.get(cronjob_path(ns, "usage")), CONVERGE_SECONDS, "the CronJob")
     print(f"\nCronJob appeared {time.monotonic() - started:.2f}s after kubectl apply")
     body = cr(kube, ns, "usage")
     assert not body["metadata"].get("finalizers"), "the SessionProcessor must carry no finalizer"
@@ -259,7 +260,7 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
         wanted = (spec["schedule"], spec.get("suspend"), image, spec["successfulJobsHistoryLimit"])
         return current if wanted == ("*/30 * * * *", True, "registry.example/sessionpipe-job:2", 1) else None
 
-    cronjob = wait_for(updated, 5, "the CronJob to follow schedule, suspend, image and history")
+    cronjob = wait_for(updated, CONVERGE_SECONDS, "the CronJob to follow schedule, suspend, image and history")
     assert cronjob["spec"]["failedJobsHistoryLimit"] == 5
     assert_subset(rendered_for(cr(kube, ns, "usage"), operator)["spec"], cronjob["spec"], "spec")
 
@@ -278,7 +279,7 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
         spec = kube.get(cronjob_path(ns, "usage"))["spec"]  # type: ignore[index]
         return (spec["schedule"], spec["concurrencyPolicy"], spec["suspend"]) == ("*/30 * * * *", "Forbid", True)
 
-    wait_for(repaired, 10, "the edited CronJob to be put back")
+    wait_for(repaired, CONVERGE_SECONDS, "the edited CronJob to be put back")
 
     # A deleted CronJob is put back.
     old_uid = cronjob["metadata"]["uid"]
@@ -288,7 +289,7 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
         current = kube.get(cronjob_path(ns, "usage"))
         return current if current and current["metadata"]["uid"] != old_uid else None
 
-    cronjob = wait_for(recreated, 10, "the deleted CronJob to be recreated")
+    cronjob = wait_for(recreated, CONVERGE_SECONDS, "the deleted CronJob to be recreated")
     assert_subset(rendered_for(cr(kube, ns, "usage"), operator)["spec"], cronjob["spec"], "spec")
 
 
@@ -299,7 +300,7 @@ def test_usage_run_now_end_to_end_fills_the_database_and_the_status(
     control_plane.executor.map_claim(ns, "transcripts", CORPUS)
     control_plane.executor.map_claim(ns, "warehouse", database_dir)
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
-    wait_for(lambda: kube.get(cronjob_path(ns, "usage")), 5, "the CronJob")
+    wait_for(lambda: kube.get(cronjob_path(ns, "usage")), CONVERGE_SECONDS, "the CronJob")
 
     requested = subprocess.run(
         [str(Path(sys.executable).with_name("sessionpipe")), "run-now", "usage", "-n", ns],
@@ -313,7 +314,7 @@ def test_usage_run_now_end_to_end_fills_the_database_and_the_status(
     token = cr(kube, ns, "usage")["metadata"]["annotations"][ANNOTATION_RUN_NOW]
     assert token in requested.stdout
 
-    job = wait_for(lambda: jobs_of(kube, ns, "usage"), 15, "the run-now Job")[0]
+    job = wait_for(lambda: jobs_of(kube, ns, "usage"), CONVERGE_SECONDS, "the run-now Job")[0]
     assert job["metadata"]["annotations"][ANNOTATION_RUN_NOW_TOKEN] == token
     status = wait_for_run(kube, ns, "usage", job["metadata"]["name"])
     log = control_plane.executor.log_path(ns, _pod_of(kube, ns, job["metadata"]["name"]))
@@ -342,7 +343,9 @@ def test_usage_run_now_end_to_end_fills_the_database_and_the_status(
     assert events(kube, ns, "usage", "RunSucceeded"), "a RunSucceeded Event"
 
     # the CronJob's finished Job leaves its active list, and the mirror follows with a count
-    wait_for(lambda: cr(kube, ns, "usage")["status"].get("activeCount") == 0, 15, "activeCount 0 after the run")
+    wait_for(
+        lambda: cr(kube, ns, "usage")["status"].get("activeCount") == 0, CONVERGE_SECONDS, "activeCount 0 after the run"
+    )
     listing = control_plane.kubectl("get", "sessionprocessors", "-o", "wide", namespace=ns).stdout
     described = control_plane.kubectl("describe", "sessionprocessor", "usage", namespace=ns).stdout
     print(
@@ -375,10 +378,10 @@ def test_run_now_and_schedule_never_start_a_second_job_beside_an_active_one(
             cronjob = kube.get(cronjob_path(ns, "usage")) or {}
             return first in [ref["name"] for ref in (cronjob.get("status") or {}).get("active") or []]
 
-        wait_for(listed, 10, "the run-now Job in the CronJob's status.active")
+        wait_for(listed, CONVERGE_SECONDS, "the run-now Job in the CronJob's status.active")
 
         annotate_run_now(control_plane, ns, "usage", "second")
-        skipped = wait_for(lambda: events(kube, ns, "usage", "RunSkipped"), 10, "a RunSkipped Event")
+        skipped = wait_for(lambda: events(kube, ns, "usage", "RunSkipped"), CONVERGE_SECONDS, "a RunSkipped Event")
         assert "second" in skipped[-1]["message"] and first in skipped[-1]["message"]
 
         # Through the next scheduled tick: the controller refuses to start a Job beside ours.
@@ -480,7 +483,7 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
         "second-writer": _with(database__path="shared.duckdb"),
     }
     apply(control_plane, ns, sessionprocessor("first", _with(database__path="shared.duckdb")))
-    wait_for(lambda: kube.get(cronjob_path(ns, "first")), 5, "the first writer's CronJob")
+    wait_for(lambda: kube.get(cronjob_path(ns, "first")), CONVERGE_SECONDS, "the first writer's CronJob")
     for name, spec in unworkable.items():
         apply(control_plane, ns, sessionprocessor(name, spec))
 
@@ -490,12 +493,18 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
     def all_invalid() -> bool:
         return all(condition_true(cr(kube, ns, name).get("status") or {}, "InvalidSpec") for name in unworkable)
 
-    wait_for(all_invalid, 15, "InvalidSpec on every unworkable processor", interval=0.3)
+    wait_for(all_invalid, CONVERGE_SECONDS, "InvalidSpec on every unworkable processor", interval=0.3)
     for name in unworkable:
         message = condition(cr(kube, ns, name)["status"], "InvalidSpec")["message"]  # type: ignore[index]
         print(f"\n{name}: InvalidSpec: {message}")
         assert kube.get(cronjob_path(ns, name)) is None, f"{name} must not get a CronJob"
-        assert len(events(kube, ns, name, "InvalidSpec")) == 1
+        # kopf posts Events from a queue, a moment after the status write that the wait above saw.
+        posted = wait_for(
+            lambda name=name: events(kube, ns, name, "InvalidSpec"),
+            CONVERGE_SECONDS,
+            f"{name}'s InvalidSpec Event",
+        )
+        assert len(posted) == 1
     assert "7" in condition(cr(kube, ns, "odd-interval")["status"], "InvalidSpec")["message"]  # type: ignore[index]
     assert "first" in condition(cr(kube, ns, "second-writer")["status"], "InvalidSpec")["message"]  # type: ignore[index]
 
@@ -515,12 +524,18 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
     # A corrected spec is reconciled at once; the second writer runs once the first is gone.
     merge_patch_cr(control_plane, ns, "odd-interval", {"spec": {"schedule": "every 5m"}})
     # (The status is patched when the handler returns, a moment after the CronJob is written.)
-    fixed = wait_for(lambda: kube.get(cronjob_path(ns, "odd-interval")), 5, "the corrected processor's CronJob")
+    fixed = wait_for(
+        lambda: kube.get(cronjob_path(ns, "odd-interval")), CONVERGE_SECONDS, "the corrected processor's CronJob"
+    )
     assert fixed["spec"]["schedule"] == "*/5 * * * *"
-    wait_for(lambda: valid(ns, "odd-interval"), 5, "InvalidSpec cleared on the corrected processor")
+    wait_for(lambda: valid(ns, "odd-interval"), CONVERGE_SECONDS, "InvalidSpec cleared on the corrected processor")
     control_plane.kubectl("delete", "sessionprocessor", "first", namespace=ns)
-    wait_for(lambda: kube.get(cronjob_path(ns, "second-writer")), 10, "the second writer's CronJob once it is alone")
-    wait_for(lambda: valid(ns, "second-writer"), 5, "InvalidSpec cleared on the second writer")
+    wait_for(
+        lambda: kube.get(cronjob_path(ns, "second-writer")),
+        CONVERGE_SECONDS,
+        "the second writer's CronJob once it is alone",
+    )
+    wait_for(lambda: valid(ns, "second-writer"), CONVERGE_SECONDS, "InvalidSpec cleared on the second writer")
 
 
 # --- 5. failure and recovery ---------------------------------------------------------------------------
@@ -541,7 +556,7 @@ def test_failed_run_sets_degraded_and_the_next_success_clears_it(
     assert status.get("lastFailureTime")
     assert status.get("consecutiveFailures") == 1
     assert condition_true(status, "Degraded")
-    assert events(kube, ns, "usage", "RunFailed")
+    wait_for(lambda: events(kube, ns, "usage", "RunFailed"), CONVERGE_SECONDS, "a RunFailed Event")
 
     garbage.unlink()
     good_job = start_run_now(control_plane, kube, ns, "usage", "healed")
@@ -550,7 +565,7 @@ def test_failed_run_sets_degraded_and_the_next_success_clears_it(
     assert status.get("consecutiveFailures", 0) == 0
     assert not condition_true(status, "Degraded")
     assert status.get("lastSuccessfulTime")
-    assert events(kube, ns, "usage", "RunSucceeded")
+    wait_for(lambda: events(kube, ns, "usage", "RunSucceeded"), CONVERGE_SECONDS, "a RunSucceeded Event")
 
 
 # --- 6. restarts -----------------------------------------------------------------------------------------
@@ -599,7 +614,7 @@ def test_deleting_the_sessionprocessor_deletes_its_cronjob_and_jobs(
     control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
 ) -> None:
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
-    wait_for(lambda: kube.get(cronjob_path(ns, "usage")), 5, "the CronJob")
+    wait_for(lambda: kube.get(cronjob_path(ns, "usage")), CONVERGE_SECONDS, "the CronJob")
     # The pod of this Job waits (no claim is mapped), so the Job is still active when the CR goes.
     job_name = start_run_now(control_plane, kube, ns, "usage", "before-delete")
     assert not cr(kube, ns, "usage")["metadata"].get("finalizers"), "the SessionProcessor must carry no finalizer"

@@ -8,7 +8,7 @@ real runner in each pod with in-cluster credentials, and the database shows one 
 from __future__ import annotations
 
 import json
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,21 @@ pytestmark = pytest.mark.cluster
 NEVER = "0 0 1 1 *"
 
 
-def _slow_empty_answer(body: dict[str, Any]) -> Any:
-    time.sleep(1.5)  # long enough that the other processor's pod is waiting for the Lease meanwhile
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+#: Opened once the usage run says it is waiting for the Lease: until then the verification run's
+#: LLM calls do not return, so it holds the Lease however slowly the usage pod starts (a fixed
+#: delay here raced a busy machine).
+usage_is_waiting = threading.Event()
+
+
+def _answer_once_usage_waits(body: dict[str, Any]) -> Any:
+    usage_is_waiting.wait(100)  # under the processor's 120 s request timeout
     return tool_reply([])
 
 
@@ -50,7 +63,8 @@ def test_usage_and_verification_on_one_database_both_complete_one_after_the_othe
     control_plane.kubectl(
         "create", "secret", "generic", "anthropic", "--from-literal=key=sk-ant-test-key", namespace=namespace
     )
-    server = ReplayServer(responder=_slow_empty_answer)
+    usage_is_waiting.clear()
+    server = ReplayServer(responder=_answer_once_usage_waits)
     operator = OperatorProcess(control_plane, tmp_path / "operator")
     operator.start()
     try:
@@ -77,7 +91,7 @@ def test_usage_and_verification_on_one_database_both_complete_one_after_the_othe
                 found = json.loads(control_plane.kubectl("get", "cronjobs", "-o", "json", namespace=namespace).stdout)
                 return {item["metadata"]["name"] for item in found["items"]} == {"usage", "verification"}
 
-            wait_for(cronjobs, 30, "both CronJobs")
+            wait_for(cronjobs, 60, "both CronJobs")
             # The slow LLM processor first; once it holds the database Lease, usage is started and
             # must wait for it.
             control_plane.kubectl(
@@ -91,6 +105,16 @@ def test_usage_and_verification_on_one_database_both_complete_one_after_the_othe
 
             wait_for(verification_holds_the_lease, 60, "the verification run to hold the database Lease")
             control_plane.kubectl("annotate", "sproc", "usage", f"{ANNOTATION_RUN_NOW}=together", namespace=namespace)
+
+            def usage_says_it_waits() -> bool:
+                return any(
+                    run.name.startswith("usage-") and "is held by verification-" in _text(run.log_path)
+                    for run in control_plane.executor.processes()
+                    if run.namespace == namespace
+                )
+
+            wait_for(usage_says_it_waits, 90, "the usage run to wait for the Lease", interval=0.3)
+            usage_is_waiting.set()
 
             def both_finished() -> list[dict[str, Any]] | None:
                 found = json.loads(control_plane.kubectl("get", "jobs", "-o", "json", namespace=namespace).stdout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -172,6 +173,8 @@ def test_second_concurrent_run_waits_then_exits_with_the_lease_code(
     summary = run_summary(second)
     assert summary["outcome"] == "lease_not_acquired"
     assert f":{first.pid} (processor lines" in summary["message"]
+    # While it waits, its log says for whom (the first line of stderr, before the wait ran out).
+    assert f"is held by {socket.gethostname()}:{first.pid} (processor lines" in second.stderr.splitlines()[0]
     assert waited >= 1.0
     done = finish(first)
     assert done.returncode == EXIT_OK

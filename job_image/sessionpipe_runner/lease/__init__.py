@@ -6,7 +6,16 @@ database, for one machine; ``k8s:NAME`` is a coordination.k8s.io Lease, for pods
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
+
+log = logging.getLogger("sessionpipe_runner.lease")
+
+
+def announce_wait(name: str, holder: str, wait_seconds: float) -> None:
+    """Say once, on stderr, that a run waits for the lease and for whom: a run that seems to hang
+    while another writer finishes is then explained in its log (a pod's log in a cluster)."""
+    log.info("database lease %s is held by %s; waiting up to %gs", name, holder, wait_seconds)
 
 
 class LeaseNotAcquired(Exception):

@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sessionpipe_runner.lease import LeaseNotAcquired
+from sessionpipe_runner.lease import LeaseNotAcquired, announce_wait
 
 POLL_SECONDS = 0.2
 
@@ -44,11 +44,15 @@ class FileLease:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + max(wait_seconds, 0.0)
+        announced = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not announced and wait_seconds > 0:
+                    announce_wait(self.name, self._read_holder(), wait_seconds)
+                    announced = True
                 if time.monotonic() >= deadline:
                     holder = self._read_holder()
                     os.close(fd)

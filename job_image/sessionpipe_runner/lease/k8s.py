@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionpipe_contract import DEFAULT_LEASE_DURATION_SECONDS
-from sessionpipe_runner.lease import LeaseLost, LeaseNotAcquired
+from sessionpipe_runner.lease import LeaseLost, LeaseNotAcquired, announce_wait
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,8 @@ class KubernetesLease:
                     raise LeaseConfigError(self._explain(error)) from None
                 epoch = None
             except _Held as held:
+                if seen_version is None and wait_seconds > 0:
+                    announce_wait(self.name, held.holder, wait_seconds)
                 last_holder = held.holder
                 if held.version != seen_version:
                     seen_version, seen_since = held.version, started
