@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -68,6 +69,18 @@ def _start_run(
         *extra,
         env={**env, **knobs},
     )
+
+
+def _first_stderr_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The first line a started run writes on stderr (its lease-wait notice), waiting at most ``timeout``."""
+    stderr = process.stderr
+    assert stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(stderr.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert lines, f"no line on stderr within {timeout:.0f}s"
+    return lines[0]
 
 
 def _lease(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | None:
@@ -256,7 +269,10 @@ def test_sigterm_releases_the_lease_and_the_next_run_starts_at_once(
         TESTPLUGIN_SLEEP="0.1",
         TESTPLUGIN_BATCHABLE="0",
     )
-    time.sleep(2)  # the second run is polling the held lease
+    # Only once the second run polls the held lease does the release test anything (a fixed sleep
+    # raced a busy machine, where the second interpreter may not even have started in 2 s).
+    said = _first_stderr_line(waiting, 60)
+    assert f"is held by {_holder_of(first)}" in said, said
     first.send_signal(signal.SIGTERM)
     terminated = finish(first)
     released_at = time.time()
