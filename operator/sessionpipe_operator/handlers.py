@@ -105,6 +105,10 @@ def operator_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     kopf_settings.posting.loggers = False
     kopf_settings.posting.level = logging.INFO
     kopf_settings.peering.standalone = True
+    # Limited to named namespaces, the operator may not list namespaces (RBAC cannot grant a list
+    # of some namespaces only); kopf's scan would retry that for a minute at start-up before it
+    # falls back to the names it was given, so nothing would be reconciled meanwhile.
+    kopf_settings.scanning.disabled = bool(settings.namespaces)
     kopf_settings.execution.max_workers = 8
     kopf_settings.watching.connect_timeout = 10
     # Long watch requests: an idle operator keeps its streams open instead of re-listing.

@@ -151,6 +151,15 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
         finally:
             con.close()
         assert used is not None and used[0] > 0
+        # The chart grants the operator everything it asks the API server for: not one refusal.
+        operator_logs = [
+            control_plane.executor.log_path(namespace, p.name).read_text(errors="replace")
+            for p in control_plane.executor.processes()
+            if p.namespace == namespace and p.name.startswith("sp-sessionpipe-operator")
+        ]
+        assert operator_logs, "no operator pod ran"
+        refusals = [line for log in operator_logs for line in log.splitlines() if "Forbidden" in line or " 403" in line]
+        assert not refusals, "\n".join(refusals[:5])
     finally:
         started = time.monotonic()
         _helm(control_plane, "uninstall", "sp", "-n", namespace, "--wait", "--timeout", "120s")
