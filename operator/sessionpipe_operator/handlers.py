@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -142,8 +143,22 @@ async def startup(memo: Any, **kwargs: Any) -> None:
     state.stale_task = asyncio.create_task(_stale_loop(state), name="sessionpipe-stale-check")
 
 
+#: Once kopf has stopped its tasks, how long the process may take to end. Python joins the handler
+#: threads at exit, and one blocked in a request to an unresponsive API server would hold the exit
+#: for the request timeout; a pod must be gone well within its grace period (30 s by default).
+EXIT_AFTER_CLEANUP_SECONDS = 4.0
+
+
+def _exit_now() -> None:
+    logging.shutdown()
+    os._exit(0)  # every write already either reached the API server or did not: nothing to lose
+
+
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
+    watchdog = threading.Timer(EXIT_AFTER_CLEANUP_SECONDS, _exit_now)
+    watchdog.daemon = True
+    watchdog.start()
     state = _state(memo)
     if state.stale_task is not None:
         state.stale_task.cancel()

@@ -92,3 +92,21 @@ def test_the_operator_exits_within_five_seconds_of_sigterm_right_after_a_run_now
     wait_for(run_now_job, 60, "the run-now Job")
     seconds = _seconds_to_exit_after_sigterm(operator)
     assert seconds < EXIT_BUDGET_SECONDS, f"exited {seconds:.1f}s after SIGTERM; log:\n{operator.log_tail()}"
+
+
+def test_the_operator_exits_within_five_seconds_of_sigterm_while_the_api_server_is_down(
+    control_plane: ControlPlane, namespace: str, operator: OperatorProcess
+) -> None:
+    _apply_processor(control_plane, namespace)
+    wait_for(
+        lambda: control_plane.kubectl("get", "cronjob", "usage", namespace=namespace, check=False).returncode == 0,
+        60,
+        "the CronJob of the processor",
+    )
+    control_plane.stop_apiserver()
+    try:
+        time.sleep(2)  # its watches break and it starts to retry
+        seconds = _seconds_to_exit_after_sigterm(operator)
+    finally:
+        control_plane.start_apiserver()
+    assert seconds < EXIT_BUDGET_SECONDS, f"exited {seconds:.1f}s after SIGTERM; log:\n{operator.log_tail()}"
