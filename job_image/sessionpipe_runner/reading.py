@@ -7,8 +7,10 @@ Two promises hold whatever is on the volume:
   symlink anywhere below the root (put there before the scan, or swapped in after it) is refused
   rather than followed, and a path longer than ``PATH_MAX`` is no obstacle. The root's own path may
   pass through symlinks (a volume mount, ``--sessions`` given through a link). The file is opened
-  non-blocking and must be a regular file, so a FIFO swapped in cannot hang the run. (Someone able
-  to create device nodes on the volume could still have one opened; a pod cannot.)
+  non-blocking and must be a regular file, so a FIFO swapped in cannot hang the run. Left open:
+  someone able to create device nodes on the volume could have one opened (a pod cannot), and a
+  hard link is a file like any other (a volume on its own file system cannot link to files outside
+  it; elsewhere Linux's ``protected_hardlinks`` stops links to files their maker cannot read).
 - A line longer than :data:`MAX_LINE_BYTES` is never held whole: it is hashed as it streams past
   and handed to the processor as an empty line, so line numbers after it still hold, and is
   counted (``line_too_long``).
@@ -108,18 +110,9 @@ def _refuse_symlink(error: OSError, name: str, parent: int) -> OSError:
     return error
 
 
-def open_session_file(location: str, root: str = "") -> int:
-    """A read-only descriptor of the regular file at ``location``, reached from ``root`` without
-    following any symlink below it (with no ``root``, only the file itself is not followed).
-
-    Raises ``FileNotFoundError`` if it vanished, :class:`SymlinkRefused`, :class:`NotARegularFile`,
-    or another ``OSError`` if it cannot be opened.
-    """
-    if not root:
-        folder, slash, name = location.rpartition("/")
-        root, parts = folder or slash or ".", [name]
-    else:
-        parts = _path_below(root, location)
+def _open_walking(root: str, parts: list[str]) -> int:
+    """Open ``parts`` below ``root`` one component at a time, each relative to its folder's
+    descriptor with ``O_NOFOLLOW``: no symlink is followed, and no path is too long."""
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root's path is trusted
     try:
         for name in parts[:-1]:
@@ -130,16 +123,33 @@ def open_session_file(location: str, root: str = "") -> int:
             os.close(directory)
             directory = child
         try:
-            fd = os.open(parts[-1], _FILE, dir_fd=directory)
+            return os.open(parts[-1], _FILE, dir_fd=directory)
         except OSError as error:
             raise _refuse_symlink(error, parts[-1], directory) from None
     finally:
         os.close(directory)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+
+
+def open_session_file(location: str, root: str = "") -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file at ``location``, and its status, reached from
+    ``root`` without following any symlink below it (with no ``root``, only the file itself is
+    not followed).
+
+    Raises ``FileNotFoundError`` if it vanished, :class:`SymlinkRefused`, :class:`NotARegularFile`,
+    or another ``OSError`` if it cannot be opened.
+    """
+    if not root:
+        folder, slash, name = location.rpartition("/")
+        root, parts = folder or slash or ".", [name]
+    else:
+        parts = _path_below(root, location)
+    fd = _open_walking(root, parts)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise NotARegularFile(errno.EINVAL, "not a regular file", location)
     os.set_blocking(fd, True)  # O_NONBLOCK was for the open; reads of a regular file block anyway
-    return fd
+    return fd, info
 
 
 class _BoundedLines:
@@ -208,6 +218,22 @@ class _BoundedLines:
         return bytes(self.kept), partial, self.hasher.hexdigest()
 
 
+def _read(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from ``fd``'s position (fewer at the end of the file)."""
+    data = os.read(fd, size)
+    if len(data) in (0, size):
+        return data
+    pieces = [data]
+    got = len(data)
+    while got < size:
+        piece = os.read(fd, size - got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
 def read_snapshot(location: str | Path, root: str = "", line_limit: int = MAX_LINE_BYTES) -> Snapshot:
     """Read a file once, as :func:`open_session_file` opens it; size and mtime come from the open
     descriptor, and only the bytes there were then are read, so they match.
@@ -216,11 +242,10 @@ def read_snapshot(location: str | Path, root: str = "", line_limit: int = MAX_LI
     long); a longer one in chunks no longer than a line may be, through :class:`_BoundedLines`
     (whose complete lines are copied once into ``bytes`` at the end).
     """
-    fd = open_session_file(str(location), root)
-    with open(fd, "rb") as handle:  # noqa: PTH123 (a descriptor)
-        info = os.fstat(fd)
+    fd, info = open_session_file(str(location), root)
+    try:
         if info.st_size <= line_limit:
-            raw = handle.read(info.st_size)
+            raw = _read(fd, info.st_size)
             data, partial = complete_prefix(raw)
             size, content_hash, long_lines = len(raw), xxhash.xxh3_128_hexdigest(data), 0
         else:
@@ -228,13 +253,15 @@ def read_snapshot(location: str | Path, root: str = "", line_limit: int = MAX_LI
             size = 0
             chunk_size = min(READ_CHUNK_BYTES, line_limit)  # so a chunk holds at most one line too long
             while size < info.st_size:
-                chunk = handle.read(min(chunk_size, info.st_size - size))
+                chunk = _read(fd, min(chunk_size, info.st_size - size))
                 if not chunk:
                     break  # truncated while being read
                 size += len(chunk)
                 lines.feed(chunk)
             data, partial, content_hash = lines.finish()
             long_lines = lines.long_lines
+    finally:
+        os.close(fd)
     return Snapshot(
         data=data,
         length=len(data),

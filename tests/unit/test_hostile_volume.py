@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import xxhash
 
 from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner import work
+from sessionpipe_runner.names import key_part, printable, valid_text
 from sessionpipe_runner.processors.base import Output, Processor, SessionFile
 from sessionpipe_runner.reading import MAX_LINE_BYTES, read_snapshot
 from sessionpipe_runner.scan import scan_sessions
@@ -373,3 +376,63 @@ def test_a_300_mb_line_is_read_in_bounded_memory(
     assert json.loads(str(summary[0]))["issues"] == {"line_too_long": 1}
     rows = query(db, "SELECT line_no, length FROM line_rows ORDER BY 1")
     assert rows == ([(1, 8), (2, 0), (3, 8)] if newline else [(1, 8), (2, 0)])
+
+
+# --- the bounded reader, against the plain one ----------------------------------------------
+
+LINES = [b'{"n": 1}', b"", b"  ", b'{"text": "' + b"y" * 40 + b'"}', b"not json", b'{"a": [1, 2]}', b"x" * 25]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_bounded_reader_reads_what_the_plain_reader_reads_when_no_line_is_too_long(
+    tmp_path: Path, seed: int
+) -> None:
+    """With every line within the limit, reading in chunks changes nothing: same bytes, same hash."""
+    rng = random.Random(seed)
+    lines = [rng.choice(LINES) for _ in range(rng.randrange(1, 30))]
+    tail = rng.choice([b"", b'{"n": 9}', b'{"n": 9', b"   "])
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines) + tail)
+    plain = read_snapshot(path)
+    limit = max(len(line) for line in [*lines, tail])
+    bounded = read_snapshot(path, line_limit=limit)  # a file longer than the limit: read in chunks
+    assert path.stat().st_size > limit
+    assert bounded == plain
+    assert plain.partial_tail == (tail == b'{"n": 9')
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lines_over_the_limit_are_counted_and_emptied_wherever_the_chunks_fall(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    limit = rng.randrange(4, 20)
+    lines = [b"z" * rng.randrange(0, 2 * limit) for _ in range(rng.randrange(1, 12))]
+    tail = rng.choice([b"", b"t" * (limit + 1 + rng.randrange(3 * limit)), b"{}", b"{"])
+    path = tmp_path / "s.jsonl"
+    raw = b"".join(line + b"\n" for line in lines) + tail
+    path.write_bytes(raw)
+    snapshot = read_snapshot(path, line_limit=limit)
+    kept = [line if len(line) <= limit else b"" for line in lines]
+    long_tail = len(tail) > limit
+    expected = b"".join(line + b"\n" for line in kept) + (b"\n" if long_tail else b"{}" if tail == b"{}" else b"")
+    if len(raw) > limit:
+        assert snapshot.data == expected
+        assert snapshot.long_lines == sum(len(line) > limit for line in lines) + long_tail
+    assert snapshot.partial_tail == (tail == b"{")
+    hashed = raw[: -len(tail)] if tail == b"{" else raw
+    assert snapshot.content_hash == xxhash.xxh3_128_hexdigest(hashed)  # every byte of every complete line
+    assert snapshot.size == len(raw)
+
+
+def test_a_line_of_exactly_the_limit_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"a" * 8 + b"\n" + b"b" * 9 + b"\n" + b"c\n")
+    snapshot = read_snapshot(path, line_limit=8)
+    assert (snapshot.data, snapshot.long_lines) == (b"a" * 8 + b"\n\nc\n", 1)
+
+
+def test_names_are_escaped_for_keys_and_for_text() -> None:
+    assert key_part("plain.jsonl") == "plain.jsonl"
+    assert key_part("café.jsonl") == "café.jsonl"
+    assert key_part(os.fsdecode(b"bad\xff\xfe.jsonl")) == "bad\\xff\\xfe.jsonl"
+    assert printable("a\nb\rc\td\x1b[2J\x7f\u2028é") == "a\\nb\\rc\\td\\x1b[2J\\x7f\\u2028é"
+    assert valid_text("refusing " + os.fsdecode(b"\xff")) == "refusing \\udcff"
