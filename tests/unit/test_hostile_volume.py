@@ -28,8 +28,8 @@ from sessionpipe_runner import work
 from sessionpipe_runner.names import key_part, printable, valid_text
 from sessionpipe_runner.processors.base import Output, Processor, SessionFile
 from sessionpipe_runner.reading import MAX_LINE_BYTES, read_snapshot
-from sessionpipe_runner.scan import scan_sessions
-from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
+from sessionpipe_runner.scan import MAX_FOLDER_DEPTH, scan_sessions
+from tests.runner_support import REPO, install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 
 SECRET = b'{"secret": "outside the volume"}\n{"secret": 2}\n'
 
@@ -436,3 +436,12 @@ def test_names_are_escaped_for_keys_and_for_text() -> None:
     assert key_part(os.fsdecode(b"bad\xff\xfe.jsonl")) == "bad\\xff\\xfe.jsonl"
     assert printable("a\nb\rc\td\x1b[2J\x7f\u2028é") == "a\\nb\\rc\\td\\x1b[2J\\x7f\\u2028é"
     assert valid_text("refusing " + os.fsdecode(b"\xff")) == "refusing \\udcff"
+
+
+def test_the_readme_states_the_limits_and_names_the_reasons() -> None:
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert readme.count(f"{MAX_LINE_BYTES // MiB} MiB") >= 3  # on a laptop, sizing, writing a processor
+    assert f"more than {MAX_FOLDER_DEPTH} levels below the user's folder" in readme
+    for reason in ("symlink_skipped", "symlinked_dir_skipped", "not_a_file", "too_deep", "name_collision"):
+        assert f"`{reason}`" in readme, reason
+    assert "`line_too_long`" in readme
