@@ -46,6 +46,7 @@ from sessionpipe_contract import (
 from sessionpipe_runner import store
 from sessionpipe_runner.lease import Lease
 from sessionpipe_runner.lease.file import FileLease
+from sessionpipe_runner.names import printable
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.processors.base import Processor
 from sessionpipe_runner.runner import RunSettings, run, snapshot_path
@@ -244,7 +245,7 @@ def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
     if summary.issues:
         print("  noted: " + ", ".join(f"{reason} {count}" for reason, count in sorted(summary.issues.items())))
     for key, error in list(summary.failures.items())[:10]:
-        print(f"  failed: {key}: {error}")
+        print(f"  failed: {printable(key)}: {printable(error)}")  # one line each, whatever the name
     if summary.message:
         print(f"  {summary.message}")
 

@@ -1,13 +1,51 @@
-"""Reading a session file that may still be growing."""
+"""Reading a session file that may still be growing, from a sessions volume that may be hostile.
+
+Two promises hold whatever is on the volume:
+
+- Nothing outside the sessions root is read. A file is opened by walking down from the root one
+  component at a time, each opened relative to its parent's descriptor with ``O_NOFOLLOW``, so a
+  symlink anywhere below the root (put there before the scan, or swapped in after it) is refused
+  rather than followed, and a path longer than ``PATH_MAX`` is no obstacle. The root's own path may
+  pass through symlinks (a volume mount, ``--sessions`` given through a link). The file is opened
+  non-blocking and must be a regular file, so a FIFO swapped in cannot hang the run. Left open:
+  someone able to create device nodes on the volume could have one opened (a pod cannot), and a
+  hard link is a file like any other (a volume on its own file system cannot link to files outside
+  it; elsewhere Linux's ``protected_hardlinks`` stops links to files their maker cannot read).
+- A line longer than :data:`MAX_LINE_BYTES` is never held whole: it is hashed as it streams past
+  and handed to the processor as an empty line, so line numbers after it still hold, and is
+  counted (``line_too_long``).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
 import xxhash
+
+#: The longest line a processor is given. Longer lines are skipped and counted ``line_too_long``;
+#: while one streams past, the reader holds at most this much of it (plus one read). Claude Code
+#: writes tool results and images into single lines of a few MB; a 32 MB PDF sent to the API,
+#: base64 in a transcript line, is about 43 MB. 64 MiB keeps all of that and the runner within the
+#: memory the README budgets.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+#: How much a file longer than :data:`MAX_LINE_BYTES` is read at a time.
+READ_CHUNK_BYTES = 1024 * 1024
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class SymlinkRefused(OSError):
+    """A component of a session file's path below the sessions root is a symlink: not followed."""
+
+
+class NotARegularFile(OSError):
+    """The session file's path names a FIFO, a device or a directory: not read."""
 
 
 @dataclass(frozen=True)
@@ -19,46 +57,217 @@ class Snapshot:
     size: int
     mtime_ns: int
     partial_tail: bool  # the file ends in a line still being written, left for a later run
-    #: A 128-bit xxh3 digest of the complete lines: enough to tell a touched file from a changed
-    #: one (change detection, not security; ~20x faster than blake2b).
+    #: A 128-bit xxh3 digest of the complete lines as they are in the file (a line too long to be
+    #: kept counts with all its bytes): enough to tell a touched file from a changed one (change
+    #: detection, not security; ~20x faster than blake2b).
     content_hash: str
+    long_lines: int = 0  # lines over MAX_LINE_BYTES, given to the processor as empty lines
 
     def without_data(self) -> Snapshot:
         """The same snapshot without the bytes, once they are processed (what a worker sends back)."""
         return replace(self, data=b"")
 
 
+def _is_complete_line(tail: bytes) -> bool:
+    """Whether a last line without a newline is a whole JSON object (some writers omit the newline)."""
+    try:
+        return isinstance(orjson.loads(tail), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
 def complete_prefix(raw: bytes) -> tuple[bytes, bool]:
     """The part of ``raw`` made of complete lines, and whether an incomplete tail was left out.
 
-    A last line without a newline counts as complete only when it is a whole JSON object (some
-    writers omit the final newline); anything else is a line still being written.
+    A last line without a newline counts as complete only when it is a whole JSON object; anything
+    else is a line still being written.
     """
     cut = raw.rfind(b"\n") + 1
     tail = raw[cut:]
-    if not tail.strip():
+    if not tail.strip() or _is_complete_line(tail):
         return raw, False
+    return raw[:cut], True
+
+
+def _path_below(root: str, location: str) -> list[str]:
+    """The components of ``location`` below ``root`` (``location`` is ``os.path.join(root, …)``)."""
+    rest = location[len(root) :]
+    if not location.startswith(root) or not (root.endswith("/") or rest.startswith("/")):
+        raise OSError(errno.EINVAL, f"not below the sessions root {root!r}", location)
+    parts = rest.lstrip("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise OSError(errno.EINVAL, "not a plain path below the sessions root", location)
+    return parts
+
+
+def _refuse_symlink(error: OSError, name: str, parent: int) -> OSError:
+    """:class:`SymlinkRefused` if ``name`` in ``parent`` is a symlink, else ``error`` itself."""
     try:
-        complete = isinstance(orjson.loads(tail), dict)
-    except orjson.JSONDecodeError:
-        complete = False
-    return (raw, False) if complete else (raw[:cut], True)
+        if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            return SymlinkRefused(errno.ELOOP, "a symlink below the sessions root is not followed", name)
+    except OSError:
+        pass
+    return error
 
 
-def read_snapshot(path: str | Path) -> Snapshot:
-    """Read a file once; size and mtime come from the open descriptor, so they match the bytes.
+def _open_walking(root: str, parts: list[str]) -> int:
+    """Open ``parts`` below ``root`` one component at a time, each relative to its folder's
+    descriptor with ``O_NOFOLLOW``: no symlink is followed, and no path is too long."""
+    directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root's path is trusted
+    try:
+        for name in parts[:-1]:
+            try:
+                child = os.open(name, _DIRECTORY, dir_fd=directory)
+            except OSError as error:  # a symlink opened with O_DIRECTORY | O_NOFOLLOW fails with ENOTDIR
+                raise _refuse_symlink(error, name, directory) from None
+            os.close(directory)
+            directory = child
+        try:
+            return os.open(parts[-1], _FILE, dir_fd=directory)
+        except OSError as error:
+            raise _refuse_symlink(error, parts[-1], directory) from None
+    finally:
+        os.close(directory)
 
-    Raises ``FileNotFoundError`` if it vanished and ``OSError`` if it cannot be read.
+
+def open_session_file(location: str, root: str = "") -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file at ``location``, and its status, reached from
+    ``root`` without following any symlink below it (with no ``root``, only the file itself is
+    not followed).
+
+    Raises ``FileNotFoundError`` if it vanished, :class:`SymlinkRefused`, :class:`NotARegularFile`,
+    or another ``OSError`` if it cannot be opened.
     """
-    with open(path, "rb") as handle:  # noqa: PTH123 (a str from the scan, no Path needed)
-        info = os.fstat(handle.fileno())
-        raw = handle.read()
-    data, partial = complete_prefix(raw)
+    if not root:
+        folder, slash, name = location.rpartition("/")
+        root, parts = folder or slash or ".", [name]
+    else:
+        parts = _path_below(root, location)
+    fd = _open_walking(root, parts)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotARegularFile(errno.EINVAL, "not a regular file", location)
+    os.set_blocking(fd, True)  # O_NONBLOCK was for the open; reads of a regular file block anyway
+    return fd, info
+
+
+class _BoundedLines:
+    """Complete lines fed in chunks, held only up to :data:`MAX_LINE_BYTES` each, and their hash.
+
+    ``kept`` holds the complete lines so far (a line over the limit as an empty line) and, after
+    ``line_start``, the line still open. A line that grows past the limit is hashed, dropped, and
+    the rest of it, up to its newline, is hashed as it comes and never kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.hasher = xxhash.xxh3_128()
+        self.kept = bytearray()
+        self.line_start = 0
+        self.skipping = False
+        self.long_lines = 0
+
+    def _hash_kept(self, start: int, end: int) -> None:
+        with memoryview(self.kept) as view, view[start:end] as part:
+            self.hasher.update(part)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self.hasher.update(chunk)
+                return
+            self.hasher.update(chunk[: end + 1])
+            self.kept += b"\n"  # the long line's place, so the lines after it keep their numbers
+            self.line_start = len(self.kept)
+            self.skipping = False
+            chunk = chunk[end + 1 :]
+        appended_at = len(self.kept)
+        self.kept += chunk
+        first = self.kept.find(b"\n", appended_at)
+        if first >= 0 and first - self.line_start > self.limit:  # this chunk ends a line already too long
+            self._hash_kept(self.line_start, first + 1)
+            self.kept[self.line_start : first + 1] = b"\n"
+            self.line_start += 1
+            self.long_lines += 1
+        last = self.kept.rfind(b"\n", self.line_start)
+        if last >= 0:
+            self._hash_kept(self.line_start, last + 1)
+            self.line_start = last + 1
+        if len(self.kept) - self.line_start > self.limit:
+            self._hash_kept(self.line_start, len(self.kept))
+            del self.kept[self.line_start :]
+            self.skipping = True
+            self.long_lines += 1
+
+    def finish(self) -> tuple[bytes, bool, str]:
+        """(complete lines, whether an incomplete tail was left out, the hash of the complete lines)."""
+        partial = False
+        if self.skipping:
+            # A last line already too long is complete as far as anyone can use it: it is counted,
+            # not left for a later run it could never pass.
+            self.kept += b"\n"
+        elif self.line_start < len(self.kept):
+            tail = bytes(self.kept[self.line_start :])
+            if not tail.strip() or _is_complete_line(tail):
+                self.hasher.update(tail)
+            else:
+                del self.kept[self.line_start :]
+                partial = True
+        return bytes(self.kept), partial, self.hasher.hexdigest()
+
+
+def _read(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from ``fd``'s position (fewer at the end of the file)."""
+    data = os.read(fd, size)
+    if len(data) in (0, size):
+        return data
+    pieces = [data]
+    got = len(data)
+    while got < size:
+        piece = os.read(fd, size - got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+def read_snapshot(location: str | Path, root: str = "", line_limit: int = MAX_LINE_BYTES) -> Snapshot:
+    """Read a file once, as :func:`open_session_file` opens it; size and mtime come from the open
+    descriptor, and only the bytes there were then are read, so they match.
+
+    A file no longer than ``line_limit`` is read whole, in one piece (no line of it can be too
+    long); a longer one in chunks no longer than a line may be, through :class:`_BoundedLines`
+    (whose complete lines are copied once into ``bytes`` at the end).
+    """
+    fd, info = open_session_file(str(location), root)
+    try:
+        if info.st_size <= line_limit:
+            raw = _read(fd, info.st_size)
+            data, partial = complete_prefix(raw)
+            size, content_hash, long_lines = len(raw), xxhash.xxh3_128_hexdigest(data), 0
+        else:
+            lines = _BoundedLines(line_limit)
+            size = 0
+            chunk_size = min(READ_CHUNK_BYTES, line_limit)  # so a chunk holds at most one line too long
+            while size < info.st_size:
+                chunk = _read(fd, min(chunk_size, info.st_size - size))
+                if not chunk:
+                    break  # truncated while being read
+                size += len(chunk)
+                lines.feed(chunk)
+            data, partial, content_hash = lines.finish()
+            long_lines = lines.long_lines
+    finally:
+        os.close(fd)
     return Snapshot(
         data=data,
         length=len(data),
-        size=len(raw),
+        size=size,
         mtime_ns=info.st_mtime_ns,
         partial_tail=partial,
-        content_hash=xxhash.xxh3_128_hexdigest(data),
+        content_hash=content_hash,
+        long_lines=long_lines,
     )

@@ -53,6 +53,8 @@ from sessionpipe_runner.work import Examined, Outcome
 BATCH_SESSIONS = 1024
 BATCH_BYTES = 64 * 1024 * 1024
 OPEN_RETRY_SECONDS = 0.2
+#: Outcomes of candidates that could not be read: skipped, counted under the outcome's name.
+_NOT_READ = frozenset({Outcome.VANISHED, Outcome.UNREADABLE, Outcome.SYMLINK_SKIPPED, Outcome.NOT_A_FILE})
 
 
 class Terminated(BaseException):
@@ -278,7 +280,7 @@ class Run:
                 summary.issues["left_for_next_run"] += 1
                 continue
             outcome, file, snapshot = examined.outcome, examined.file, examined.snapshot
-            if outcome is Outcome.VANISHED or outcome is Outcome.UNREADABLE:
+            if outcome in _NOT_READ:
                 summary.skipped += 1
                 summary.issues[outcome.value] += 1
                 continue
@@ -288,6 +290,8 @@ class Run:
                 summary.issues["empty_file"] += 1
             if snapshot.partial_tail:
                 summary.issues["incomplete_last_line"] += 1
+            if snapshot.long_lines:
+                summary.issues["line_too_long"] += snapshot.long_lines
             if outcome is Outcome.TOUCHED_UNCHANGED:
                 summary.skipped += 1
                 summary.issues["touched_unchanged"] += 1

@@ -7,12 +7,16 @@ Two layouts are read:
 - one user's Claude ``projects/`` directory (``--user NAME``): ``<root>/<project>/<session>.jsonl``,
   whose keys are prefixed with that user.
 
-Keys are always ``<user>/<path relative to the user's folder>`` with forward slashes.
+Keys are always ``<user>/<path relative to the user's folder>`` with forward slashes; a name that
+is not UTF-8 is written with ``\\xNN`` escapes (:func:`~sessionpipe_runner.names.key_part`).
+
+The volume is not trusted: no symlink below the root is followed (``symlink_skipped``,
+``symlinked_dir_skipped``), folders deeper than :data:`MAX_FOLDER_DEPTH` are counted
+(``too_deep``), and no name or depth makes the scan fail.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections import Counter
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from sessionpipe_runner.names import key_part
 from sessionpipe_runner.processors.base import SessionFile
 from sessionpipe_runner.store import StateRow
 
@@ -42,43 +47,99 @@ def session_identity(parts: Sequence[str]) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+#: Folders a session file may lie below its user's folder (Claude Code uses three at most:
+#: ``<project>/<session>/subagents/``). Deeper folders are not entered, and counted ``too_deep``;
+#: the bound also bounds the descriptors a scan holds open (one per folder level).
+MAX_FOLDER_DEPTH = 32
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 @dataclass
 class ScanResult:
     """The session files found, and everything else met on the way, counted by reason."""
 
     files: list[SessionFile] = field(default_factory=list)
     issues: Counter[str] = field(default_factory=Counter)
+    #: Indexes in ``files`` of the files whose key has an escaped (undecodable) name in it.
+    escaped: list[int] = field(default_factory=list)
 
 
 def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
-    """Walk the sessions tree without following directory symlinks (so a symlink loop is harmless).
+    """Walk the sessions tree, never following a symlink below ``root`` (its own path may have some).
 
-    With ``user``, ``root`` is that user's ``projects/`` directory; without, the first path
-    component below ``root`` names the user.
+    Folders are opened relative to their parent's descriptor, so no path length limit applies and
+    a folder swapped for a symlink during the scan is not entered. With ``user``, ``root`` is that
+    user's ``projects/`` directory; without, the first path component below ``root`` names the user.
     """
     result = ScanResult()
-    if user is not None:
-        _walk(root, [], user, result)
+    location = str(root)
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        result.issues["vanished" if isinstance(error, FileNotFoundError) else "unreadable_dir"] += 1
         return result
-    for entry in _entries(root, result):
-        is_dir = _is_dir(entry, result)
-        if is_dir is None:
-            continue
-        if is_dir:
-            _walk(Path(entry.path), [], entry.name, result)
-        elif entry.name.endswith(SESSION_SUFFIX):
-            result.issues["outside_user_folder"] += 1
+    try:
+        if user is not None:
+            user_key = key_part(user)
+            _walk(_enter(os.dup(root_fd), location, [], user_key != user, result), user_key, location, result)
         else:
-            result.issues["not_jsonl"] += 1
+            _walk_users(root_fd, location, result)
+    finally:
+        os.close(root_fd)
+    _drop_name_collisions(result)
     return result
 
 
-def _entries(directory: Path, result: ScanResult) -> list[os.DirEntry[str]]:
+class _Kind(Enum):
+    DIRECTORY = "directory"
+    FILE = "file"  # anything that is neither a directory nor a symlink
+    SYMLINK = "symlink"  # a symlink to anything but a directory, or dangling
+    COUNTED = "counted"  # counted as an issue already
+
+
+@dataclass
+class _Folder:
+    """A folder being walked: its open descriptor, and what its files' keys and locations start with."""
+
+    fd: int
+    location: str
+    parts: list[str]  # key components below the user's folder
+    escaped: bool  # whether the user's or one of these components is an escaped name
+    entries: Iterator[os.DirEntry[str]]
+
+
+def _enter(fd: int, location: str, parts: list[str], escaped: bool, result: ScanResult) -> _Folder:
+    """The folder open as ``fd``, listed (``fd`` is closed if listing is interrupted)."""
     try:
-        with os.scandir(directory) as iterator:
+        return _Folder(fd, location, parts, escaped, iter(_entries(fd, result)))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _join(location: str, name: str) -> str:
+    """``os.path.join`` for a name from a listing (never absolute), without building a ``Path``."""
+    return location + name if location.endswith("/") else f"{location}/{name}"
+
+
+def _walk_users(root_fd: int, location: str, result: ScanResult) -> None:
+    for entry in _entries(root_fd, result):
+        kind = _kind(entry, result)
+        if kind is _Kind.DIRECTORY:
+            fd = _open_folder(root_fd, entry.name, result)
+            if fd is not None:
+                user = key_part(entry.name)
+                folder = _enter(fd, _join(location, entry.name), [], user != entry.name, result)
+                _walk(folder, user, location, result)
+        elif kind is not _Kind.COUNTED:
+            result.issues["outside_user_folder" if entry.name.endswith(SESSION_SUFFIX) else "not_jsonl"] += 1
+
+
+def _entries(fd: int, result: ScanResult) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(fd) as iterator:
             return list(iterator)
-    except FileNotFoundError:
-        result.issues["vanished"] += 1
     except OSError:
         result.issues["unreadable_dir"] += 1
     return []
@@ -86,62 +147,125 @@ def _entries(directory: Path, result: ScanResult) -> list[os.DirEntry[str]]:
 
 def _os_reason(error: OSError) -> str:
     """The issue an entry that cannot be looked at is counted under."""
-    if isinstance(error, FileNotFoundError):
-        return "vanished"  # deleted since listed, or a dangling symlink
-    if error.errno == errno.ELOOP:
-        return "symlink_loop"
-    return "unreadable"  # a permission problem, an I/O error…
+    return "vanished" if isinstance(error, FileNotFoundError) else "unreadable"  # deleted since listed
 
 
-def _is_dir(entry: os.DirEntry[str], result: ScanResult) -> bool | None:
-    """Whether to descend into ``entry``; ``None`` when it was counted as an issue and is done with.
-
-    A symlink to a directory is counted and not followed (it could loop back on its parents).
-    """
+def _open_folder(parent: int, name: str, result: ScanResult) -> int | None:
+    """A descriptor of the folder ``name`` in ``parent``; ``None`` (counted) if it vanished or became a symlink."""
     try:
-        if entry.is_dir(follow_symlinks=False):
-            return True
-        if entry.is_symlink() and entry.is_dir(follow_symlinks=True):
-            result.issues["symlinked_dir_skipped"] += 1
-            return None
+        return os.open(name, _DIRECTORY, dir_fd=parent)
+    except FileNotFoundError:
+        result.issues["vanished"] += 1
+    except OSError:
+        result.issues["unreadable_dir"] += 1
+    return None
+
+
+def _kind(entry: os.DirEntry[str], result: ScanResult) -> _Kind:
+    """What ``entry`` is, without following it; a symlink to a directory is counted and done with."""
+    try:
+        if entry.is_symlink():
+            if _points_to_directory(entry):
+                result.issues["symlinked_dir_skipped"] += 1
+                return _Kind.COUNTED
+            return _Kind.SYMLINK
+        return _Kind.DIRECTORY if entry.is_dir(follow_symlinks=False) else _Kind.FILE
     except OSError as error:
         result.issues[_os_reason(error)] += 1
-        return None
-    return False
+        return _Kind.COUNTED
 
 
-def _walk(directory: Path, parts: list[str], user: str, result: ScanResult) -> None:
-    for entry in _entries(directory, result):
-        is_dir = _is_dir(entry, result)
-        if is_dir is None:
-            continue
-        if is_dir:
-            _walk(Path(entry.path), [*parts, entry.name], user, result)
-            continue
-        if not entry.name.endswith(SESSION_SUFFIX):
-            result.issues["not_jsonl"] += 1
-            continue
-        try:
-            info = entry.stat(follow_symlinks=True)
-        except OSError as error:
-            result.issues[_os_reason(error)] += 1
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            result.issues["not_a_file"] += 1
-            continue
-        relative = [*parts, entry.name]
-        project, session_id = session_identity(relative)
-        result.files.append(
-            SessionFile(
-                key="/".join([user, *relative]),
-                location=entry.path,
-                user=user,
-                project=project,
-                session_id=session_id,
-                size=info.st_size,
-                mtime_ns=info.st_mtime_ns,
-            )
+def _points_to_directory(entry: os.DirEntry[str]) -> bool:
+    """Whether a symlink leads to a directory (only to name what is skipped: it is never entered)."""
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False  # a loop, or a target that cannot be looked at
+
+
+def _walk(user_folder: _Folder, user: str, root: str, result: ScanResult) -> None:
+    """Add the session files of one user's folder (its descriptor is closed here), depth first.
+
+    At most :data:`MAX_FOLDER_DEPTH` + 1 folders are open at once, one per level.
+
+    Without recursion: the depth of the tree is the volume's to choose.
+    """
+    stack = [user_folder]
+    try:
+        while stack:
+            folder = stack[-1]
+            entry = next(folder.entries, None)
+            if entry is None:
+                os.close(stack.pop().fd)
+                continue
+            kind = _kind(entry, result)
+            if kind is _Kind.DIRECTORY:
+                if len(stack) > MAX_FOLDER_DEPTH:
+                    result.issues["too_deep"] += 1
+                    continue
+                fd = _open_folder(folder.fd, entry.name, result)
+                if fd is not None:
+                    part = key_part(entry.name)
+                    location = _join(folder.location, entry.name)
+                    escaped = folder.escaped or part != entry.name
+                    stack.append(_enter(fd, location, [*folder.parts, part], escaped, result))
+            elif kind is not _Kind.COUNTED:
+                _add_file(entry, kind is _Kind.SYMLINK, folder, user, root, result)
+    finally:
+        for folder in stack:
+            os.close(folder.fd)
+
+
+def _add_file(
+    entry: os.DirEntry[str], is_symlink: bool, folder: _Folder, user: str, root: str, result: ScanResult
+) -> None:
+    name = entry.name
+    if not name.endswith(SESSION_SUFFIX):
+        result.issues["not_jsonl"] += 1
+        return
+    if is_symlink:
+        result.issues["symlink_skipped"] += 1  # wherever it leads, it is not read
+        return
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError as error:
+        result.issues[_os_reason(error)] += 1
+        return
+    if not stat.S_ISREG(info.st_mode):
+        result.issues["not_a_file"] += 1
+        return
+    part = key_part(name)
+    relative = [*folder.parts, part]
+    project, session_id = session_identity(relative)
+    if folder.escaped or part != name:
+        result.escaped.append(len(result.files))
+    result.files.append(
+        SessionFile(
+            key="/".join([user, *relative]),
+            location=_join(folder.location, name),
+            user=user,
+            project=project,
+            session_id=session_id,
+            size=info.st_size,
+            mtime_ns=info.st_mtime_ns,
+            root=root,
         )
+    )
+
+
+def _drop_name_collisions(result: ScanResult) -> None:
+    """Skip each file whose escaped key another file has too (``name_collision``).
+
+    A decodable name keeps its key; which escaped file would win must not depend on listing order.
+    """
+    if not result.escaped:
+        return
+    claims = Counter(file.key for file in result.files)
+    dropped = {index for index in result.escaped if claims[result.files[index].key] > 1}
+    if dropped:
+        result.issues["name_collision"] += len(dropped)
+        result.files = [file for index, file in enumerate(result.files) if index not in dropped]
+        result.escaped = []
 
 
 class Decision(Enum):

@@ -21,6 +21,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sessionpipe_runner.names import valid_text
 from sessionpipe_runner.processors.base import (
     FailRun,
     Output,
@@ -29,7 +30,7 @@ from sessionpipe_runner.processors.base import (
     StopRun,
     check_declared_tables,
 )
-from sessionpipe_runner.reading import Snapshot, read_snapshot
+from sessionpipe_runner.reading import NotARegularFile, Snapshot, SymlinkRefused, read_snapshot
 
 if TYPE_CHECKING:
     from multiprocessing.pool import AsyncResult, Pool
@@ -51,6 +52,8 @@ class Outcome(Enum):
 
     VANISHED = "vanished"  # deleted between the scan and the read
     UNREADABLE = "unreadable"
+    SYMLINK_SKIPPED = "symlink_skipped"  # a symlink swapped in below the sessions root since the scan
+    NOT_A_FILE = "not_a_file"  # a FIFO, a device or a folder swapped in since the scan
     TOUCHED_UNCHANGED = "touched_unchanged"  # new size or mtime, same complete lines
     PROCESSED = "processed"
     FAILED = "failed"  # the processor raised: counted against the session's attempts
@@ -67,9 +70,9 @@ class ProcessingError(Exception):
 
 
 def error_text(error: BaseException) -> str:
-    """How a failure is recorded: the exception's type and message, bounded."""
+    """How a failure is recorded: the exception's type and message, bounded, valid UTF-8."""
     text = error.text if isinstance(error, ProcessingError) else f"{type(error).__name__}: {error}"
-    return text[:ERROR_TEXT_LIMIT]
+    return valid_text(text[:ERROR_TEXT_LIMIT])
 
 
 @dataclass
@@ -94,9 +97,13 @@ def examine(processor: Processor, file: SessionFile, known_hash: str | None) -> 
     Never raises for the file's or the processor's sake: every ending is an :class:`Outcome`.
     """
     try:
-        snapshot = read_snapshot(file.location)
+        snapshot = read_snapshot(file.location, file.root)
     except FileNotFoundError:
         return Examined(file, Outcome.VANISHED)
+    except SymlinkRefused:
+        return Examined(file, Outcome.SYMLINK_SKIPPED)
+    except NotARegularFile:
+        return Examined(file, Outcome.NOT_A_FILE)
     except OSError:
         return Examined(file, Outcome.UNREADABLE)
     file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)

@@ -40,13 +40,19 @@ class Migration:
 class SessionFile:
     """One transcript file on the sessions volume, as the scan found it."""
 
-    key: str  # path relative to the sessions root, user first: "alice/-home-alice-app/1f0c….jsonl"
+    #: Path relative to the sessions root, user first: "alice/-home-alice-app/1f0c….jsonl" (a name
+    #: that is not UTF-8 has its bytes written as ``\\xNN``; see :mod:`sessionpipe_runner.names`).
+    key: str
     location: str  # where to read it (a string: a scan of 100,000 files need not build Paths)
     user: str  # the first component of ``key``
     project: str  # the folder under the user ("" for a flat <user>/<session>.jsonl)
     session_id: str  # the session this file rolls up into (subagent files join their parent)
     size: int
     mtime_ns: int
+    #: The sessions root the scan started from (``location`` is below it): the runner reads the
+    #: file by walking down from there without following symlinks. Empty: only ``location``'s
+    #: last component is not followed.
+    root: str = ""
 
     @property
     def path(self) -> Path:

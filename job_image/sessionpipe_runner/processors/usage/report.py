@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
+from sessionpipe_runner.names import printable
+
 # TIMESTAMPTZ values are fetched as naive UTC TIMESTAMPs: fetching TIMESTAMPTZ needs pytz.
 #: For each grouping: the key's SQL expressions (over the call's local time ``lt``), the JSON list
 #: name, and the JSON names of the key's parts.
@@ -163,7 +165,7 @@ def render_text(data: dict[str, Any], by: str) -> str:
         if by == "session":
             label = f"{entry['projectPath']}/{label}" if entry["projectPath"] else label
         models = ", ".join(_short_model(m) for m in entry.get("modelsUsed", [])) if by != "model" else ""
-        table.append(_line(label, models, entry))
+        table.append(_line(printable(label), printable(models), entry))  # a name's newline stays in its cell
     totals = data["totals"]
     table.append(_line("Total", "", totals))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sessionpipe_runner.names import printable
 from sessionpipe_runner.processors.verification.store import EVIDENCE, ITEMS
 
 if TYPE_CHECKING:
@@ -90,6 +91,6 @@ def render_text(data: dict[str, Any]) -> str:
         )
         lines.append(f"    {_preview(item['content'])}")
         for source in item["sources"]:
-            lines.append(f'    - {source["session_file"]}: "{_preview(source["quote"])}"')
+            lines.append(f'    - {printable(source["session_file"])}: "{_preview(source["quote"])}"')
         lines.append("")
     return "\n".join(lines).rstrip()
