@@ -4,7 +4,8 @@ Each session file becomes one row per kept usage line in ``usage_rows`` (see :mo
 its cost computed at processing time from the price table (:mod:`.pricing`). Deduplication is not
 done per file: the same API call appears in resumed and copied sessions, snapshots and sidechain
 replays, across files and users, so the view ``usage_messages`` keeps one row per call over the
-whole table at query time, with ccusage 20.0.24's rule. ``usage_sessions`` summarises each session
+whole table at query time, with ccusage 20.0.24's rule, except that a file still on the volume wins
+over one that vanished (whose rows are kept as history). ``usage_sessions`` summarises each session
 from that view; :mod:`.report` makes the ccusage-compatible reports.
 
 Settings: ``pricing`` (in ``spec.config`` / ``--config``) or ``SESSIONPIPE_PRICING`` names a price
