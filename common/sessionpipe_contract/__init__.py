@@ -59,6 +59,7 @@ TERMINATION_MESSAGE_LIMIT: Final = 4096  # bytes the kubelet keeps of a terminat
 EXIT_OK: Final = 0  # the run completed; per-session failures are counted in the summary
 EXIT_FAILED: Final = 1  # the run could not complete (database unusable, processor failed to load…)
 EXIT_USAGE: Final = 2  # bad flags or settings: a user mistake, explained on stderr
+EXIT_DATABASE_BUSY: Final = 69  # status/report/forget --dry-run: a run holds the database, no snapshot yet
 EXIT_LEASE_NOT_ACQUIRED: Final = 75  # another writer held the database lease for the whole wait
 EXIT_LEASE_LOST: Final = 76  # the lease was lost mid-run; the runner rolled back and stopped writing
 EXIT_TERMINATED: Final = 143  # SIGTERM: rolled back, released the lease, wrote the summary
@@ -103,7 +104,8 @@ SUMMARY_KEYS: Final = (
     "errors",
     "quarantined",
     "items",
-    "issues",  # {reason: count}: input the processor could not use
+    "issues",  # {reason: count}: input the processor could not use (when the message must shrink, the
+    # most frequent kinds only; the others are summed up in "issues_omitted": {"kinds": n, "count": n})
     "counters",  # {name: count}: what the processor did or spent (llm_calls, llm_tokens)
     "message",
 )

@@ -1,7 +1,8 @@
 """The ``sessionpipe`` command line: a thin shell over the runner, the store and the reports.
 
 Every setting resolves the same way: a flag beats its ``SESSIONPIPE_*`` environment variable, which
-beats the default. User mistakes end with one line on stderr and exit code 2, never a traceback.
+beats the default. User mistakes end with one line on stderr and exit code 2, a database that cannot
+be read or written with one line and exit code 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -39,17 +42,18 @@ from sessionpipe_contract import (
     ENV_TERMINATION_LOG,
     ENV_USER,
     ENV_WORKERS,
+    EXIT_DATABASE_BUSY,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
 )
-from sessionpipe_runner import store
+from sessionpipe_runner import early_sigterm, store
 from sessionpipe_runner.lease import Lease
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.names import printable
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.processors.base import Processor
-from sessionpipe_runner.runner import RunSettings, run, snapshot_path
+from sessionpipe_runner.runner import RunSettings, publish_snapshot, remove_stale_snapshots, run, snapshot_path
 from sessionpipe_runner.summary import RunSummary
 
 LEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
@@ -63,6 +67,10 @@ T = TypeVar("T")
 
 class UsageError(Exception):
     """A mistake in the command line or settings, explained in one line."""
+
+
+class DatabaseBusy(Exception):
+    """A run holds the database and has published no snapshot yet: try again when it is done."""
 
 
 # --- resolving settings ---------------------------------------------------------------------------
@@ -146,6 +154,22 @@ def default_sessions(environ: Mapping[str, str]) -> tuple[Path, str | None]:
     raise UsageError(f"no sessions directory: {projects} does not exist; pass --sessions DIR or set {ENV_SESSIONS}")
 
 
+def database_path(flag: Path | None, environ: Mapping[str, str], *, writing: bool) -> Path:
+    """The database a command uses (``--db``, ``SESSIONPIPE_DB`` or the default), refusing the files beside it.
+
+    The lease file is never a database (opening it as one would turn it into one), and the
+    snapshot is the read-only copy a writer replaces after each run: writing to it would be lost.
+    """
+    database = resolve(flag, ENV_DB, DEFAULT_DATABASE, Path, environ)
+    if database.name.endswith(".lease"):
+        raise UsageError(f"--db {database} is a lease file, not a database; pass the database it guards")
+    if writing and database.stem.endswith(".snapshot"):
+        raise UsageError(
+            f"--db {database} is a read-only snapshot that the next run replaces; pass the database it was copied from"
+        )
+    return database
+
+
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[RunSettings, str]:
     """The run's settings and its lease spec, from flags, environment and defaults."""
     processor = resolve(args.processor, ENV_PROCESSOR, "", str, environ)
@@ -174,7 +198,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         processor=processor,
         sessions=sessions,
         user=user,
-        database=resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, environ),
+        database=database_path(args.db, environ, writing=True),
         lease_wait_seconds=resolve(
             args.lease_wait, ENV_LEASE_WAIT, float(DEFAULT_LEASE_WAIT_SECONDS), non_negative_float, environ
         ),
@@ -251,21 +275,28 @@ def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
 
 
 def open_for_reading(database: Path) -> duckdb.DuckDBPyConnection:
-    """Open the database read-only; if a writer holds it, read the last published snapshot."""
+    """Open the database read-only; if a writer holds it, read the last published snapshot.
+
+    Raises :class:`DatabaseBusy` when a writer holds it and there is no snapshot yet (the first
+    run), :class:`~sessionpipe_runner.store.StoreError` when the file cannot be opened.
+    """
     if not database.exists():
         raise UsageError(f"database {database} does not exist; run 'sessionpipe run' first or pass --db")
     try:
         return store.connect(database, read_only=True)
-    except store.StoreError as error:
+    except store.DatabaseLocked:
         snapshot = snapshot_path(database)
         if snapshot.exists():
             print(f"note: {database} is busy; reading the snapshot {snapshot}", file=sys.stderr)
             return store.connect(snapshot, read_only=True)
-        raise UsageError(str(error)) from None
+        raise DatabaseBusy(
+            f"database {database} is busy: a run is writing it and has published no snapshot yet; "
+            "try again when it ends"
+        ) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    database = resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, os.environ)
+    database = database_path(args.db, os.environ, writing=False)
     con = open_for_reading(database)
     with con:
         data = status_data(con)
@@ -278,7 +309,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         sessions = info["sessions"]
         print(
             f"{name}: {sessions.get('done', 0)} done, {sessions.get('failed', 0)} failed, "
-            f"{sessions.get('quarantined', 0)} quarantined, {info['items']} items"
+            f"{sessions.get('quarantined', 0)} quarantined, {info['items']} items; "
+            f"{info['vanished']} vanished from the volume (kept)"
         )
         for last in info["last_runs"]:
             print(f"  {last['started_at']}  {last['outcome']:<22} {last['summary_line']}")
@@ -286,45 +318,63 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def status_data(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """Per processor: sessions by status, items, and the last five runs."""
-    processors: dict[str, Any] = {}
-    for name, status, count, items in con.execute(
-        "SELECT processor, status, count(*), sum(items) FROM session_processor_state GROUP BY ALL ORDER BY ALL"
+    """Per processor: sessions by status, items, files that vanished (kept), and the last five runs."""
+    processors: dict[str, dict[str, Any]] = {}
+
+    def entry_of(name: str) -> dict[str, Any]:
+        return processors.setdefault(name, {"sessions": {}, "items": 0, "vanished": 0, "last_runs": []})
+
+    # A database no run of this build has migrated yet has no vanished_at column.
+    vanished = "vanished_at IS NOT NULL" if store.has_column(con, store.STATE_TABLE, "vanished_at") else "false"
+    for name, status, count, items, gone in con.execute(
+        f"SELECT processor, status, count(*), sum(items), count(*) FILTER (WHERE {vanished}) "
+        "FROM session_processor_state GROUP BY ALL ORDER BY ALL"
     ).fetchall():
-        entry = processors.setdefault(name, {"sessions": {}, "items": 0, "last_runs": []})
+        entry = entry_of(name)
         entry["sessions"][status] = count
         entry["items"] += int(items or 0)
+        entry["vanished"] += int(gone)
     for name, started, outcome, summary in con.execute(
         "SELECT processor, strftime(timezone('UTC', started_at), '%Y-%m-%dT%H:%M:%SZ'), outcome, summary FROM ("
         "  SELECT *, row_number() OVER (PARTITION BY processor ORDER BY started_at DESC) AS n FROM processor_runs"
         ") WHERE n <= 5 ORDER BY processor, started_at DESC"
     ).fetchall():
-        entry = processors.setdefault(name, {"sessions": {}, "items": 0, "last_runs": []})
+        entry = entry_of(name)
         details = json.loads(summary) if summary else {}
         line = ", ".join(f"{k} {details[k]}" for k in ("processed", "errors", "skipped") if k in details)
         entry["last_runs"].append({"started_at": started, "outcome": outcome, "summary": details, "summary_line": line})
     return {"processors": processors}
 
 
+class LeaseBusy(Exception):
+    """A maintenance command could not take the database's lease in its wait."""
+
+
+@contextmanager
+def holding_lease(database: Path, holder: str, lease_wait: float | None) -> Iterator[None]:
+    """Hold the database's file lease around a command that writes outside a run (reset, forget)."""
+    lease = FileLease(database, holder)
+    try:
+        lease.acquire(resolve(lease_wait, ENV_LEASE_WAIT, 10.0, non_negative_float, os.environ))
+    except Exception as error:
+        raise LeaseBusy(str(error)) from None
+    try:
+        yield
+    finally:
+        lease.release()
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
-    database = resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, os.environ)
+    database = database_path(args.db, os.environ, writing=True)
     if not database.exists():
         raise UsageError(f"database {database} does not exist")
     processor = _load_processor(args.processor)
-    lease = FileLease(database, f"reset {args.processor}")
-    try:
-        lease.acquire(resolve(args.lease_wait, ENV_LEASE_WAIT, 10.0, non_negative_float, os.environ))
-    except Exception as error:
-        print(f"sessionpipe: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
+    with holding_lease(database, f"reset {args.processor}", args.lease_wait):
         con = store.connect(database)
         with con:
             store.migrate(con, processor)
             count = reset_sessions(con, processor, session=args.session, quarantined=args.quarantined)
             con.execute("CHECKPOINT")
-    finally:
-        lease.release()
     print(f"reset {count} session(s) of {args.processor}; they are processed again on the next run")
     return EXIT_OK
 
@@ -352,6 +402,77 @@ def reset_sessions(
     return len(keys)
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Delete session files' state and every processor's rows for them, for good (or list them)."""
+    database = database_path(args.db, os.environ, writing=True)
+    if not database.exists():
+        raise UsageError(f"database {database} does not exist")
+    if args.dry_run:
+        with open_for_reading(database) as con:
+            doomed = forgettable(con, vanished=args.vanished, user=args.user, session=args.session)
+        print(f"would forget {_files(len(doomed))}{_by_processor(doomed)}")
+        for processor, key in doomed:
+            print(f"  {processor}  {key}")
+        return EXIT_OK
+    with holding_lease(database, "forget", args.lease_wait):
+        remove_stale_snapshots(database)
+        con = store.connect(database)
+        with con:
+            store.migrate(con)
+            doomed = forgettable(con, vanished=args.vanished, user=args.user, session=args.session)
+            forget_sessions(con, doomed)
+            con.execute("CHECKPOINT")
+        publish_snapshot(database)  # the snapshot must not keep what was forgotten
+    print(f"forgot {_files(len(doomed))}{_by_processor(doomed)}")
+    return EXIT_OK
+
+
+def _files(count: int) -> str:
+    return f"{count} session file{'' if count == 1 else 's'}"
+
+
+def _by_processor(doomed: Sequence[tuple[str, str]]) -> str:
+    counts = Counter(processor for processor, _ in doomed)
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) + ")"
+
+
+def forgettable(
+    con: duckdb.DuckDBPyConnection, *, vanished: bool, user: str | None, session: str | None
+) -> list[tuple[str, str]]:
+    """(processor, session file) of every state row that matches the selection, in order."""
+    if vanished:
+        if not store.has_column(con, store.STATE_TABLE, "vanished_at"):
+            return []  # no run of this build has marked anything vanished yet
+        where, params = "vanished_at IS NOT NULL", []
+    elif user is not None:
+        where, params = "user_name = ?", [user]
+    else:
+        where, params = "session_file = ?", [str(session)]
+    rows = con.execute(
+        f"SELECT processor, session_file FROM {store.STATE_TABLE} WHERE {where} ORDER BY ALL", params
+    ).fetchall()
+    return [(str(processor), str(key)) for processor, key in rows]
+
+
+def forget_sessions(con: duckdb.DuckDBPyConnection, doomed: Sequence[tuple[str, str]]) -> None:
+    """Delete the state rows and each processor's rows of ``doomed`` (processor, session file) in one transaction.
+
+    Every processor named must be installed: its tables are its own to clean.
+    """
+    keys_by_processor: dict[str, list[str]] = {}
+    for processor_name, key in doomed:
+        keys_by_processor.setdefault(processor_name, []).append(key)
+    processors = {name: _load_processor(name) for name in keys_by_processor}
+    for processor in processors.values():
+        store.migrate(con, processor)
+    with store.transaction(con):
+        for name, keys in keys_by_processor.items():
+            processors[name].forget(con, keys)
+            con.execute(f"DELETE FROM {store.STATE_TABLE} WHERE processor = ? AND session_file = ANY(?)", [name, keys])
+
+
 def cmd_processors(args: argparse.Namespace) -> int:
     names = registry.available()
     rows: list[dict[str, Any]] = []
@@ -375,7 +496,7 @@ def cmd_processors(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sessionpipe_runner import reports
 
-    database = resolve(args.db, ENV_DB, DEFAULT_DATABASE, Path, os.environ)
+    database = database_path(args.db, os.environ, writing=False)
     con = open_for_reading(database)
     with con:
         try:
@@ -515,6 +636,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-wait", type=_arg_type(non_negative_float), metavar="SECONDS")
     p.set_defaults(handler=cmd_reset)
 
+    p = commands.add_parser(
+        "forget", help="delete session files' state and rows for good (vanished files, a user's files)"
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--vanished", action="store_true", help="every file that vanished from the volume")
+    which.add_argument("--user", metavar="NAME", help="every file of one user")
+    which.add_argument("--session", metavar="KEY", help="one session file key (<user>/<project>/<file>.jsonl)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be forgotten, change nothing")
+    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
+    p.add_argument("--lease-wait", type=_arg_type(non_negative_float), metavar="SECONDS")
+    p.set_defaults(handler=cmd_forget)
+
     p = commands.add_parser("processors", help="list the installed processors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_processors)
@@ -554,17 +687,33 @@ def _log_to_stderr() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stderr()
+    if args.handler is not cmd_run:
+        early_sigterm.stop_recording()  # only a run turns SIGTERM into a summary
     try:
         code: int = args.handler(args)
     except UsageError as error:
         print(f"sessionpipe: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except DatabaseBusy as error:
+        print(f"sessionpipe: {error}", file=sys.stderr)
+        return EXIT_DATABASE_BUSY
+    except LeaseBusy as error:
+        print(f"sessionpipe: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except (registry.ProcessorLoadError, store.StoreError) as error:
-        print(f"sessionpipe: error: {error}", file=sys.stderr)
+        print(f"sessionpipe: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    except duckdb.Error as error:  # a damaged file fails on the block a statement reads, not on opening
+        print(f"sessionpipe: error: the database cannot be used: {_one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_OK
     return code
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

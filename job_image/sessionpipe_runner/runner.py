@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import time
@@ -39,7 +40,7 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import store, work
+from sessionpipe_runner import early_sigterm, store, work
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
 from sessionpipe_runner.processors.base import FailRun, Output, Processor, RunContext, SessionFile, StopRun
 from sessionpipe_runner.reading import Snapshot
@@ -59,6 +60,14 @@ _NOT_READ = frozenset({Outcome.VANISHED, Outcome.UNREADABLE, Outcome.SYMLINK_SKI
 
 class Terminated(BaseException):
     """SIGTERM arrived: roll back, release the lease, report, exit."""
+
+
+class Phase:
+    """How far a run got, which decides what a SIGTERM summary can truthfully say."""
+
+    STARTING = "starting"  # nothing written yet: waiting for the lease, or not even that
+    WRITING = "writing"  # the database is open: an open transaction is rolled back
+    PUBLISHING = "publishing"  # everything is committed; the snapshot is being published
 
 
 class Sigterm:
@@ -152,6 +161,7 @@ class Run:
         self.sigterm = Sigterm()
         self.epoch = 0
         self.states: dict[str, StateRow] = {}
+        self.phase = Phase.STARTING
 
     # --- the fence ------------------------------------------------------------------------
     def guard(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -191,6 +201,8 @@ class Run:
                 "VALUES (?, ?, ?, 'running', ?)",
                 [self.summary.run_id, self.processor.name, self.summary.started, self.epoch],
             )
+            # With the lease ours, an earlier run still recorded as running was killed.
+            store.mark_abandoned(con, self.epoch)
         self.summary.writer_epoch = self.epoch
         return con
 
@@ -225,6 +237,7 @@ class Run:
         self.summary.scanned = len(scan.files)
         version = self.processor.version
         scanned = [(file.key, file.size, file.mtime_ns) for file in scan.files]
+        self._mark_vanished(con, [file.key for file in scan.files])
         unsettled = store.unsettled_state(con, self.processor.name, version, scanned)
         self.states = {key: state for key, state in unsettled.items() if state is not None}
         candidates: list[tuple[SessionFile, str | None]] = []
@@ -250,6 +263,17 @@ class Run:
                 pool.close()
         else:
             self._consume(con, self._examine_here(candidates))
+
+    def _mark_vanished(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> None:
+        """Mark files the scan no longer finds as vanished (their rows stay), and found ones as live."""
+        marked: list[tuple[int, int]] = []
+        name, user = self.processor.name, self.settings.user
+        self.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, keys, _now())))
+        vanished, reappeared = marked[0]
+        if vanished:
+            self.summary.issues["session_file_vanished"] += vanished
+        if reappeared:
+            self.summary.issues["session_file_reappeared"] += reappeared
 
     def _columns(self, con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
         return {table: store.table_columns(con, table) for table in self.processor.tables}
@@ -400,6 +424,7 @@ class Run:
             error,
             status,
             now,
+            None,  # vanished_at: the file was just seen
         )
 
     def _record_run(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -433,13 +458,57 @@ def _split(pending: _Pending) -> list[_Pending]:
     return parts
 
 
+def _temporary_snapshot_name(database: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.\d+\.tmp")
+
+
 def publish_snapshot(database: Path) -> Path:
-    """Copy the checkpointed database to a temporary name, then rename it into place atomically."""
+    """Copy the checkpointed database to a temporary name, then rename it into place atomically.
+
+    If either step fails (a full disk, a directory in the way) or is interrupted, the temporary
+    copy is removed: left behind, it would fill the disk the next run needs.
+    """
     target = snapshot_path(database)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(database, temporary)
-    temporary.replace(target)
+    try:
+        shutil.copyfile(database, temporary)
+        temporary.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
     return target
+
+
+def remove_stale_snapshots(database: Path) -> int:
+    """Remove temporary snapshot copies a killed run left beside the database; returns how many.
+
+    Only the lease holder calls this: no other process can be publishing at the same time.
+    """
+    pattern = _temporary_snapshot_name(database)
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(database.parent) as entries:
+        for entry in entries:
+            if pattern.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    Path(entry.path).unlink()
+                    removed += 1
+    return removed
+
+
+def _publish(job: Run) -> None:
+    """Publish the snapshot of a committed run; a failure is noted, since the run's data is safe."""
+    job.phase = Phase.PUBLISHING
+    try:
+        publish_snapshot(job.settings.database)
+    except Exception as error:
+        job.sigterm.check()
+        job.summary.issues["snapshot_not_published"] += 1
+        note = (
+            f"the run's results are committed, but publishing the read-only snapshot failed "
+            f"({work.error_text(error)}); readers see the previous snapshot until a run publishes again"
+        )
+        job.summary.message = f"{job.summary.message}; {note}" if job.summary.message else note
 
 
 def _settle(summary: RunSummary) -> None:
@@ -466,15 +535,21 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
     try:
         with sigterm_raises(job.sigterm):
             try:
+                job.sigterm.received = early_sigterm.received()  # a SIGTERM before the run began
+                job.sigterm.check()
                 waiting_until = time.monotonic() + settings.lease_wait_seconds
                 job.epoch = lease.acquire(settings.lease_wait_seconds)
                 holding = True
+                stale = remove_stale_snapshots(settings.database)
+                if stale:
+                    summary.issues["stale_snapshot_copy_removed"] += stale
+                job.phase = Phase.WRITING
                 con = job.open(waiting_until)
                 job.process_all(con)
                 job.sigterm.check()
                 _settle(summary)
                 job.finish(con)
-                publish_snapshot(settings.database)
+                _publish(job)
             except LeaseNotAcquired as error:
                 summary.outcome, summary.exit_code = OUTCOME_LEASE_NOT_ACQUIRED, EXIT_LEASE_NOT_ACQUIRED
                 summary.message = str(error)
@@ -504,10 +579,21 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
     return summary
 
 
+#: What a SIGTERM summary says, by how far the run got.
+TERMINATED_MESSAGES = {
+    Phase.STARTING: "terminated by SIGTERM before the run started: nothing was written",
+    Phase.WRITING: "terminated by SIGTERM; the open transaction was rolled back",
+    Phase.PUBLISHING: (
+        "terminated by SIGTERM while publishing the read-only snapshot: the run's results were committed "
+        "and recorded; the snapshot was not updated"
+    ),
+}
+
+
 def _terminated(job: Run) -> None:
     summary = job.summary
     summary.outcome, summary.exit_code = OUTCOME_TERMINATED, EXIT_TERMINATED
-    summary.message = "terminated by SIGTERM; the open transaction was rolled back"
+    summary.message = TERMINATED_MESSAGES[job.phase]
     _close_after_failure(job)
 
 

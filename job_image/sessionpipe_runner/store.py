@@ -4,8 +4,10 @@ The runner's tables:
 
 - ``schema_migrations``: which migration of which owner (``runner`` or a processor) was applied.
 - ``session_processor_state``: one row per (processor, session file): what was seen (size, mtime,
-  hash of the complete lines), the processor version, items, attempts, last error and status.
-- ``processor_runs``: one row per run with its JSON summary.
+  hash of the complete lines), the processor version, items, attempts, last error and status, and
+  ``vanished_at``: when a run first missed the file (``NULL`` while it is on the volume).
+- ``processor_runs``: one row per run with its JSON summary; a run killed before it could record
+  its end stays ``running`` until the next writer marks it ``abandoned``.
 - ``writer_epochs``: one row per lease acquisition, the fence that stops a deposed writer.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -65,7 +68,17 @@ RUNNER_MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    # A vanished file keeps its state and rows (Claude Code deletes old transcripts; their history
+    # is worth keeping) but is marked, so readers can prefer live files. A column, not a status:
+    # DuckDB cannot alter the status CHECK constraint, and a vanished file's status stays true.
+    Migration(
+        "0002_vanished_at",
+        "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS vanished_at TIMESTAMPTZ;",
+    ),
 )
+
+#: ``processor_runs.outcome`` of a run that died without recording its end (set by the next writer).
+RUN_ABANDONED = "abandoned"
 
 
 class StoreError(RuntimeError):
@@ -297,3 +310,41 @@ def update_seen(con: duckdb.DuckDBPyConnection, processor: str, seen: Sequence[t
         f"FROM {_FILE_STATS} AS u WHERE s.processor = $processor AND s.session_file = u.session_file",
         {**_file_stats(seen), "processor": processor},
     )
+
+
+def mark_vanished(
+    con: duckdb.DuckDBPyConnection, processor: str, user: str | None, keys: Sequence[str], now: datetime
+) -> tuple[int, int]:
+    """Mark state rows of files the scan did not find as vanished, and clear the mark of those it found.
+
+    ``keys`` are the files the scan found; with ``user``, the scan covered only that user's files, so
+    only their rows can vanish. Returns (how many vanished now, how many reappeared). One statement:
+    turning 100,000 keys into a parameter is most of its cost, so they are passed once.
+    """
+    changed = con.execute(
+        f"UPDATE {STATE_TABLE} SET vanished_at = CASE WHEN vanished_at IS NULL THEN $now END "
+        "WHERE processor = $processor "
+        "AND (vanished_at IS NULL) = (session_file NOT IN (SELECT unnest($keys::VARCHAR[]))) "
+        "AND (vanished_at IS NOT NULL OR $user::VARCHAR IS NULL OR user_name = $user) "
+        "RETURNING vanished_at IS NOT NULL",
+        {"keys": list(keys), "processor": processor, "user": user, "now": now},
+    ).fetchall()
+    vanished = sum(1 for (now_vanished,) in changed if now_vanished)
+    return vanished, len(changed) - vanished
+
+
+def mark_abandoned(con: duckdb.DuckDBPyConnection, before_epoch: int) -> int:
+    """Mark runs of earlier writers still recorded as ``running`` as abandoned; returns how many.
+
+    Only the lease holder calls this: with the lease ours, no earlier writer is still running.
+    """
+    row = con.execute(
+        "UPDATE processor_runs SET outcome = ? WHERE outcome = 'running' AND writer_epoch < ?",
+        [RUN_ABANDONED, before_epoch],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether ``table`` has ``column`` (a database a newer build has not yet migrated may lack it)."""
+    return column in column_names(con, table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,17 +59,49 @@ class RunSummary:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def compact(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-        """The summary in at most ``limit`` bytes: failures, counters and issues go first, then the message."""
+        """The summary in at most ``limit`` bytes, shrunk step by step until it fits.
+
+        Failures go first, then issue kinds beyond the most frequent few (summed up in
+        ``issues_omitted``: ``{"kinds": …, "count": …}``), the lease, the message's tail, and the
+        remaining issue kinds. Counters go last: they are what the run spent (LLM calls and
+        tokens), which the operator counts, and a processor has only a few of them.
+        """
         data = self.to_dict()
         data["failures"] = dict(list(self.failures.items())[:5])
-        for drop in ("failures", "counters", "issues", "lease"):
-            text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        shrink: list[Callable[[dict[str, Any]], None]] = [
+            lambda d: d.pop("failures", None),
+            lambda d: self._summarise_issues(d, COMPACT_ISSUE_KINDS),
+            lambda d: d.pop("lease", None),
+            lambda d: self._summarise_issues(d, COMPACT_ISSUE_KINDS_AT_LEAST),
+            lambda d: d.update(message=d["message"][:200]),
+            lambda d: self._summarise_issues(d, 0),
+            lambda d: d.update(counters=dict(list(d["counters"].items())[:COMPACT_COUNTERS])),
+        ]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        for step in shrink:
             if len(text.encode()) <= limit:
                 return text
-            data.pop(drop, None)
-        data["message"] = data["message"][:200]
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+            step(data)
+            text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return text if len(text.encode()) <= limit else text.encode()[:limit].decode(errors="ignore")
+
+    def _summarise_issues(self, data: dict[str, Any], kinds: int) -> None:
+        """Keep the ``kinds`` most frequent issue kinds by name; count the others in ``issues_omitted``."""
+        if len(self.issues) <= kinds:
+            return
+        kept = self.issues.most_common(kinds) if kinds else []
+        data["issues"] = dict(sorted(kept))
+        data["issues_omitted"] = {
+            "kinds": len(self.issues) - len(kept),
+            "count": sum(self.issues.values()) - sum(count for _, count in kept),
+        }
+
+
+#: Issue kinds the compact summary names when it must shrink, then at least these.
+COMPACT_ISSUE_KINDS = 20
+COMPACT_ISSUE_KINDS_AT_LEAST = 5
+#: Counters the compact summary keeps at most: as many as the operator turns into metric labels.
+COMPACT_COUNTERS = 32
 
 
 def write_termination_message(summary: RunSummary, path: Path) -> None:

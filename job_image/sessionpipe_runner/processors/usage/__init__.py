@@ -4,7 +4,8 @@ Each session file becomes one row per kept usage line in ``usage_rows`` (see :mo
 its cost computed at processing time from the price table (:mod:`.pricing`). Deduplication is not
 done per file: the same API call appears in resumed and copied sessions, snapshots and sidechain
 replays, across files and users, so the view ``usage_messages`` keeps one row per call over the
-whole table at query time, with ccusage 20.0.24's rule. ``usage_sessions`` summarises each session
+whole table at query time, with ccusage 20.0.24's rule, except that a file still on the volume wins
+over one that vanished (whose rows are kept as history). ``usage_sessions`` summarises each session
 from that view; :mod:`.report` makes the ccusage-compatible reports.
 
 Settings: ``pricing`` (in ``spec.config`` / ``--config``) or ``SESSIONPIPE_PRICING`` names a price
@@ -36,6 +37,28 @@ COST_UNPRICED = "unpriced"  # no price for the model: cost 0, as ccusage reports
 
 TOKENS_SUM = "input_tokens + output_tokens + cache_write_5m_tokens + cache_write_1h_tokens + cache_read_tokens"
 
+#: One row per API call, globally (ccusage 20.0.24): the key is (message id, request id or none);
+#: rows without a message id are never merged. Within a key a row from a live file wins over one
+#: from a file that vanished from the volume (its rows are kept as history: a renamed file must
+#: report as in a fresh database, where only the new name exists); then the non-sidechain row, then
+#: the one with the most tokens (streaming snapshots carry partial output), then the earliest.
+USAGE_MESSAGES = f"""
+CREATE OR REPLACE VIEW usage_messages AS
+SELECT * EXCLUDE (dedup_rank, from_vanished_file) FROM (
+    SELECT *,
+        CASE WHEN message_id IS NULL THEN 1 ELSE row_number() OVER (
+            PARTITION BY message_id, request_id
+            ORDER BY from_vanished_file, is_sidechain, {TOKENS_SUM} DESC, ts, session_file, line_no
+        ) END AS dedup_rank
+    FROM (
+        SELECT *, session_file IN (
+            SELECT session_file FROM session_processor_state WHERE processor = 'usage' AND vanished_at IS NOT NULL
+        ) AS from_vanished_file
+        FROM usage_rows
+    )
+) WHERE dedup_rank = 1;
+"""
+
 SCHEMA = f"""
 CREATE TABLE usage_rows (
     session_file           VARCHAR NOT NULL,
@@ -65,9 +88,7 @@ CREATE TABLE usage_rows (
     claude_version         VARCHAR
 );
 
--- One row per API call, globally (ccusage 20.0.24): the key is (message id, request id or none);
--- rows without a message id are never merged; within a key the non-sidechain row wins, then the
--- one with the most tokens (streaming snapshots carry partial output), then the earliest.
+-- One row per API call, globally (ccusage 20.0.24); migration 0003 replaces this with USAGE_MESSAGES.
 CREATE VIEW usage_messages AS
 SELECT * EXCLUDE (dedup_rank) FROM (
     SELECT *,
@@ -129,7 +150,11 @@ class UsageProcessor(Processor):
         self.prices: PriceTable | None = None
 
     def migrations(self) -> Sequence[Migration]:
-        return (Migration("0001_usage_rows", SCHEMA), Migration("0002_drop_session_file_index", DROP_INDEX))
+        return (
+            Migration("0001_usage_rows", SCHEMA),
+            Migration("0002_drop_session_file_index", DROP_INDEX),
+            Migration("0003_live_files_win_ties", USAGE_MESSAGES),
+        )
 
     def start(self, context: RunContext) -> None:
         """Load the prices: the shipped file, with the user's ``pricing`` file (setting or env) over it."""
