@@ -30,6 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus"
 JOB_SERVICE_ACCOUNT = "sessionpipe-job"
 JOB_IMAGE = "sessionpipe-job:test"
+#: Images SessionProcessors of these tests may name: the test image's repository, and the registry
+#: the update tests switch to (the operator refuses any other image with InvalidSpec).
+ALLOWED_IMAGES = "sessionpipe-job,registry.example/"
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -120,6 +123,7 @@ class OperatorProcess:
             {
                 "SESSIONPIPE_OPERATOR_JOB_IMAGE": JOB_IMAGE,
                 "SESSIONPIPE_OPERATOR_JOB_SERVICE_ACCOUNT": JOB_SERVICE_ACCOUNT,
+                "SESSIONPIPE_OPERATOR_ALLOWED_IMAGES": ALLOWED_IMAGES,
                 "SESSIONPIPE_OPERATOR_HEALTH_PORT": str(self.health_port),
                 "SESSIONPIPE_OPERATOR_METRICS_PORT": str(self.metrics_port),
                 "PYTHONUNBUFFERED": "1",
