@@ -44,7 +44,7 @@ from sessionpipe_contract import (
     OUTCOME_LEASE_NOT_ACQUIRED,
     PLURAL,
 )
-from sessionpipe_operator import metrics, render, schedule
+from sessionpipe_operator import metrics, policy, render, schedule
 from sessionpipe_operator import status as status_rules
 from sessionpipe_operator.k8s import ApiError, KubeClient, cronjob_path, job_path, pod_path, sessionprocessor_path
 from sessionpipe_operator.models import SessionProcessorSpec
@@ -244,6 +244,10 @@ def reconcile_processor(
         schedule.normalize_schedule(spec.schedule)
     except schedule.InvalidSchedule as error:
         mark_invalid(state, body, f"spec.schedule: {error}", logger)
+        return
+    refused = policy.refusal(spec, state.settings)  # the chart's admission policy may be absent
+    if refused is not None:
+        mark_invalid(state, body, refused, logger)
         return
     rival = _older_rival(by_database, _writer_key(namespace, spec), name, _created(body))
     if rival is not None:

@@ -13,6 +13,8 @@ ENV_NAMESPACES = "SESSIONPIPE_OPERATOR_NAMESPACES"
 ENV_LOG_FORMAT = "SESSIONPIPE_OPERATOR_LOG_FORMAT"
 ENV_HEALTH_PORT = "SESSIONPIPE_OPERATOR_HEALTH_PORT"
 ENV_METRICS_PORT = "SESSIONPIPE_OPERATOR_METRICS_PORT"
+ENV_ALLOWED_IMAGES = "SESSIONPIPE_OPERATOR_ALLOWED_IMAGES"
+ENV_ALLOWED_SERVICE_ACCOUNTS = "SESSIONPIPE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"
 
 DEFAULT_JOB_IMAGE = "ghcr.io/sessionpipe/sessionpipe-job:0.1.0"
 DEFAULT_HEALTH_PORT = 8080
@@ -34,7 +36,9 @@ class OperatorSettings:
     """What the operator needs besides the SessionProcessors themselves.
 
     ``job_image`` and ``job_service_account`` apply to processors whose spec leaves ``image`` or
-    ``serviceAccountName`` unset; ``namespaces`` empty means the whole cluster.
+    ``serviceAccountName`` unset; ``namespaces`` empty means the whole cluster. ``allowed_images`` and
+    ``allowed_service_accounts`` limit what a spec may ask for (:mod:`sessionpipe_operator.policy`);
+    empty means the default rule: the repository of ``job_image``, and ``job_service_account``.
     """
 
     job_image: str = DEFAULT_JOB_IMAGE
@@ -43,6 +47,8 @@ class OperatorSettings:
     log_format: LogFormat = "plain"
     health_port: int = DEFAULT_HEALTH_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
@@ -56,7 +62,7 @@ class OperatorSettings:
         account = environ.get(ENV_JOB_SERVICE_ACCOUNT, "").strip() or None
         if account is not None and not _DNS_SUBDOMAIN.match(account):
             raise InvalidSettings(f"{ENV_JOB_SERVICE_ACCOUNT}={account!r}: not a valid service account name")
-        namespaces = tuple(part.strip() for part in environ.get(ENV_NAMESPACES, "").split(",") if part.strip())
+        namespaces = _entries(environ, ENV_NAMESPACES)
         for namespace in namespaces:
             if not _DNS_LABEL.match(namespace):
                 raise InvalidSettings(f"{ENV_NAMESPACES}: {namespace!r} is not a valid namespace name")
@@ -67,14 +73,29 @@ class OperatorSettings:
         metrics_port = _port(environ, ENV_METRICS_PORT, DEFAULT_METRICS_PORT)
         if health_port == metrics_port:
             raise InvalidSettings(f"{ENV_HEALTH_PORT} and {ENV_METRICS_PORT} must differ (both are {health_port})")
+        allowed_images = _entries(environ, ENV_ALLOWED_IMAGES)
+        for image in allowed_images:
+            if any(character.isspace() for character in image):
+                raise InvalidSettings(f"{ENV_ALLOWED_IMAGES}: {image!r} is not an image prefix (no spaces)")
+        allowed_accounts = _entries(environ, ENV_ALLOWED_SERVICE_ACCOUNTS)
+        for allowed in allowed_accounts:
+            if allowed != "*" and not _DNS_SUBDOMAIN.match(allowed):
+                raise InvalidSettings(f"{ENV_ALLOWED_SERVICE_ACCOUNTS}: {allowed!r} is not a service account name or *")
         return cls(
             job_image=job_image,
             job_service_account=account,
-            namespaces=tuple(dict.fromkeys(namespaces)),
+            namespaces=namespaces,
             log_format=cast(LogFormat, log_format),
             health_port=health_port,
             metrics_port=metrics_port,
+            allowed_images=allowed_images,
+            allowed_service_accounts=allowed_accounts,
         )
+
+
+def _entries(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list: blanks dropped, duplicates once, order kept."""
+    return tuple(dict.fromkeys(part.strip() for part in environ.get(name, "").split(",") if part.strip()))
 
 
 def _port(environ: Mapping[str, str], name: str, default: int) -> int:

@@ -34,6 +34,9 @@ JOB_IMAGE = "sessionpipe-job:test"
 #: Event to be posted). Generous on purpose: on a busy two-core machine a step that takes 0.2 s when
 #: idle can take many seconds. How fast these steps are is measured in bench/, not asserted here.
 CONVERGE_SECONDS = 60.0
+#: Images SessionProcessors of these tests may name: the test image's repository, and the registry
+#: the update tests switch to (the operator refuses any other image with InvalidSpec).
+ALLOWED_IMAGES = "sessionpipe-job,registry.example/"
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -124,6 +127,7 @@ class OperatorProcess:
             {
                 "SESSIONPIPE_OPERATOR_JOB_IMAGE": JOB_IMAGE,
                 "SESSIONPIPE_OPERATOR_JOB_SERVICE_ACCOUNT": JOB_SERVICE_ACCOUNT,
+                "SESSIONPIPE_OPERATOR_ALLOWED_IMAGES": ALLOWED_IMAGES,
                 "SESSIONPIPE_OPERATOR_HEALTH_PORT": str(self.health_port),
                 "SESSIONPIPE_OPERATOR_METRICS_PORT": str(self.metrics_port),
                 "PYTHONUNBUFFERED": "1",

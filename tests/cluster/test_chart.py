@@ -55,7 +55,12 @@ VALUE_SETS: dict[str, list[str]] = {
         "operator.logFormat=json",
         "--set",
         "processors.usage.schedule=every 30m",
+        "--set",
+        "jobPolicy.allowedImages={ghcr.io/sessionpipe/,registry.example/team/job}",
+        "--set",
+        "jobPolicy.allowedServiceAccounts={runner,reporter}",
     ],
+    "job-policy-off": ["--set", "jobPolicy.enabled=false"],
 }
 
 
@@ -176,7 +181,12 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
         ]
 
     wait_for(lambda: not leftovers(), 60, "every resource of the release to go", interval=0.5)
-    cluster_scoped = control_plane.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
+    cluster_scoped = control_plane.kubectl(
+        "get",
+        "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
+        "-o",
+        "name",
+    ).stdout
     assert "sp-sessionpipe" not in cluster_scoped
 
     # The API objects are gone as soon as the API server says so; the operator's process ends a
@@ -256,6 +266,10 @@ def test_rbac_is_least_privilege(control_plane: ControlPlane, namespace: str) ->
     finally:
         for name in ("cw-sessionpipe-operator", "cw-sessionpipe-operator-crds", "rb-sessionpipe-operator-crds"):
             control_plane.kubectl("delete", "clusterrole,clusterrolebinding", name, check=False)
+        for name in ("cw-sessionpipe-job-policy", "rb-sessionpipe-job-policy"):
+            control_plane.kubectl(
+                "delete", "validatingadmissionpolicy,validatingadmissionpolicybinding", name, check=False
+            )
         control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 

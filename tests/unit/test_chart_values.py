@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.kube.build import toolset
 from tests.runner_support import REPO
@@ -36,6 +39,9 @@ def test_helm_lint_strict_passes() -> None:
         (["--set", "processors.usage.schedule=null"], "schedule"),
         (["--set", "colour=blue"], "colour"),
         (["--set", "processors.verification.enabled=true"], "anthropic.existingSecret"),
+        (["--set", "jobPolicy.enabled=maybe"], "/jobPolicy/enabled"),
+        (["--set", "jobPolicy.allowedServiceAccounts={runner,Not_A_Name}"], "/jobPolicy/allowedServiceAccounts/1"),
+        (["--set-json", 'jobPolicy.allowedImages=["ghcr.io/a/b c"]'], "/jobPolicy/allowedImages/0"),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(values: list[str], message: str) -> None:
@@ -48,3 +54,56 @@ def test_default_values_render() -> None:
     result = _helm("template", "t", str(CHART))
     assert result.returncode == 0, result.stderr
     assert "kind: SessionProcessor" in result.stdout
+
+
+def _job_policy(*values: str) -> tuple[dict[str, list[str]] | None, dict[str, str]]:
+    """The rendered policy's allowed lists (``None`` without a policy) and the operator's environment."""
+    result = _helm("template", "t", str(CHART), *values)
+    assert result.returncode == 0, result.stderr
+    documents: list[dict[str, Any]] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
+    env = {
+        item["name"]: item.get("value", "") for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    policies = [doc for doc in documents if doc["kind"] == "ValidatingAdmissionPolicy"]
+    if not policies:
+        return None, env
+    variables = {item["name"]: item["expression"] for item in policies[0]["spec"]["variables"]}
+    return {name: json.loads(variables[name]) for name in ("allowedImages", "allowedServiceAccounts")}, env
+
+
+@pytest.mark.parametrize(
+    ("values", "images", "accounts"),
+    [
+        ([], ["ghcr.io/sessionpipe/sessionpipe-job"], ["t-sessionpipe-job"]),
+        (
+            ["--set", "image.job.repository=registry.example/job", "--set", "jobs.serviceAccount.name=runner"],
+            ["registry.example/job"],
+            ["runner"],
+        ),
+        (
+            [
+                "--set",
+                "jobPolicy.allowedImages={registry.example/team/,ghcr.io/x/job}",
+                "--set",
+                "jobPolicy.allowedServiceAccounts={runner,*}",
+            ],
+            ["registry.example/team/", "ghcr.io/x/job"],
+            ["runner", "*"],
+        ),
+    ],
+)
+def test_the_admission_policy_and_the_operator_get_the_same_allowed_lists(
+    values: list[str], images: list[str], accounts: list[str]
+) -> None:
+    allowed, env = _job_policy(*values)
+    assert allowed == {"allowedImages": images, "allowedServiceAccounts": accounts}
+    assert env["SESSIONPIPE_OPERATOR_ALLOWED_IMAGES"] == ",".join(images)
+    assert env["SESSIONPIPE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == ",".join(accounts)
+
+
+def test_a_disabled_job_policy_renders_no_policy_and_lets_the_operator_allow_anything() -> None:
+    allowed, env = _job_policy("--set", "jobPolicy.enabled=false")
+    assert allowed is None
+    assert env["SESSIONPIPE_OPERATOR_ALLOWED_IMAGES"] == "*"
+    assert env["SESSIONPIPE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == "*"

@@ -57,3 +57,20 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* What SessionProcessors may ask for (jobPolicy), comma-separated; "*" when the policy is off. */}}
+{{- define "sessionpipe.allowedImages" -}}
+{{- if .Values.jobPolicy.enabled -}}
+{{- .Values.jobPolicy.allowedImages | default (list .Values.image.job.repository) | join "," -}}
+{{- else -}}
+*
+{{- end -}}
+{{- end -}}
+
+{{- define "sessionpipe.allowedServiceAccounts" -}}
+{{- if .Values.jobPolicy.enabled -}}
+{{- .Values.jobPolicy.allowedServiceAccounts | default (list (include "sessionpipe.jobServiceAccount" .)) | join "," -}}
+{{- else -}}
+*
+{{- end -}}
+{{- end -}}
