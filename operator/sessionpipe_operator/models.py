@@ -28,6 +28,8 @@ from sessionpipe_contract import (
 
 #: How many finished runs ``status.recentRuns`` keeps, newest first.
 RECENT_RUNS_LIMIT = 10
+#: The longest ``lastRun.message``: why a run did not succeed.
+MAX_RUN_MESSAGE = 1024
 #: CronJob names are limited to 52 characters (the controller appends an 11-character suffix to
 #: name its Jobs); the CronJob is named after the SessionProcessor.
 MAX_NAME_LENGTH = 52
@@ -426,6 +428,14 @@ class RunRecord(_Model):
     quarantined: int | None = Field(default=None, ge=0, description="Sessions quarantined by this run.")
     items: int | None = Field(default=None, ge=0, description="Items (rows) the processor wrote.")
     duration: float | None = Field(default=None, ge=0, description="Length of the run in seconds.")
+    message: str | None = Field(
+        default=None,
+        max_length=MAX_RUN_MESSAGE,
+        description=(
+            "Why a run that did not succeed ended so: the runner's own message, else what Kubernetes "
+            "reported (the Job's condition, the container's state: a start error, OOMKilled, an image pull)."
+        ),
+    )
 
 
 class SessionProcessorStatus(_Model):
