@@ -225,13 +225,13 @@ class LeaderElector:
             try:
                 if self.try_acquire():
                     break
-            except (ApiError, OSError) as error:
+                current = self._seen.version if self._seen else ""
+                if current != announced:
+                    lease = self.client.get(self.path) or {}
+                    log.info(f"standby: Lease {self.describe()} is held by {holder(lease) or 'nobody'}")
+                    announced = current
+            except Exception as error:  # the client's own transport errors are not OSErrors
                 log.warning(f"leader election: cannot read or write Lease {self.describe()}: {error}")
-            current = self._seen.version if self._seen else ""
-            if current != announced:
-                lease = self.client.get(self.path) or {}
-                log.info(f"standby: Lease {self.describe()} is held by {holder(lease) or 'nobody'}")
-                announced = current
             time.sleep(self.settings.retry_seconds)
         self._set_leading(True)
         log.info(f"leading: holding Lease {self.describe()} as {self.settings.identity}")
@@ -249,7 +249,7 @@ class LeaderElector:
                     if current != self.settings.identity:
                         self._lose(on_lost, f"Lease {self.describe()} is now held by {current or 'nobody'}")
                         return
-                except (ApiError, OSError) as error:
+                except Exception as error:  # retried until the watchdog's deadline
                     log.warning(f"leader election: renewing Lease {self.describe()} failed: {error}")
 
         def watchdog() -> None:
@@ -274,7 +274,7 @@ class LeaderElector:
             if body is not None:
                 self.client.replace(self.path, body)
                 log.info(f"released Lease {self.describe()}")
-        except (ApiError, OSError) as error:
+        except Exception as error:
             log.warning(f"could not release Lease {self.describe()} (a standby waits for it to expire): {error}")
         self._set_leading(False)
 
