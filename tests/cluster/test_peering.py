@@ -84,6 +84,8 @@ def reasons(kube: KubeClient, ns: str, name: str) -> dict[str, int]:
     """How many Event objects of each reason the SessionProcessor has, counting aggregated repeats."""
     counted: dict[str, int] = {}
     for event in events(kube, ns, name):
+        if event.get("involvedObject", {}).get("kind") != "SessionProcessor":
+            continue  # the CronJob of the same name has the controller's Events
         counted[event["reason"]] = counted.get(event["reason"], 0) + int(event.get("count") or 1)
     return counted
 
@@ -118,6 +120,15 @@ def test_two_operators_act_once_and_the_standby_takes_over_when_the_leader_dies(
     assert [job["metadata"]["name"] for job in jobs_of(kube, ns, "usage")] == [first]
     assert reasons(kube, ns, "usage") == {"RunStarted": 1, "RunSucceeded": 1}
     assert reasons(kube, ns, "broken") == {"InvalidSpec": 1}
+    # A run-now beside a running Job (its pod waits for an unmapped claim): one RunSkipped, not two.
+    apply(control_plane, ns, sessionprocessor("held", usage_spec(database={"claimName": "unmapped"})))
+    annotate_run_now(control_plane, ns, "held", "hold")
+    held = start_run_now_wait_only(kube, ns, "held", "hold")
+    annotate_run_now(control_plane, ns, "held", "skip")
+    wait_for(lambda: reasons(kube, ns, "held").get("RunSkipped"), 15, "RunSkipped for the second token")
+    time.sleep(3)
+    assert reasons(kube, ns, "held") == {"RunStarted": 1, "RunSkipped": 1}
+    assert [job["metadata"]["name"] for job in jobs_of(kube, ns, "held")] == [held]
     assert f"[{ns}/" not in b.log_text(), "the standby handled an object"
     assert holder(kube, ns) == "peer-a"
 
