@@ -477,7 +477,8 @@ def record_finished_job(
 ) -> None:
     """Fold one finished Job into the status; post the run's Event and count it the first time only."""
     job_name = job["metadata"]["name"]
-    summary = status_rules.parse_run_summary(read_termination_message(state, namespace, job_name))
+    pods = list_job_pods(state, namespace, job_name)
+    summary = status_rules.parse_run_summary(status_rules.termination_message(pods))
     spec = None
     first_time = False
     cr_body: dict[str, Any] | None = None
@@ -488,13 +489,13 @@ def record_finished_job(
         first_time = not _run_recorded(status, job_name)
         spec = _parse_spec(current.get("spec") or {})
         now = datetime.now(UTC)
-        folded = status_rules.apply_job_event(status, job, summary, now)
+        folded = status_rules.apply_job_event(status, job, summary, now, pods)
         return _with_conditions(folded, current, spec, now, current_invalid(status))
 
     written = update_status(state, namespace, instance, fold)
     if written is None or not first_time or cr_body is None:
         return
-    record = status_rules.run_record(job, summary)
+    record = status_rules.run_record(job, summary, pods)
     outcome = str(record.get("outcome") or status_rules.job_outcome(job) or "unknown")
     processor = job["metadata"].get("labels", {}).get(LABEL_PROCESSOR, "")
     metrics.RUNS.labels(namespace=namespace, sessionprocessor=instance, processor=processor, outcome=outcome).inc()
@@ -515,18 +516,9 @@ def record_finished_job(
     logger.info(f"recorded {message}")
 
 
-def read_termination_message(state: OperatorState, namespace: str, job_name: str) -> str | None:
-    """The runner's summary: the termination message of the Job's most recently finished pod."""
-    pods = state.client.list(pod_path(namespace), label_selector=f"{JOB_NAME_LABEL}={job_name}")
-    finished: list[tuple[str, str]] = []
-    for pod in pods:
-        for container in pod.get("status", {}).get("containerStatuses") or []:
-            terminated = (container.get("state") or {}).get("terminated") or {}
-            if terminated:
-                finished.append((str(terminated.get("finishedAt") or ""), str(terminated.get("message") or "")))
-    if not finished:
-        return None
-    return max(finished)[1] or None
+def list_job_pods(state: OperatorState, namespace: str, job_name: str) -> list[dict[str, Any]]:
+    """The Job's pods: their containers' termination messages and states say how the run ended."""
+    return state.client.list(pod_path(namespace), label_selector=f"{JOB_NAME_LABEL}={job_name}")
 
 
 # --- CronJob drift and status mirror ----------------------------------------------------------------
@@ -834,7 +826,8 @@ def _run_message(job_name: str, outcome: str, record: Mapping[str, Any]) -> str:
         for name in ("scanned", "processed", "skipped", "errors", "quarantined", "items")
         if record.get(name) is not None
     )
-    return f"Job {job_name}: {outcome}" + (f" ({counts})" if counts else "")
+    reason = f": {record['message']}" if record.get("message") else ""
+    return f"Job {job_name}: {outcome}" + (f" ({counts})" if counts else "") + reason
 
 
 def _next_schedule_time(spec: SessionProcessorSpec | None, now: datetime) -> str | None:

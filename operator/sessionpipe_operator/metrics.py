@@ -44,6 +44,12 @@ DRIFT_REPAIRS = Counter(
     ["namespace", "sessionprocessor", "kind"],
 )
 
+LEADER = Gauge(
+    "sessionpipe_operator_leader",
+    "1 while this operator process holds the leader Lease and acts, 0 while it waits as a standby.",
+    ["identity"],
+)
+
 
 def count_request(verb: str) -> None:
     """Hook for :class:`sessionpipe_operator.k8s.KubeClient`."""

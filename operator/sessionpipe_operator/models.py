@@ -9,6 +9,7 @@ schedule shorthand with no exact cron form, an unknown time zone) lives in the o
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal, Self
 
@@ -22,10 +23,13 @@ from sessionpipe_contract import (
     DEFAULT_LEASE_WAIT_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SESSIONS_MOUNT,
+    ENV_CONFIG,
 )
 
 #: How many finished runs ``status.recentRuns`` keeps, newest first.
 RECENT_RUNS_LIMIT = 10
+#: The longest ``lastRun.message``: why a run did not succeed.
+MAX_RUN_MESSAGE = 1024
 #: CronJob names are limited to 52 characters (the controller appends an 11-character suffix to
 #: name its Jobs); the CronJob is named after the SessionProcessor.
 MAX_NAME_LENGTH = 52
@@ -57,6 +61,14 @@ RELATIVE_PATH_RULE = "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')
 ABSOLUTE_PATH = r"^/[^\s]*$"
 RESERVED_MOUNTS = ("/", "/tmp", DEFAULT_DATABASE_MOUNT)
 
+#: The most bytes ``spec.config`` may take in the form it is carried in: compact JSON with every
+#: non-ASCII character escaped (``ü`` is ``\\u00fc``, six bytes). The job pod gets it in one
+#: environment string, which Linux limits to 128 KiB; kopf keeps the spec in an annotation on the
+#: SessionProcessor, and the API server limits all its annotations together to 256 KiB, with
+#: kubectl's last-applied-configuration carrying the spec once more. A free-form object is opaque
+#: to the CRD's CEL rules, so the operator enforces this bound (``InvalidSpec``).
+CONFIG_MAX_BYTES = 32 * 1024
+
 _SCHEDULE_RE = re.compile(SCHEDULE_SHAPE)
 _PARENT_COMPONENT_RE = re.compile(r"(^|/)[.][.](/|$)")
 
@@ -69,6 +81,16 @@ def _relative_path(value: str, what: str) -> str:
     if value.startswith("/") or _PARENT_COMPONENT_RE.search(value):
         raise ValueError(f"{what} must be a relative path inside the volume, without '..'")
     return value
+
+
+def config_json(config: dict[str, Any]) -> str:
+    """``spec.config`` as the job pod receives it: compact, sorted, ASCII-only JSON."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def config_size(config: dict[str, Any]) -> int:
+    """Bytes of ``config`` as carried: the same in the pod's environment and kopf's annotation."""
+    return len(config_json(config))  # ASCII-only: one byte per character
 
 
 class _Model(BaseModel):
@@ -329,7 +351,10 @@ class SessionProcessorSpec(_Model):
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
-        description="Free-form processor settings, passed to the processor as a JSON object.",
+        description=(
+            "Free-form processor settings, passed to the processor as a JSON object; at most "
+            f"{CONFIG_MAX_BYTES} bytes as compact JSON with non-ASCII characters escaped (InvalidSpec beyond)."
+        ),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "default": {}},
     )
     resources: ResourceRequirements | None = Field(
@@ -351,6 +376,17 @@ class SessionProcessorSpec(_Model):
     def _schedule_shape(cls, value: str) -> str:
         if not _SCHEDULE_RE.match(value):
             raise ValueError("must be a 5-field cron expression, an @hourly-style macro, or 'every N' with m, h or d")
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_fits(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = config_size(value)
+        if size > CONFIG_MAX_BYTES:
+            raise ValueError(
+                f"is {size} bytes as compact JSON with non-ASCII escaped (the form of the job pod's {ENV_CONFIG} "
+                f"and of kopf's annotation), over the limit of {CONFIG_MAX_BYTES} bytes"
+            )
         return value
 
 
@@ -392,6 +428,14 @@ class RunRecord(_Model):
     quarantined: int | None = Field(default=None, ge=0, description="Sessions quarantined by this run.")
     items: int | None = Field(default=None, ge=0, description="Items (rows) the processor wrote.")
     duration: float | None = Field(default=None, ge=0, description="Length of the run in seconds.")
+    message: str | None = Field(
+        default=None,
+        max_length=MAX_RUN_MESSAGE,
+        description=(
+            "Why a run that did not succeed ended so: the runner's own message, else what Kubernetes "
+            "reported (the Job's condition, the container's state: a start error, OOMKilled, an image pull)."
+        ),
+    )
 
 
 class SessionProcessorStatus(_Model):

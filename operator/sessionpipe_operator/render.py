@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import posixpath
 import re
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from sessionpipe_contract import (
     LABEL_RUN_KIND,
     MANAGED_BY,
 )
-from sessionpipe_operator.models import SessionProcessorSpec
+from sessionpipe_operator.models import SessionProcessorSpec, config_json
 from sessionpipe_operator.schedule import normalize_schedule
 from sessionpipe_operator.settings import OperatorSettings
 
@@ -233,7 +232,7 @@ def _container(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[s
         {"name": ENV_LEASE_WAIT, "value": str(spec.database.lease_wait_seconds)},
         {"name": ENV_MAX_SESSIONS, "value": str(spec.run.max_sessions_per_run)},
         {"name": ENV_MAX_ATTEMPTS, "value": str(spec.run.max_attempts_per_session)},
-        {"name": ENV_CONFIG, "value": json.dumps(spec.config, sort_keys=True, separators=(",", ":"))},
+        {"name": ENV_CONFIG, "value": config_json(spec.config)},
         {"name": ENV_TERMINATION_LOG, "value": DEFAULT_TERMINATION_LOG},
         {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": ENV_POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},

@@ -23,7 +23,7 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     SUMMARY_KEYS,
 )
-from sessionpipe_operator.models import RECENT_RUNS_LIMIT, SessionProcessorSpec
+from sessionpipe_operator.models import MAX_RUN_MESSAGE, RECENT_RUNS_LIMIT, SessionProcessorSpec
 
 CONDITION_READY = "Ready"
 CONDITION_STALE = "Stale"
@@ -40,6 +40,7 @@ _RECORD_COUNTS = ("scanned", "processed", "skipped", "errors", "quarantined", "i
 _MAX_TEXT = 1024
 _COUNTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _MAX_COUNTERS = 32  # each name is a metric label value: a processor must not flood the registry
+_MAX_DETAIL = 400  # of one container's message: a runtime error, a log line
 
 
 # --- the runner's summary ---------------------------------------------------------------------------
@@ -109,6 +110,73 @@ def cronjob_mirror(cronjob: Mapping[str, Any]) -> dict[str, Any]:
     return {"active": names or None, "activeCount": len(names), "lastScheduleTime": cron_status.get("lastScheduleTime")}
 
 
+# --- pods of a Job -----------------------------------------------------------------------------------
+def _newest_first(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(pods, key=lambda pod: str((pod.get("metadata") or {}).get("creationTimestamp") or ""), reverse=True)
+
+
+def termination_message(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """The runner's summary as the kubelet reported it: the message of the most recently finished container."""
+    finished: list[tuple[str, str]] = []
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated:
+                finished.append((str(terminated.get("finishedAt") or ""), str(terminated.get("message") or "")))
+    if not finished:
+        return None
+    return max(finished)[1] or None
+
+
+def failure_reason(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a Job did not succeed, from Kubernetes alone; ``None`` for a running or succeeded Job.
+
+    The Job's ``Failed`` condition (``BackoffLimitExceeded``, ``DeadlineExceeded``,
+    ``PodFailurePolicy``…) comes first, then what its newest pod says: a terminated container's reason
+    and exit code with the runtime's message (a start error such as "argument list too long", the last
+    line of a log tail), a waiting container's reason (``ImagePullBackOff``…), or the pod's own reason
+    (``Evicted``). A runner's summary is not repeated here: it is the run's record, not its cause.
+    """
+    failed = _true_conditions(job).get("Failed")
+    if failed is None:
+        return None
+    parts = [_reason_text(failed.get("reason"), failed.get("message")) or "Failed"]
+    newest = _newest_first(pods)
+    if newest:
+        parts.append(_pod_reason(newest[0]) or "")
+    return "; ".join(part for part in parts if part)[:MAX_RUN_MESSAGE]
+
+
+def _pod_reason(pod: Mapping[str, Any]) -> str | None:
+    pod_status = pod.get("status") or {}
+    details = []
+    for container in pod_status.get("containerStatuses") or []:
+        name = container.get("name") or "?"
+        state = container.get("state") or {}
+        if terminated := state.get("terminated"):
+            exit_code = terminated.get("exitCode")
+            text = f"container {name}: {terminated.get('reason') or 'Terminated'} (exit code {exit_code})"
+            detail = _detail(terminated.get("message"))
+            details.append(f"{text}: {detail}" if detail else text)
+        elif waiting := state.get("waiting"):
+            details.append(f"container {name} waiting: {_reason_text(waiting.get('reason'), waiting.get('message'))}")
+    if not details and (pod_status.get("reason") or pod_status.get("message")):
+        details.append(f"pod {_reason_text(pod_status.get('reason'), pod_status.get('message'))}")
+    return "; ".join(details) or None
+
+
+def _detail(message: Any) -> str:
+    """A container message worth quoting: not a JSON summary; of a log tail, its last line."""
+    lines = [line.strip() for line in str(message or "").splitlines() if line.strip()]
+    if not lines or lines[-1].startswith("{"):
+        return ""
+    return lines[-1][-_MAX_DETAIL:]
+
+
+def _reason_text(reason: Any, message: Any) -> str:
+    return ": ".join(str(part) for part in (reason, message) if part)
+
+
 # --- Jobs -------------------------------------------------------------------------------------------
 def _true_conditions(job: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     conditions = (job.get("status") or {}).get("conditions") or []
@@ -145,12 +213,16 @@ def job_outcome(job: Mapping[str, Any]) -> str | None:
     return OUTCOME_FAILED
 
 
-def run_record(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``lastRun`` / ``recentRuns[]`` entry for a finished Job and its runner's summary.
+def run_record(
+    job: Mapping[str, Any], summary: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """The ``lastRun`` / ``recentRuns[]`` entry for a finished Job, its runner's summary and its pods.
 
     The runner's own outcome and counts win; the Job fills in what a runner that died without a
     summary could not say. A Job stopped by its deadline reads ``deadline_exceeded`` even though its
     runner, stopped by SIGTERM, reports ``terminated``: the deadline is the cause a person can fix.
+    A run that did not succeed always has a ``message``: the runner's own, else
+    :func:`failure_reason` (always for a deadline).
     """
     summary = summary or {}
     job_status = job.get("status") or {}
@@ -174,6 +246,9 @@ def run_record(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dic
     if duration is None and start is not None and end is not None and end >= start:
         duration = (end - start).total_seconds()
     record["duration"] = None if duration is None else round(float(duration), 3)
+    if outcome != OUTCOME_SUCCEEDED:
+        own = None if kube_outcome == OUTCOME_DEADLINE_EXCEEDED else summary.get("message")
+        record["message"] = (own or failure_reason(job, pods) or "")[:MAX_RUN_MESSAGE] or None
     return {key: value for key, value in record.items() if value is not None}
 
 
@@ -182,9 +257,15 @@ def _succeeded(job: Mapping[str, Any]) -> bool:
 
 
 def apply_job_event(
-    status: Mapping[str, Any], job: Mapping[str, Any], summary: Mapping[str, Any] | None, now: datetime
+    status: Mapping[str, Any],
+    job: Mapping[str, Any],
+    summary: Mapping[str, Any] | None,
+    now: datetime,
+    pods: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The status after recording the finished Job ``job`` (unchanged while it runs or once recorded).
+
+    ``pods`` are the Job's pods, read for the cause of a failure (:func:`run_record`).
 
     - ``lastRun`` is the newest finished run; ``recentRuns`` the newest ``RECENT_RUNS_LIMIT``, newest
       first, one entry per Job.
@@ -202,7 +283,7 @@ def apply_job_event(
     previous_runs = [run for run in [new.get("lastRun"), *(new.get("recentRuns") or [])] if isinstance(run, dict)]
     if any(run.get("job") == name for run in previous_runs):
         return new
-    record = run_record(job, summary)
+    record = run_record(job, summary, pods)
     if "end" not in record:
         record["end"] = _format(now)
     runs = _dedupe([record, *previous_runs])

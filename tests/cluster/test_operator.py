@@ -32,7 +32,7 @@ from sessionpipe_contract import (
 )
 from sessionpipe_operator import render
 from sessionpipe_operator.k8s import KubeClient, cronjob_path, job_path, sessionprocessor_path
-from sessionpipe_operator.models import SessionProcessorSpec
+from sessionpipe_operator.models import CONFIG_MAX_BYTES, SessionProcessorSpec
 from sessionpipe_operator.settings import OperatorSettings
 from tests.cluster.operator_support import (
     CONVERGE_SECONDS,
@@ -538,6 +538,37 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
     wait_for(lambda: valid(ns, "second-writer"), CONVERGE_SECONDS, "InvalidSpec cleared on the second writer")
 
 
+def test_a_config_too_large_to_carry_is_invalid_spec_with_no_cronjob_and_no_retry_loop(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
+) -> None:
+    """The issue's case: about 51 KB of umlauts passes the schema, then would fail every Job (E2BIG)."""
+    apply(control_plane, ns, sessionprocessor("big-config", _with(config={"blob": "ü" * 51200})))
+    wait_for(
+        lambda: condition_true(cr(kube, ns, "big-config").get("status") or {}, "InvalidSpec"),
+        15,
+        "InvalidSpec on the processor with the oversized config",
+        interval=0.3,
+    )
+    message = condition(cr(kube, ns, "big-config")["status"], "InvalidSpec")["message"]  # type: ignore[index]
+    print(f"\nInvalidSpec: {message}")
+    assert message.startswith("spec.config:") and f"limit of {CONFIG_MAX_BYTES} bytes" in message
+    assert kube.get(cronjob_path(ns, "big-config")) is None
+    time.sleep(5)  # kopf cannot store its annotation for this spec: it must not retry in a loop
+    assert len(events(kube, ns, "big-config", "InvalidSpec")) == 1
+    version = cr(kube, ns, "big-config")["metadata"]["resourceVersion"]
+    time.sleep(5)
+    assert cr(kube, ns, "big-config")["metadata"]["resourceVersion"] == version
+
+    # Trimmed below the limit, it is reconciled like any other.
+    merge_patch_cr(control_plane, ns, "big-config", {"spec": {"config": {"blob": "ü" * 5000}}})
+    wait_for(lambda: kube.get(cronjob_path(ns, "big-config")), 10, "the CronJob once the config fits")
+    wait_for(
+        lambda: not condition_true(cr(kube, ns, "big-config").get("status") or {}, "InvalidSpec"),
+        10,
+        "InvalidSpec cleared",
+    )
+
+
 # --- 5. failure and recovery ---------------------------------------------------------------------------
 def test_failed_run_sets_degraded_and_the_next_success_clears_it(
     control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess, database_dir: Path
@@ -566,6 +597,24 @@ def test_failed_run_sets_degraded_and_the_next_success_clears_it(
     assert not condition_true(status, "Degraded")
     assert status.get("lastSuccessfulTime")
     wait_for(lambda: events(kube, ns, "usage", "RunSucceeded"), CONVERGE_SECONDS, "a RunSucceeded Event")
+
+
+def test_a_run_whose_container_never_starts_says_why_in_last_run(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
+) -> None:
+    """No runner, no summary: the cause comes from the Job's condition and the pod's container state."""
+    spec = usage_spec(
+        llm={"model": "claude-sonnet-4-5", "apiKeySecretRef": {"name": "no-such-secret"}}, run={"timeoutSeconds": 5}
+    )
+    apply(control_plane, ns, sessionprocessor("keyless", spec))
+    job_name = start_run_now(control_plane, kube, ns, "keyless", "never-starts")
+    status = wait_for_run(kube, ns, "keyless", job_name, timeout=60)
+    last = status["lastRun"]
+    print(f"\nlastRun.message: {last.get('message')}")
+    assert last["outcome"] == "deadline_exceeded"
+    assert last["message"].startswith("DeadlineExceeded: ")
+    failed = events(kube, ns, "keyless", "RunFailed")
+    assert len(failed) == 1 and last["message"] in failed[0]["message"]
 
 
 # --- 6. restarts -----------------------------------------------------------------------------------------

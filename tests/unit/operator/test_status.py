@@ -216,6 +216,7 @@ def test_run_record_prefers_the_runners_account_and_falls_back_to_the_job() -> N
         "end": stamp(NOW),
         "outcome": "failed",
         "duration": 120.0,
+        "message": "BackoffLimitExceeded",  # no summary: Kubernetes says why
     }
     # A deadline is the cause to report, though the runner (stopped by SIGTERM) says "terminated".
     timed_out = run_record(job("usage-3", "failed", reason="DeadlineExceeded"), summary(outcome="terminated"))
