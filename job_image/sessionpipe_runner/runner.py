@@ -1,6 +1,6 @@
 """One run of one processor over the sessions volume, into the database, under the writer lease.
 
-The order of a run (see DESIGN.md, "Runner"): take the lease; open the database and migrate; record
+The order of a run (docs/architecture.md, "Order of a run"): take the lease; open the database and migrate; record
 the writer epoch; scan and decide; read, hash and process the candidates, writing each session's
 rows together with its state row in one transaction; checkpoint; publish the read-only snapshot;
 release the lease; report the summary.

@@ -211,7 +211,7 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
     body = cr(kube, ns, "usage")
     assert not body["metadata"].get("finalizers"), "the SessionProcessor must carry no finalizer"
 
-    # The shape DESIGN.md documents, checked field by field...
+    # The shape docs/architecture.md ("The rendered CronJob") documents, checked field by field...
     assert cronjob["spec"]["schedule"] == NEVER
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     assert cronjob["spec"]["startingDeadlineSeconds"] == 300

@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = REPO_ROOT / ".cluster"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
-# What the docs ask for (docs/controlplane.md), plus the service-account controller so that every
+# What docs/testing.md ("The control plane") describes, plus the service-account controller so that every
 # namespace gets its `default` ServiceAccount (the pod executor requests pod tokens for it), and the
 # Deployment and ReplicaSet controllers so that a Helm release's operator Deployment gets its pod.
 CONTROLLERS = (

@@ -10,7 +10,7 @@ in those fields, and :func:`usage_line` applies every rule below to it and names
 is left out. A differential test holds the two readings to the same result on every line.
 
 A line is kept when ``message.usage`` is an object and ``timestamp`` parses, unless ccusage would
-skip it (docs/transcripts.md): an explicit JSON null in ``cwd``, ``version``, ``sessionId``,
+skip it (docs/transcripts.md, "Which lines count"): an explicit JSON null in ``cwd``, ``version``, ``sessionId``,
 ``requestId``, ``costUSD``, ``isApiErrorMessage``, ``speed``, ``message.id``, ``message.model``,
 ``message.usage.speed``, ``…cache_read_input_tokens`` or ``…cache_creation_input_tokens`` (see
 :func:`_has_rejected_null`); an empty ``requestId``, ``sessionId``, ``message.id`` or
