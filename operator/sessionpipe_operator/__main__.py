@@ -17,6 +17,7 @@ import kopf
 from sessionpipe_operator import handlers, health, leader, metrics
 from sessionpipe_operator.k8s import KubeClient
 from sessionpipe_operator.settings import OperatorSettings
+from sessionpipe_operator.state import OperatorState
 
 EXIT_USAGE = 2
 #: The leader could not renew its Lease in time or found it taken: it stops acting at once.
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespaces=namespaces,
             liveness_endpoint=health.liveness_endpoint(settings.health_port),
             settings=handlers.operator_settings(settings),
-            memo=kopf.Memo(state=handlers.OperatorState(settings=settings)),
+            memo=kopf.Memo(state=OperatorState(settings=settings)),
         )
     finally:
         if elector is not None:

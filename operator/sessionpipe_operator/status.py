@@ -3,25 +3,25 @@
 Every function here is pure: it takes the current status (a plain dict, as stored), a Job as the API
 server returned it, the runner's summary and the time, and returns new values without touching its
 inputs. Recording the same finished Job twice changes nothing, so a watch that replays events (a
-restarted operator lists every Job again) never double-counts a run.
+restarted operator lists every Job again) never double-counts a run. What a Job and its pods say
+lives in :mod:`sessionpipe_operator.jobs`, the runner's summary in :mod:`sessionpipe_operator.run_summary`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import math
-import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sessionpipe_contract import (
-    EXIT_LEASE_NOT_ACQUIRED,
-    OUTCOME_FAILED,
-    OUTCOME_LEASE_NOT_ACQUIRED,
-    OUTCOME_SUCCEEDED,
-    SUMMARY_KEYS,
+from sessionpipe_contract import OUTCOME_LEASE_NOT_ACQUIRED, OUTCOME_SUCCEEDED
+from sessionpipe_operator import schedule
+from sessionpipe_operator.jobs import (
+    OUTCOME_DEADLINE_EXCEEDED,
+    failure_reason,
+    job_outcome,
+    job_succeeded,
+    true_conditions,
 )
 from sessionpipe_operator.models import MAX_RUN_MESSAGE, RECENT_RUNS_LIMIT, SessionProcessorSpec
 
@@ -29,78 +29,10 @@ CONDITION_READY = "Ready"
 CONDITION_STALE = "Stale"
 CONDITION_DEGRADED = "Degraded"
 CONDITION_INVALID_SPEC = "InvalidSpec"
-#: The Job ran out of ``activeDeadlineSeconds`` (``run.timeoutSeconds``).
-OUTCOME_DEADLINE_EXCEEDED = "deadline_exceeded"
 #: Stale once the last success is older than this many schedule periods.
 STALE_PERIODS = 2
 
-_COUNT_KEYS = ("scanned", "unchanged", "hashed", "processed", "skipped", "errors", "quarantined", "items", "exit_code")
-_TEXT_KEYS = ("processor", "processor_version", "run_id", "outcome", "started", "finished", "message")
 _RECORD_COUNTS = ("scanned", "processed", "skipped", "errors", "quarantined", "items")
-_MAX_TEXT = 1024
-_COUNTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_MAX_COUNTERS = 32  # each name is a metric label value: a processor must not flood the registry
-_MAX_DETAIL = 400  # of one container's message: a runtime error, a log line
-
-
-# --- the runner's summary ---------------------------------------------------------------------------
-def parse_run_summary(message: str | None) -> dict[str, Any] | None:
-    """The runner's run summary from a pod's termination message, or ``None`` if there is none.
-
-    The message is normally the JSON object the runner wrote (keys: ``SUMMARY_KEYS``). With
-    ``FallbackToLogsOnError`` it may instead be the tail of the log, which may still end with the
-    summary line; anything else (truncated JSON, a stack trace, binary noise) yields ``None``.
-    Values of the wrong type are dropped one by one, so one odd field never loses the others.
-    """
-    if not message or not message.strip():
-        return None
-    candidates = [message.strip(), *reversed([line.strip() for line in message.splitlines() if line.strip()])]
-    for candidate in candidates:
-        if not candidate.startswith("{"):
-            continue
-        try:
-            parsed = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            summary = _clean_summary(parsed)
-            if summary:
-                return summary
-    return None
-
-
-def _clean_summary(raw: Mapping[str, Any]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for key in SUMMARY_KEYS:
-        value = raw.get(key)
-        if key in _COUNT_KEYS:
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                summary[key] = value
-        elif key == "duration_seconds":
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
-                summary[key] = float(value)
-        elif key in _TEXT_KEYS:
-            if isinstance(value, str) and value:
-                summary[key] = value[:_MAX_TEXT]
-        elif key == "issues" and isinstance(value, dict):
-            summary[key] = value
-        elif key == "counters" and isinstance(value, dict):
-            summary[key] = run_counters(value)
-    return summary
-
-
-def run_counters(raw: Mapping[str, Any]) -> dict[str, int]:
-    """A summary's counters fit to become metric labels: snake_case names, counts, a bounded number."""
-    counters = {
-        name: value
-        for name, value in raw.items()
-        if isinstance(name, str)
-        and _COUNTER_NAME.fullmatch(name)
-        and isinstance(value, int)
-        and not isinstance(value, bool)
-        and value >= 0
-    }
-    return dict(sorted(counters.items())[:_MAX_COUNTERS])
 
 
 def cronjob_mirror(cronjob: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,109 +42,7 @@ def cronjob_mirror(cronjob: Mapping[str, Any]) -> dict[str, Any]:
     return {"active": names or None, "activeCount": len(names), "lastScheduleTime": cron_status.get("lastScheduleTime")}
 
 
-# --- pods of a Job -----------------------------------------------------------------------------------
-def _newest_first(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return sorted(pods, key=lambda pod: str((pod.get("metadata") or {}).get("creationTimestamp") or ""), reverse=True)
-
-
-def termination_message(pods: Iterable[Mapping[str, Any]]) -> str | None:
-    """The runner's summary as the kubelet reported it: the message of the most recently finished container."""
-    finished: list[tuple[str, str]] = []
-    for pod in pods:
-        for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (container.get("state") or {}).get("terminated") or {}
-            if terminated:
-                finished.append((str(terminated.get("finishedAt") or ""), str(terminated.get("message") or "")))
-    if not finished:
-        return None
-    return max(finished)[1] or None
-
-
-def failure_reason(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> str | None:
-    """Why a Job did not succeed, from Kubernetes alone; ``None`` for a running or succeeded Job.
-
-    The Job's ``Failed`` condition (``BackoffLimitExceeded``, ``DeadlineExceeded``,
-    ``PodFailurePolicy``…) comes first, then what its newest pod says: a terminated container's reason
-    and exit code with the runtime's message (a start error such as "argument list too long", the last
-    line of a log tail), a waiting container's reason (``ImagePullBackOff``…), or the pod's own reason
-    (``Evicted``). A runner's summary is not repeated here: it is the run's record, not its cause.
-    """
-    failed = _true_conditions(job).get("Failed")
-    if failed is None:
-        return None
-    parts = [_reason_text(failed.get("reason"), failed.get("message")) or "Failed"]
-    newest = _newest_first(pods)
-    if newest:
-        parts.append(_pod_reason(newest[0]) or "")
-    return "; ".join(part for part in parts if part)[:MAX_RUN_MESSAGE]
-
-
-def _pod_reason(pod: Mapping[str, Any]) -> str | None:
-    pod_status = pod.get("status") or {}
-    details = []
-    for container in pod_status.get("containerStatuses") or []:
-        name = container.get("name") or "?"
-        state = container.get("state") or {}
-        if terminated := state.get("terminated"):
-            exit_code = terminated.get("exitCode")
-            text = f"container {name}: {terminated.get('reason') or 'Terminated'} (exit code {exit_code})"
-            detail = _detail(terminated.get("message"))
-            details.append(f"{text}: {detail}" if detail else text)
-        elif waiting := state.get("waiting"):
-            details.append(f"container {name} waiting: {_reason_text(waiting.get('reason'), waiting.get('message'))}")
-    if not details and (pod_status.get("reason") or pod_status.get("message")):
-        details.append(f"pod {_reason_text(pod_status.get('reason'), pod_status.get('message'))}")
-    return "; ".join(details) or None
-
-
-def _detail(message: Any) -> str:
-    """A container message worth quoting: not a JSON summary; of a log tail, its last line."""
-    lines = [line.strip() for line in str(message or "").splitlines() if line.strip()]
-    if not lines or lines[-1].startswith("{"):
-        return ""
-    return lines[-1][-_MAX_DETAIL:]
-
-
-def _reason_text(reason: Any, message: Any) -> str:
-    return ": ".join(str(part) for part in (reason, message) if part)
-
-
-# --- Jobs -------------------------------------------------------------------------------------------
-def _true_conditions(job: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    conditions = (job.get("status") or {}).get("conditions") or []
-    return {c.get("type", ""): c for c in conditions if isinstance(c, Mapping) and c.get("status") == "True"}
-
-
-def job_is_active(job: Mapping[str, Any]) -> bool:
-    """Whether the Job has not finished: neither ``Complete`` nor ``Failed`` yet.
-
-    A Job marked ``FailureTarget``/``SuccessCriteriaMet`` may still have a pod terminating, so it
-    counts as active until its final condition: no second run may start beside it.
-    """
-    finished = _true_conditions(job)
-    return "Complete" not in finished and "Failed" not in finished
-
-
-def job_outcome(job: Mapping[str, Any]) -> str | None:
-    """How the Job ended as Kubernetes saw it; ``None`` while it runs.
-
-    ``succeeded``, ``deadline_exceeded`` (``run.timeoutSeconds`` ran out), ``lease_not_acquired``
-    (the pod failure policy matched the runner's exit code for it), or ``failed``.
-    """
-    finished = _true_conditions(job)
-    if "Complete" in finished:
-        return OUTCOME_SUCCEEDED
-    failed = finished.get("Failed")
-    if failed is None:
-        return None
-    reason = str(failed.get("reason") or "")
-    if reason == "DeadlineExceeded":
-        return OUTCOME_DEADLINE_EXCEEDED
-    if reason == "PodFailurePolicy" and f"exit code {EXIT_LEASE_NOT_ACQUIRED}" in str(failed.get("message") or ""):
-        return OUTCOME_LEASE_NOT_ACQUIRED
-    return OUTCOME_FAILED
-
-
+# --- finished Jobs ---------------------------------------------------------------------------------
 def run_record(
     job: Mapping[str, Any], summary: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]] = ()
 ) -> dict[str, Any]:
@@ -226,19 +56,19 @@ def run_record(
     """
     summary = summary or {}
     job_status = job.get("status") or {}
-    finished = _true_conditions(job)
+    finished = true_conditions(job)
     final = finished.get("Complete") or finished.get("Failed") or {}
-    start = _time(summary.get("started")) or _time(job_status.get("startTime"))
+    start = parse_time(summary.get("started")) or parse_time(job_status.get("startTime"))
     end = (
-        _time(summary.get("finished"))
-        or _time(job_status.get("completionTime"))
-        or _time(final.get("lastTransitionTime"))
+        parse_time(summary.get("finished"))
+        or parse_time(job_status.get("completionTime"))
+        or parse_time(final.get("lastTransitionTime"))
     )
     kube_outcome = job_outcome(job)
     outcome = summary.get("outcome") or kube_outcome
     if kube_outcome == OUTCOME_DEADLINE_EXCEEDED:
         outcome = kube_outcome
-    record: dict[str, Any] = {"job": job["metadata"]["name"], "start": _format(start), "end": _format(end)}
+    record: dict[str, Any] = {"job": job["metadata"]["name"], "start": format_time(start), "end": format_time(end)}
     record["outcome"] = outcome
     for key in _RECORD_COUNTS:
         record[key] = summary.get(key)
@@ -250,10 +80,6 @@ def run_record(
         own = None if kube_outcome == OUTCOME_DEADLINE_EXCEEDED else summary.get("message")
         record["message"] = (own or failure_reason(job, pods) or "")[:MAX_RUN_MESSAGE] or None
     return {key: value for key, value in record.items() if value is not None}
-
-
-def _succeeded(job: Mapping[str, Any]) -> bool:
-    return "Complete" in _true_conditions(job)
 
 
 def apply_job_event(
@@ -285,22 +111,22 @@ def apply_job_event(
         return new
     record = run_record(job, summary, pods)
     if "end" not in record:
-        record["end"] = _format(now)
+        record["end"] = format_time(now)
     runs = _dedupe([record, *previous_runs])
-    runs.sort(key=lambda run: _time(run.get("end")) or datetime.min.replace(tzinfo=UTC), reverse=True)
+    runs.sort(key=lambda run: parse_time(run.get("end")) or datetime.min.replace(tzinfo=UTC), reverse=True)
     runs = runs[:RECENT_RUNS_LIMIT]
     new["lastRun"] = runs[0]
     new["recentRuns"] = runs
-    end = _time(record["end"]) or now
-    last_success = _time(new.get("lastSuccessfulTime"))
-    last_failure = _time(new.get("lastFailureTime"))
+    end = parse_time(record["end"]) or now
+    last_success = parse_time(new.get("lastSuccessfulTime"))
+    last_failure = parse_time(new.get("lastFailureTime"))
     failures = new.get("consecutiveFailures") or 0
-    if _succeeded(job):
-        new["lastSuccessfulTime"] = _format(max(filter(None, (last_success, end))))
+    if job_succeeded(job):
+        new["lastSuccessfulTime"] = format_time(max(filter(None, (last_success, end))))
         if last_failure is None or end >= last_failure:
             failures = 0
     elif record.get("outcome") != OUTCOME_LEASE_NOT_ACQUIRED:
-        new["lastFailureTime"] = _format(max(filter(None, (last_failure, end))))
+        new["lastFailureTime"] = format_time(max(filter(None, (last_failure, end))))
         if last_success is None or end > last_success:
             failures += 1
     new["consecutiveFailures"] = failures
@@ -387,18 +213,18 @@ def _staleness(
     if spec.suspend:
         return "False", "Suspended", "a suspended processor is not expected to run"
     limit = period * STALE_PERIODS
-    last_success = _time(status.get("lastSuccessfulTime"))
+    last_success = parse_time(status.get("lastSuccessfulTime"))
     if last_success is not None:
         if now - last_success > limit:
             return (
                 "True",
                 "NoRecentSuccess",
-                f"the last success, at {_format(last_success)}, is older than {STALE_PERIODS} schedule periods "
+                f"the last success, at {format_time(last_success)}, is older than {STALE_PERIODS} schedule periods "
                 f"({_duration(limit)})",
             )
-        return "False", "RecentSuccess", f"succeeded at {_format(last_success)}, within {_duration(limit)}"
+        return "False", "RecentSuccess", f"succeeded at {format_time(last_success)}, within {_duration(limit)}"
     runs = [run for run in [status.get("lastRun"), *(status.get("recentRuns") or [])] if isinstance(run, Mapping)]
-    starts = [t for t in (_time(run.get("start")) or _time(run.get("end")) for run in runs) if t is not None]
+    starts = [t for t in (parse_time(run.get("start")) or parse_time(run.get("end")) for run in runs) if t is not None]
     since = created or (min(starts) if starts else None)
     if since is None:
         return "False", "NoRunsYet", "no run has finished yet"
@@ -406,10 +232,10 @@ def _staleness(
         return (
             "True",
             "NeverSucceeded",
-            f"no successful run since {_format(since)}, "
+            f"no successful run since {format_time(since)}, "
             f"more than {STALE_PERIODS} schedule periods ({_duration(limit)}) ago",
         )
-    return "False", "WithinFirstPeriods", f"no success yet, but {_format(since)} is within {_duration(limit)}"
+    return "False", "WithinFirstPeriods", f"no success yet, but {format_time(since)} is within {_duration(limit)}"
 
 
 def set_condition(
@@ -429,7 +255,7 @@ def set_condition(
             previous = existing
         elif existing.get("type") != type:
             result.append(dict(existing))
-    transition = _format(now)
+    transition = format_time(now)
     if previous is not None and previous.get("status") == status and previous.get("lastTransitionTime"):
         transition = str(previous["lastTransitionTime"])
     condition: dict[str, Any] = {
@@ -445,8 +271,45 @@ def set_condition(
     return result
 
 
+def current_invalid(status: Mapping[str, Any]) -> str | None:
+    """The message of a true InvalidSpec condition, if any."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == CONDITION_INVALID_SPEC and condition.get("status") == "True":
+            return str(condition.get("message") or "invalid spec")
+    return None
+
+
+def with_conditions(
+    status: dict[str, Any],
+    created: datetime | None,
+    spec: SessionProcessorSpec | None,
+    now: datetime,
+    invalid: str | None,
+) -> dict[str, Any]:
+    """``status`` with its conditions recomputed for ``now``; ``created`` is the processor's creation time."""
+    period = None
+    if spec is not None and invalid is None:
+        try:
+            period = schedule.schedule_period(schedule.normalize_schedule(spec.schedule))
+        except schedule.InvalidSchedule:
+            period = None
+    status["conditions"] = conditions(status, spec, now, period, invalid, created=created)
+    return status
+
+
+def next_schedule_time(spec: SessionProcessorSpec | None, now: datetime) -> str | None:
+    """``status.nextScheduleTime``: when the schedule fires next; unset while suspended or unknown."""
+    if spec is None or spec.suspend:
+        return None
+    try:
+        fire = schedule.next_fire(schedule.normalize_schedule(spec.schedule), now, spec.time_zone)
+    except (schedule.InvalidSchedule, ValueError):
+        return None
+    return format_time(fire)
+
+
 # --- time -------------------------------------------------------------------------------------------
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 timestamp as an aware datetime; ``None`` for anything else."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -459,7 +322,8 @@ def _time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _format(moment: datetime | None) -> str | None:
+def format_time(moment: datetime | None) -> str | None:
+    """``moment`` as the API server writes times: UTC, whole seconds, ``Z``."""
     if moment is None:
         return None
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -308,7 +308,7 @@ def test_the_compact_summary_keeps_counters_and_summarises_many_issue_kinds() ->
     assert omitted["kinds"] == 300 - len(kept)
     assert omitted["count"] + sum(kept.values()) == sum(summary.issues.values())
 
-    from sessionpipe_operator.status import parse_run_summary
+    from sessionpipe_operator.run_summary import parse_run_summary
 
     parsed = parse_run_summary(compact)
     assert parsed is not None

@@ -14,8 +14,8 @@ import pydantic
 import pytest
 
 from sessionpipe_contract import ENV_CONFIG
-from sessionpipe_operator import handlers
 from sessionpipe_operator.models import CONFIG_MAX_BYTES, SessionProcessorSpec, config_size
+from sessionpipe_operator.objects import validation_message
 from sessionpipe_operator.render import build_cronjob
 from sessionpipe_operator.settings import OperatorSettings
 
@@ -62,7 +62,7 @@ def test_the_issues_51_kb_of_umlauts_is_invalid_naming_the_limit() -> None:
     assert config_size(config) > LINUX_MAX_ARG_STRLEN  # what made every Job fail before
     with pytest.raises(pydantic.ValidationError) as raised:
         SessionProcessorSpec.model_validate(spec_with(config))
-    message = handlers._validation_message(raised.value)
+    message = validation_message(raised.value)
     assert message.startswith("spec.config:")
     assert f"{config_size(config)} bytes" in message
     assert f"limit of {CONFIG_MAX_BYTES} bytes" in message

@@ -11,15 +11,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sessionpipe_operator.models import SessionProcessorStatus
-from sessionpipe_operator.status import (
-    MAX_RUN_MESSAGE,
-    apply_job_event,
-    failure_reason,
-    parse_run_summary,
-    run_record,
-    termination_message,
-)
+from sessionpipe_operator.jobs import failure_reason, termination_message
+from sessionpipe_operator.models import MAX_RUN_MESSAGE, SessionProcessorStatus
+from sessionpipe_operator.run_summary import parse_run_summary
+from sessionpipe_operator.status import apply_job_event, run_record
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -10,17 +10,10 @@ from typing import Any
 import pytest
 
 from sessionpipe_contract import SUMMARY_KEYS, TERMINATION_MESSAGE_LIMIT
+from sessionpipe_operator.jobs import job_is_active, job_outcome
 from sessionpipe_operator.models import SessionProcessorSpec, SessionProcessorStatus
-from sessionpipe_operator.status import (
-    apply_job_event,
-    conditions,
-    cronjob_mirror,
-    job_is_active,
-    job_outcome,
-    parse_run_summary,
-    run_record,
-    set_condition,
-)
+from sessionpipe_operator.run_summary import parse_run_summary
+from sessionpipe_operator.status import apply_job_event, conditions, cronjob_mirror, run_record, set_condition
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SPEC = SessionProcessorSpec.model_validate(
