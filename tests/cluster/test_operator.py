@@ -201,12 +201,18 @@ def session_files(root: Path) -> list[Path]:
 
 
 # --- 1. the CronJob ---------------------------------------------------------------------------------
+def usage_with_cronjob(control_plane: ControlPlane, ns: str, kube: KubeClient) -> dict[str, Any]:
+    """Apply the processor ``usage``; its CronJob once the operator made it."""
+    apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
+    return wait_for(lambda: kube.get(cronjob_path(ns, "usage")), CONVERGE_SECONDS, "the CronJob")
+
+
 def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
     control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
 ) -> None:
+    """The rendered shape; following changes and being put back are the three tests after this one."""
     started = time.monotonic()
-    apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
-    cronjob = wait_for(lambda: kube.get(cronjob_path(ns, "usage")), CONVERGE_SECONDS, "the CronJob")
+    cronjob = usage_with_cronjob(control_plane, ns, kube)
     print(f"\nCronJob appeared {time.monotonic() - started:.2f}s after kubectl apply")
     body = cr(kube, ns, "usage")
     assert not body["metadata"].get("finalizers"), "the SessionProcessor must carry no finalizer"
@@ -236,7 +242,11 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
     # ...and exactly what the pure renderer makes of the stored spec.
     assert_subset(rendered_for(body, operator)["spec"], cronjob["spec"], "spec")
 
-    # Changes of schedule, suspend, image and history reach the CronJob.
+
+def test_cronjob_follows_changes_of_schedule_suspend_image_and_history(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
+) -> None:
+    usage_with_cronjob(control_plane, ns, kube)
     merge_patch_cr(
         control_plane,
         ns,
@@ -264,25 +274,33 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
     assert cronjob["spec"]["failedJobsHistoryLimit"] == 5
     assert_subset(rendered_for(cr(kube, ns, "usage"), operator)["spec"], cronjob["spec"], "spec")
 
-    # A hand-edited CronJob is put back.
+
+def test_a_hand_edited_cronjob_is_put_back(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
+) -> None:
+    usage_with_cronjob(control_plane, ns, kube)
     control_plane.kubectl(
         "patch",
         "cronjob",
         "usage",
         "--type=merge",
         "-p",
-        json.dumps({"spec": {"schedule": "* * * * *", "concurrencyPolicy": "Allow", "suspend": False}}),
+        json.dumps({"spec": {"schedule": "* * * * *", "concurrencyPolicy": "Allow", "suspend": True}}),
         namespace=ns,
     )
 
     def repaired() -> bool:
         spec = kube.get(cronjob_path(ns, "usage"))["spec"]  # type: ignore[index]
-        return (spec["schedule"], spec["concurrencyPolicy"], spec["suspend"]) == ("*/30 * * * *", "Forbid", True)
+        return (spec["schedule"], spec["concurrencyPolicy"], spec["suspend"]) == (NEVER, "Forbid", False)
 
     wait_for(repaired, CONVERGE_SECONDS, "the edited CronJob to be put back")
+    wait_for(lambda: events(kube, ns, "usage", "CronJobRepaired"), CONVERGE_SECONDS, "a CronJobRepaired Event")
 
-    # A deleted CronJob is put back.
-    old_uid = cronjob["metadata"]["uid"]
+
+def test_a_deleted_cronjob_is_put_back(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
+) -> None:
+    old_uid = usage_with_cronjob(control_plane, ns, kube)["metadata"]["uid"]
     control_plane.kubectl("delete", "cronjob", "usage", "--wait=true", namespace=ns)
 
     def recreated() -> dict[str, Any] | None:
@@ -291,6 +309,7 @@ def test_cronjob_has_the_rendered_shape_follows_changes_and_is_put_back(
 
     cronjob = wait_for(recreated, CONVERGE_SECONDS, "the deleted CronJob to be recreated")
     assert_subset(rendered_for(cr(kube, ns, "usage"), operator)["spec"], cronjob["spec"], "spec")
+    wait_for(lambda: events(kube, ns, "usage", "CronJobRestored"), CONVERGE_SECONDS, "a CronJobRestored Event")
 
 
 # --- 2. end to end ------------------------------------------------------------------------------------
@@ -487,9 +506,6 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
     for name, spec in unworkable.items():
         apply(control_plane, ns, sessionprocessor(name, spec))
 
-    def valid(namespace: str, name: str) -> bool:
-        return not condition_true(cr(kube, namespace, name).get("status") or {}, "InvalidSpec")
-
     def all_invalid() -> bool:
         return all(condition_true(cr(kube, ns, name).get("status") or {}, "InvalidSpec") for name in unworkable)
 
@@ -509,33 +525,80 @@ def test_unworkable_specs_get_invalid_spec_once_and_no_retry_loop(
     assert "first" in condition(cr(kube, ns, "second-writer")["status"], "InvalidSpec")["message"]  # type: ignore[index]
 
     # An idle minute: no write to any of them, no new Event, not one operator log line about them.
-    time.sleep(3)
+    wait_for(
+        lambda: all(kopf_settled(cr(kube, ns, name)) for name in unworkable),
+        CONVERGE_SECONDS,
+        "kopf to finish its bookkeeping on every unworkable processor",
+        interval=0.3,
+    )
     versions = {name: cr(kube, ns, name)["metadata"]["resourceVersion"] for name in unworkable}
     event_count = len(kube.list(f"/api/v1/namespaces/{ns}/events"))
     log_offset = len(operator.log_text())
     requests_before = operator.metric_sum("sessionpipe_operator_api_requests_total")
-    time.sleep(60)
+    time.sleep(60)  # proving that nothing happens takes the time in which it would
     requests = operator.metric_sum("sessionpipe_operator_api_requests_total") - requests_before
     print(f"\noperator client requests (all namespaces) during the idle minute: {requests:.0f}")
     assert {name: cr(kube, ns, name)["metadata"]["resourceVersion"] for name in unworkable} == versions
     assert len(kube.list(f"/api/v1/namespaces/{ns}/events")) == event_count
     assert f"[{ns}/" not in operator.log_text()[log_offset:]
 
-    # A corrected spec is reconciled at once; the second writer runs once the first is gone.
+
+def kopf_settled(body: dict[str, Any]) -> bool:
+    """Whether kopf recorded the spec as handled and holds no handler progress on the object any more."""
+    annotations = body["metadata"].get("annotations") or {}
+    ours = [key for key in annotations if key.startswith("kopf.sessionpipe.io/")]
+    return ours == ["kopf.sessionpipe.io/last-handled-configuration"]
+
+
+def wait_for_invalid_spec(kube: KubeClient, namespace: str, name: str) -> None:
+    wait_for(
+        lambda: not invalid_spec_cleared(kube, namespace, name),
+        CONVERGE_SECONDS,
+        f"InvalidSpec on {name}",
+        interval=0.3,
+    )
+
+
+def invalid_spec_cleared(kube: KubeClient, namespace: str, name: str) -> bool:
+    return not condition_true(cr(kube, namespace, name).get("status") or {}, "InvalidSpec")
+
+
+def test_a_corrected_spec_is_reconciled_at_once(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
+) -> None:
+    apply(control_plane, ns, sessionprocessor("odd-interval", _with(schedule="every 7m")))
+    wait_for_invalid_spec(kube, ns, "odd-interval")
     merge_patch_cr(control_plane, ns, "odd-interval", {"spec": {"schedule": "every 5m"}})
     # (The status is patched when the handler returns, a moment after the CronJob is written.)
     fixed = wait_for(
         lambda: kube.get(cronjob_path(ns, "odd-interval")), CONVERGE_SECONDS, "the corrected processor's CronJob"
     )
     assert fixed["spec"]["schedule"] == "*/5 * * * *"
-    wait_for(lambda: valid(ns, "odd-interval"), CONVERGE_SECONDS, "InvalidSpec cleared on the corrected processor")
+    wait_for(
+        lambda: invalid_spec_cleared(kube, ns, "odd-interval"),
+        CONVERGE_SECONDS,
+        "InvalidSpec cleared on the corrected processor",
+    )
+
+
+def test_the_second_writer_of_a_database_runs_once_the_first_is_deleted(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
+) -> None:
+    apply(control_plane, ns, sessionprocessor("first", _with(database__path="shared.duckdb")))
+    wait_for(lambda: kube.get(cronjob_path(ns, "first")), CONVERGE_SECONDS, "the first writer's CronJob")
+    apply(control_plane, ns, sessionprocessor("second-writer", _with(database__path="shared.duckdb")))
+    wait_for_invalid_spec(kube, ns, "second-writer")
     control_plane.kubectl("delete", "sessionprocessor", "first", namespace=ns)
     wait_for(
         lambda: kube.get(cronjob_path(ns, "second-writer")),
         CONVERGE_SECONDS,
         "the second writer's CronJob once it is alone",
     )
-    wait_for(lambda: valid(ns, "second-writer"), CONVERGE_SECONDS, "InvalidSpec cleared on the second writer")
+    wait_for(
+        lambda: invalid_spec_cleared(kube, ns, "second-writer"),
+        CONVERGE_SECONDS,
+        "InvalidSpec cleared on the second writer",
+    )
 
 
 def test_a_config_too_large_to_carry_is_invalid_spec_with_no_cronjob_and_no_retry_loop(
@@ -618,14 +681,21 @@ def test_a_run_whose_container_never_starts_says_why_in_last_run(
 
 
 # --- 6. restarts -----------------------------------------------------------------------------------------
-def test_operator_restart_loses_no_status_and_duplicates_no_job(
-    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess, database_dir: Path
-) -> None:
+def usage_after_one_run(
+    control_plane: ControlPlane, kube: KubeClient, ns: str, database_dir: Path
+) -> tuple[str, dict[str, Any]]:
+    """The processor ``usage`` with one run-now run recorded: the run's Job and the status then."""
     control_plane.executor.map_claim(ns, "transcripts", CORPUS)
     control_plane.executor.map_claim(ns, "warehouse", database_dir)
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
     served = start_run_now(control_plane, kube, ns, "usage", "before-restart")
-    before = wait_for_run(kube, ns, "usage", served)
+    return served, wait_for_run(kube, ns, "usage", served)
+
+
+def test_operator_restart_loses_no_status_and_duplicates_no_job(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess, database_dir: Path
+) -> None:
+    served, before = usage_after_one_run(control_plane, kube, ns, database_dir)
     cronjob_uid = kube.get(cronjob_path(ns, "usage"))["metadata"]["uid"]  # type: ignore[index]
 
     # A crash (SIGKILL), and a token that arrives while the operator is down.
@@ -637,15 +707,30 @@ def test_operator_restart_loses_no_status_and_duplicates_no_job(
     assert before["lastRun"] in after.get("recentRuns", []), "the run recorded before the restart is kept"
     assert after["lastSuccessfulTime"] >= before["lastSuccessfulTime"]
 
-    # A clean restart: the served token is not served again, nothing is re-recorded.
-    settled = cr(kube, ns, "usage")
-    operator.restart(signal.SIGTERM)
-    time.sleep(5)
+    def both_succeeded() -> list[dict[str, Any]] | None:
+        found = events(kube, ns, "usage", "RunSucceeded")
+        return found if len(found) >= 2 else None
+
+    assert len(wait_for(both_succeeded, CONVERGE_SECONDS, "a RunSucceeded Event for each run")) == 2
     names = sorted(job["metadata"]["name"] for job in jobs_of(kube, ns, "usage"))
     assert names == sorted([served, while_down]), names
+    assert kube.get(cronjob_path(ns, "usage"))["metadata"]["uid"] == cronjob_uid  # type: ignore[index]
+
+
+def test_a_clean_restart_serves_no_token_twice_and_records_nothing_again(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess, database_dir: Path
+) -> None:
+    served, _ = usage_after_one_run(control_plane, kube, ns, database_dir)
+    wait_for(lambda: events(kube, ns, "usage", "RunSucceeded"), CONVERGE_SECONDS, "a RunSucceeded Event")
+    cronjob_uid = kube.get(cronjob_path(ns, "usage"))["metadata"]["uid"]  # type: ignore[index]
+    settled = cr(kube, ns, "usage")
+
+    operator.restart(signal.SIGTERM)
+    time.sleep(5)  # a quiet window: the restarted operator has listed everything and must do nothing
+    assert [job["metadata"]["name"] for job in jobs_of(kube, ns, "usage")] == [served]
     assert cr(kube, ns, "usage")["status"] == settled["status"]
     assert kube.get(cronjob_path(ns, "usage"))["metadata"]["uid"] == cronjob_uid  # type: ignore[index]
-    assert len(events(kube, ns, "usage", "RunSucceeded")) == 2
+    assert len(events(kube, ns, "usage", "RunSucceeded")) == 1
 
 
 def start_run_now_wait_only(kube: KubeClient, namespace: str, name: str, token: str) -> str:
