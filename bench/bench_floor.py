@@ -47,7 +47,7 @@ FLOOR_CHILD = """
 import pickle, sys, time
 started = time.perf_counter()
 from dataclasses import replace
-from sessionpipe_runner import cli, runner
+from sessionpipe_runner import batches, cli, runner
 from sessionpipe_runner.processors.base import Output
 from sessionpipe_runner.reading import read_snapshot
 from sessionpipe_runner.work import Examined, Outcome
@@ -70,7 +70,7 @@ def examine_here(self, candidates):
 
 runner.Run._examine_here = examine_here
 if sys.argv[2] == "one-commit":
-    runner.BATCH_SESSIONS = runner.BATCH_BYTES = 1 << 60
+    batches.BATCH_SESSIONS = batches.BATCH_BYTES = 1 << 60
 code = cli.main(sys.argv[3:])
 print(f"{time.perf_counter() - started - loaded:.4f}")
 sys.exit(code)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sessionpipe_runner.synth import generate_corpus
+from sessionpipe_demo import generate_corpus
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 MARKER_SUFFIX = ".complete"

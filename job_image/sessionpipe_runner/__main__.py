@@ -1,18 +1,18 @@
 """The ``sessionpipe`` console script (and ``python -m sessionpipe_runner``).
 
-It records SIGTERM before importing anything heavy (see :mod:`.early_sigterm`), then hands over to
-the command line.
+It records SIGTERM before importing anything heavy (see :mod:`.signals`), then hands over to the
+command line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sessionpipe_runner import early_sigterm
+from sessionpipe_runner import signals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    early_sigterm.record()
+    signals.record_early()
     from sessionpipe_runner.cli import main as cli_main
 
     return cli_main(argv)

@@ -1,64 +1,49 @@
-"""``sessionpipe report``: each processor's reports behind one command."""
+"""Reports: what a processor contributes to ``sessionpipe report <processor> …``.
+
+A processor returns a :class:`Report` from :meth:`Processor.report
+<sessionpipe_runner.processors.base.Processor.report>`; the built-in processors use that hook as a
+plugin does. The command adds ``--db`` and ``--json`` to every report, opens the database
+read-only (or its snapshot while a run writes it), and prints the report's JSON data or its text.
+"""
 
 from __future__ import annotations
 
 import argparse
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import duckdb
-
-USAGE_GROUPINGS = ("day", "month", "session", "user", "project", "model")
+if TYPE_CHECKING:
+    import duckdb
 
 
 class ReportError(Exception):
-    """The report cannot be made (no data yet, a bad date…); explained to the user."""
+    """The report cannot be made (no data yet, a bad date…); explained to the user in one line."""
 
 
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+class Report:
+    """One processor's report; subclasses set :attr:`help` and implement :meth:`build`."""
+
+    #: One line for ``sessionpipe report --help``.
+    help: ClassVar[str] = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the report's own flags (``--db`` and ``--json`` are added for every report)."""
+
+    def build(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+        """(JSON-able data, plain-text rendering) of the report; raise :class:`ReportError` for bad requests."""
+        raise NotImplementedError
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, db_help: str) -> None:
-    from pathlib import Path
-
-    kinds = parser.add_subparsers(dest="report", required=True, metavar="REPORT")
-    usage = kinds.add_parser("usage", help="tokens by kind and cost (ccusage-compatible JSON)")
-    usage.add_argument("--by", choices=USAGE_GROUPINGS, default="day", help="grouping (default: day)")
-    usage.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="first day included")
-    usage.add_argument("--until", type=_date, metavar="YYYY-MM-DD", help="last day included")
-    usage.add_argument("--tz", default="UTC", help="IANA time zone for days and months (default UTC)")
-    usage.add_argument("--db", type=Path, help=db_help)
-    usage.add_argument("--json", action="store_true", help="print JSON")
-    verification = kinds.add_parser("verification", help="extracted knowledge items with their evidence")
-    verification.add_argument("--db", type=Path, help=db_help)
-    verification.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _require_table(con: duckdb.DuckDBPyConnection, table: str, processor: str) -> None:
+def require_table(con: duckdb.DuckDBPyConnection, table: str, processor: str) -> None:
+    """Raise :class:`ReportError` unless ``table`` exists: the processor has not run on this database."""
     found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()
     if not found or not found[0]:
         raise ReportError(f"no {processor} data in this database yet: run 'sessionpipe run --processor {processor}'")
 
 
-def build(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """(JSON-able data, plain-text rendering) of the requested report."""
-    if args.report == "usage":
-        from sessionpipe_runner.processors.usage import report as usage
-
-        _require_table(con, "usage_rows", "usage")
-        if args.since and args.until and args.since > args.until:
-            raise ReportError(f"--since {args.since} is after --until {args.until}")
-        try:
-            data = usage.usage_report(con, args.by, since=args.since, until=args.until, tz=args.tz)
-        except ValueError as error:
-            raise ReportError(str(error)) from None
-        return data, usage.render_text(data, args.by)
-    from sessionpipe_runner.processors.verification import report as verification
-
-    _require_table(con, "knowledge_items", "verification")
-    data = verification.verification_report(con)
-    return data, verification.render_text(data)
+def iso_date(text: str) -> date:
+    """A ``YYYY-MM-DD`` flag value, as an argparse ``type``."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None

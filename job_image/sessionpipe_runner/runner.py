@@ -4,29 +4,24 @@ The order of a run (docs/architecture.md, "Order of a run"): take the lease; ope
 the writer epoch; scan and decide; read, hash and process the candidates, writing each session's
 rows together with its state row in one transaction; checkpoint; publish the read-only snapshot;
 release the lease; report the summary.
+
+This module holds that order and the counting of each candidate's outcome. Its parts live beside
+it: the fence in :mod:`.fencing`, batches and their split-retry in :mod:`.batches`, SIGTERM in
+:mod:`.signals`, the snapshot in :mod:`.snapshot`, and the SQL of the runner's tables in
+:mod:`.store`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import shutil
-import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import duckdb
 
 from sessionpipe_contract import (
-    DEFAULT_DB_MEMORY,
     EXIT_FAILED,
     EXIT_LEASE_LOST,
     EXIT_LEASE_NOT_ACQUIRED,
@@ -40,26 +35,25 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import early_sigterm, store, work
+from sessionpipe_runner import batches, signals, snapshot, store, work
+from sessionpipe_runner.batches import Batch, BatchWriter
+from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
-from sessionpipe_runner.processors.base import FailRun, Output, Processor, RunContext, SessionFile, StopRun
-from sessionpipe_runner.reading import Snapshot
+from sessionpipe_runner.processors.base import FailRun, Processor, RunContext, SessionFile, StopRun
 from sessionpipe_runner.scan import Decision, plan, scan_sessions
-from sessionpipe_runner.store import StateRow
+from sessionpipe_runner.settings import RunSettings
+from sessionpipe_runner.signals import Sigterm, Terminated, sigterm_raises
+from sessionpipe_runner.snapshot import snapshot_path
+from sessionpipe_runner.store import runs
+from sessionpipe_runner.store.state import StateRow
 from sessionpipe_runner.summary import RunSummary, write_termination_message
 from sessionpipe_runner.work import Examined, Outcome
 
-#: A batchable processor commits at most this many sessions, or this many bytes read, per transaction.
-#: (Each commit costs tens of milliseconds whatever its size: fewer, larger batches are faster.)
-BATCH_SESSIONS = 1024
-BATCH_BYTES = 64 * 1024 * 1024
+__all__ = ["Phase", "Run", "RunSettings", "Terminated", "run", "snapshot_path"]
+
 OPEN_RETRY_SECONDS = 0.2
 #: Outcomes of candidates that could not be read: skipped, counted under the outcome's name.
 _NOT_READ = frozenset({Outcome.VANISHED, Outcome.UNREADABLE, Outcome.SYMLINK_SKIPPED, Outcome.NOT_A_FILE})
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: roll back, release the lease, report, exit."""
 
 
 class Phase:
@@ -70,77 +64,8 @@ class Phase:
     PUBLISHING = "publishing"  # everything is committed; the snapshot is being published
 
 
-class Sigterm:
-    """Whether SIGTERM arrived during the run.
-
-    The handler raises :class:`Terminated`, but when the signal lands while DuckDB runs a
-    statement, DuckDB turns that exception into its own ``Query interrupted`` error, an ordinary
-    ``Exception`` that would fail a session or the run instead. So the flag is the record that
-    counts: the runner checks it wherever it catches errors and between sessions.
-    """
-
-    def __init__(self) -> None:
-        self.received = False
-
-    def check(self) -> None:
-        """Raise :class:`Terminated` if SIGTERM arrived, whatever became of the handler's exception."""
-        if self.received:
-            raise Terminated()
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything one run needs, already resolved from flags, environment and defaults."""
-
-    processor: str
-    sessions: Path
-    database: Path
-    user: str | None = None
-    lease_wait_seconds: float = 600.0
-    max_sessions: int = 0  # 0: no cap
-    max_attempts: int = 3
-    config: Mapping[str, Any] = field(default_factory=dict)
-    termination_log: Path | None = None
-    environ: Mapping[str, str] = field(default_factory=dict)
-    workers: int = 0  # worker processes: 0 lets the runner choose, 1 processes in the runner itself
-    db_memory: str = DEFAULT_DB_MEMORY  # DuckDB's memory_limit for this run's connection
-
-
-def snapshot_path(database: Path) -> Path:
-    """Where the read-only copy of the database is published after each successful run."""
-    return database.with_name(database.stem + ".snapshot" + database.suffix)
-
-
-@contextmanager
-def sigterm_raises(sigterm: Sigterm) -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` in the main thread for the duration of a run."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        sigterm.received = True
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class _Pending:
-    """A batch that is processed but not yet committed."""
-
-    outputs: list[tuple[SessionFile, Output, Snapshot]] = field(default_factory=list)
-    failures: list[tuple[SessionFile, Snapshot | None, BaseException]] = field(default_factory=list)
-    seen: list[tuple[str, int, int]] = field(default_factory=list)
-    bytes: int = 0
-
-    def __len__(self) -> int:
-        return len(self.outputs) + len(self.failures) + len(self.seen)
 
 
 class Run:
@@ -150,6 +75,7 @@ class Run:
         self.settings = settings
         self.processor = processor
         self.lease = lease
+        self.fence = Fence(lease)
         self.summary = RunSummary(
             processor=processor.name,
             processor_version=processor.version,
@@ -159,51 +85,20 @@ class Run:
         )
         self.con: duckdb.DuckDBPyConnection | None = None
         self.sigterm = Sigterm()
-        self.epoch = 0
         self.states: dict[str, StateRow] = {}
         self.phase = Phase.STARTING
-
-    # --- the fence ------------------------------------------------------------------------
-    def guard(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Before any commit: the lease must still be ours and no newer writer recorded."""
-        self.lease.check()
-        newest = con.execute("SELECT max(epoch) FROM writer_epochs").fetchone()
-        if newest is not None and newest[0] is not None and int(newest[0]) > self.epoch:
-            raise LeaseLost(f"a newer writer (epoch {newest[0]}) took over the database from epoch {self.epoch}")
-
-    def commit(self, con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> None:
-        with store.transaction(con):
-            work()
-            self.guard(con)
 
     # --- phases ---------------------------------------------------------------------------
     def open(self, lease_deadline: float) -> duckdb.DuckDBPyConnection:
         con = self._connect(lease_deadline)
         self.con = con
         store.migrate(con, self.processor)
-        floor = self.epoch
         with store.transaction(con):
-            newest = con.execute("SELECT coalesce(max(epoch), 0) FROM writer_epochs").fetchone()
-            self.epoch = max(floor, int(newest[0]) + 1 if newest else 1)
-            con.execute(
-                "INSERT INTO writer_epochs VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    self.epoch,
-                    self.lease.holder,
-                    self.lease.name,
-                    self.processor.name,
-                    self.summary.run_id,
-                    _now(),
-                ],
-            )
-            con.execute(
-                "INSERT INTO processor_runs (run_id, processor, started_at, outcome, writer_epoch) "
-                "VALUES (?, ?, ?, 'running', ?)",
-                [self.summary.run_id, self.processor.name, self.summary.started, self.epoch],
-            )
+            epoch = self.fence.claim(con, processor=self.processor.name, run_id=self.summary.run_id, now=_now())
+            runs.record_start(con, self.summary, epoch)
             # With the lease ours, an earlier run still recorded as running was killed.
-            store.mark_abandoned(con, self.epoch)
-        self.summary.writer_epoch = self.epoch
+            runs.mark_abandoned(con, epoch)
+        self.summary.writer_epoch = epoch
         return con
 
     def _connect(self, deadline: float) -> duckdb.DuckDBPyConnection:
@@ -223,6 +118,7 @@ class Run:
                 time.sleep(OPEN_RETRY_SECONDS)
 
     def process_all(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Scan, decide, and examine and commit the candidates."""
         settings = self.settings
         self.processor.start(
             RunContext(
@@ -232,7 +128,23 @@ class Run:
                 environ=settings.environ,
             )
         )
-        scan = scan_sessions(settings.sessions, settings.user)
+        candidates = self._plan(con)
+        workers = 0
+        if not settings.max_sessions:  # a cap counts attempts one by one, in order
+            workers = work.worker_count(settings.workers, self.processor, sum(f.size for f, _ in candidates))
+        if workers:
+            self.summary.workers = workers
+            pool = work.WorkerPool(workers, self.processor, self._columns(con))
+            try:
+                self._consume(con, pool.examine(candidates))
+            finally:
+                pool.close()
+        else:
+            self._consume(con, self._examine_here(candidates))
+
+    def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, str | None]]:
+        """Scan the volume and decide: the candidates, each with the hash its content had, if known."""
+        scan = scan_sessions(self.settings.sessions, self.settings.user)
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan.files)
         version = self.processor.version
@@ -251,24 +163,13 @@ class Run:
                 state = self.states.get(file.key)
                 known = state.content_hash if decision is Decision.CHECK and state is not None else None
                 candidates.append((file, known))
-        workers = 0
-        if not settings.max_sessions:  # a cap counts attempts one by one, in order
-            workers = work.worker_count(settings.workers, self.processor, sum(f.size for f, _ in candidates))
-        if workers:
-            self.summary.workers = workers
-            pool = work.WorkerPool(workers, self.processor, self._columns(con))
-            try:
-                self._consume(con, pool.examine(candidates))
-            finally:
-                pool.close()
-        else:
-            self._consume(con, self._examine_here(candidates))
+        return candidates
 
     def _mark_vanished(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> None:
         """Mark files the scan no longer finds as vanished (their rows stay), and found ones as live."""
         marked: list[tuple[int, int]] = []
         name, user = self.processor.name, self.settings.user
-        self.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, keys, _now())))
+        self.fence.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, keys, _now())))
         vanished, reappeared = marked[0]
         if vanished:
             self.summary.issues["session_file_vanished"] += vanished
@@ -294,213 +195,75 @@ class Run:
     def _consume(self, con: duckdb.DuckDBPyConnection, results: Iterable[Examined | None]) -> None:
         """Count each examined candidate and commit the results in batches."""
         summary = self.summary
-        batch_limit = BATCH_SESSIONS if self.processor.batchable else 1
-        pending = _Pending()
-        stopped: str | None = None
+        writer = BatchWriter(
+            processor=self.processor,
+            fence=self.fence,
+            sigterm=self.sigterm,
+            summary=summary,
+            states=self.states,
+            max_attempts=self.settings.max_attempts,
+        )
+        batch_limit = batches.BATCH_SESSIONS if self.processor.batchable else 1
+        pending = Batch()
         for examined in results:
             self.sigterm.check()  # a processor may have caught the handler's exception
-            if examined is None or stopped is not None:
+            if examined is None or summary.stopped_early is not None:
                 summary.skipped += 1
                 summary.issues["left_for_next_run"] += 1
                 continue
-            outcome, file, snapshot = examined.outcome, examined.file, examined.snapshot
+            outcome, file, read = examined.outcome, examined.file, examined.snapshot
             if outcome in _NOT_READ:
                 summary.skipped += 1
                 summary.issues[outcome.value] += 1
                 continue
-            assert snapshot is not None
+            assert read is not None
             summary.hashed += 1
-            if not snapshot.size:
+            if not read.size:
                 summary.issues["empty_file"] += 1
-            if snapshot.partial_tail:
+            if read.partial_tail:
                 summary.issues["incomplete_last_line"] += 1
-            if snapshot.long_lines:
-                summary.issues["line_too_long"] += snapshot.long_lines
+            if read.long_lines:
+                summary.issues["line_too_long"] += read.long_lines
             if outcome is Outcome.TOUCHED_UNCHANGED:
                 summary.skipped += 1
                 summary.issues["touched_unchanged"] += 1
                 pending.seen.append((file.key, file.size, file.mtime_ns))
             elif outcome is Outcome.STOP_RUN:
-                stopped = examined.error.reason if isinstance(examined.error, StopRun) else str(examined.error)
+                error = examined.error
+                summary.stopped_early = error.reason if isinstance(error, StopRun) else str(error)
                 summary.skipped += 1
                 summary.issues["left_for_next_run"] += 1
                 continue
             elif outcome is Outcome.FAIL_RUN:
-                self.flush(con, pending)  # keep what this run already achieved
+                writer.flush(con, pending)  # keep what this run already achieved
                 raise examined.error if isinstance(examined.error, FailRun) else FailRun(str(examined.error))
             elif outcome is Outcome.FAILED:
-                pending.failures.append((file, snapshot, examined.error or RuntimeError("failed")))
+                pending.failures.append((file, read, examined.error or RuntimeError("failed")))
             else:
                 assert examined.output is not None
-                pending.outputs.append((file, examined.output, snapshot))
-                pending.bytes += snapshot.length
-            if len(pending) >= batch_limit or pending.bytes >= BATCH_BYTES:
-                self.flush(con, pending)
-                pending = _Pending()
-        self.flush(con, pending)
-        if stopped is not None:
-            summary.message = f"stopped early: {stopped}"
-
-    def flush(self, con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
-        """Commit a batch; if the batch's write fails, retry its sessions one at a time.
-
-        A session whose own write fails is failed like a session whose processing raised, so one
-        bad session never sinks the others.
-        """
-        if not len(pending):
-            return
-        try:
-            self.commit(con, lambda: self._write(con, pending))
-        except LeaseLost:
-            raise
-        except Exception as error:
-            self.sigterm.check()
-            if len(pending.outputs) + len(pending.failures) > 1:
-                for one in _split(pending):
-                    self.flush(con, one)
-                return
-            if not pending.outputs:
-                raise  # only bookkeeping failed to write: the database itself is in trouble
-            file, _, snapshot = pending.outputs[0]
-            failed = _Pending(failures=[(file, snapshot, error)], seen=pending.seen)
-            self.commit(con, lambda: self._write(con, failed))
-            self._count(failed)
-            return
-        self._count(pending)
-
-    def _write(self, con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
-        now = _now()
-        rows: list[tuple[Any, ...]] = []
-        if pending.outputs:
-            self.processor.write(con, [(file, output) for file, output, _ in pending.outputs])
-        for file, output, snapshot in pending.outputs:
-            rows.append(self._state_row(file, snapshot, output.items, 0, None, "done", now))
-        for file, tried, error in pending.failures:
-            attempts = self._previous_attempts(file) + 1
-            status = "quarantined" if attempts >= self.settings.max_attempts else "failed"
-            rows.append(self._state_row(file, tried, 0, attempts, work.error_text(error), status, now))
-        store.upsert_state(con, rows)
-        store.update_seen(con, self.processor.name, pending.seen)
-
-    def _count(self, pending: _Pending) -> None:
-        """Add a committed batch to the summary."""
-        for _, output, _ in pending.outputs:
-            self.summary.processed += 1
-            self.summary.items += output.items
-            self.summary.issues.update(output.issues)
-            self.summary.counters.update(output.counters)
-        for file, _, error in pending.failures:
-            self.summary.errors += 1
-            self.summary.failures[file.key] = work.error_text(error)
-            if self._previous_attempts(file) + 1 >= self.settings.max_attempts:
-                self.summary.quarantined += 1
-
-    def _previous_attempts(self, file: SessionFile) -> int:
-        state = self.states.get(file.key)
-        if state is None or state.status != "failed" or state.processor_version != self.processor.version:
-            return 0
-        return state.attempts
-
-    def _state_row(
-        self,
-        file: SessionFile,
-        snapshot: Snapshot | None,
-        items: int,
-        attempts: int,
-        error: str | None,
-        status: str,
-        now: datetime,
-    ) -> tuple[Any, ...]:
-        return (
-            self.processor.name,
-            file.key,
-            file.user,
-            file.size,
-            file.mtime_ns,
-            snapshot.content_hash if snapshot is not None else None,
-            self.processor.version,
-            items,
-            attempts,
-            error,
-            status,
-            now,
-            None,  # vanished_at: the file was just seen
-        )
-
-    def _record_run(self, con: duckdb.DuckDBPyConnection) -> None:
-        con.execute(
-            "UPDATE processor_runs SET finished_at = ?, outcome = ?, exit_code = ?, summary = ? WHERE run_id = ?",
-            [
-                self.summary.finished,
-                self.summary.outcome,
-                self.summary.exit_code,
-                self.summary.to_json(),
-                self.summary.run_id,
-            ],
-        )
+                pending.outputs.append((file, examined.output, read))
+                pending.bytes += read.length
+            if len(pending) >= batch_limit or pending.bytes >= batches.BATCH_BYTES:
+                writer.flush(con, pending)
+                pending = Batch()
+        writer.flush(con, pending)
+        if summary.stopped_early is not None:
+            summary.message = f"stopped early: {summary.stopped_early}"
 
     def finish(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record the run, checkpoint, close."""
         self.summary.finished = _now()
-        self.commit(
-            con,
-            lambda: self._record_run(con),
-        )
+        self.fence.commit(con, lambda: runs.record_end(con, self.summary))
         con.execute("CHECKPOINT")
         con.close()
         self.con = None
-
-
-def _split(pending: _Pending) -> list[_Pending]:
-    parts = [_Pending(outputs=[one], bytes=one[2].length) for one in pending.outputs]
-    parts += [_Pending(failures=[one]) for one in pending.failures]
-    parts[0].seen = pending.seen
-    return parts
-
-
-def _temporary_snapshot_name(database: Path) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.\d+\.tmp")
-
-
-def publish_snapshot(database: Path) -> Path:
-    """Copy the checkpointed database to a temporary name, then rename it into place atomically.
-
-    If either step fails (a full disk, a directory in the way) or is interrupted, the temporary
-    copy is removed: left behind, it would fill the disk the next run needs.
-    """
-    target = snapshot_path(database)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(database, temporary)
-        temporary.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise
-    return target
-
-
-def remove_stale_snapshots(database: Path) -> int:
-    """Remove temporary snapshot copies a killed run left beside the database; returns how many.
-
-    Only the lease holder calls this: no other process can be publishing at the same time.
-    """
-    pattern = _temporary_snapshot_name(database)
-    removed = 0
-    with contextlib.suppress(OSError), os.scandir(database.parent) as entries:
-        for entry in entries:
-            if pattern.fullmatch(entry.name):
-                with contextlib.suppress(OSError):
-                    Path(entry.path).unlink()
-                    removed += 1
-    return removed
 
 
 def _publish(job: Run) -> None:
     """Publish the snapshot of a committed run; a failure is noted, since the run's data is safe."""
     job.phase = Phase.PUBLISHING
     try:
-        publish_snapshot(job.settings.database)
+        snapshot.publish_snapshot(job.settings.database)
     except Exception as error:
         job.sigterm.check()
         job.summary.issues["snapshot_not_published"] += 1
@@ -514,7 +277,7 @@ def _publish(job: Run) -> None:
 def _settle(summary: RunSummary) -> None:
     if summary.outcome != "running":
         return
-    if summary.message.startswith("stopped early"):
+    if summary.stopped_early is not None:
         summary.outcome = OUTCOME_STOPPED
     elif summary.errors:
         summary.outcome = OUTCOME_PARTIAL
@@ -535,12 +298,12 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
     try:
         with sigterm_raises(job.sigterm):
             try:
-                job.sigterm.received = early_sigterm.received()  # a SIGTERM before the run began
+                job.sigterm.received = signals.received_early()  # a SIGTERM before the run began
                 job.sigterm.check()
                 waiting_until = time.monotonic() + settings.lease_wait_seconds
-                job.epoch = lease.acquire(settings.lease_wait_seconds)
+                job.fence.epoch = lease.acquire(settings.lease_wait_seconds)
                 holding = True
-                stale = remove_stale_snapshots(settings.database)
+                stale = snapshot.remove_stale_snapshots(settings.database)
                 if stale:
                     summary.issues["stale_snapshot_copy_removed"] += stale
                 job.phase = Phase.WRITING

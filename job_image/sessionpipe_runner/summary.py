@@ -40,6 +40,8 @@ class RunSummary:
     lease: str = ""
     writer_epoch: int | None = None
     workers: int = 0  # worker processes that read and processed files (0: the runner alone)
+    #: Why the run ended before its last candidate (a processor's :class:`StopRun` reason), or ``None``.
+    stopped_early: str | None = None
 
     @property
     def duration_seconds(self) -> float:
@@ -62,9 +64,10 @@ class RunSummary:
         """The summary in at most ``limit`` bytes, shrunk step by step until it fits.
 
         Failures go first, then issue kinds beyond the most frequent few (summed up in
-        ``issues_omitted``: ``{"kinds": …, "count": …}``), the lease, the message's tail, and the
-        remaining issue kinds. Counters go last: they are what the run spent (LLM calls and
-        tokens), which the operator counts, and a processor has only a few of them.
+        ``issues_omitted``: ``{"kinds": …, "count": …}``), the lease, the tails of the message and
+        of the reason a run stopped early, and the remaining issue kinds. Counters go last: they are
+        what the run spent (LLM calls and tokens), which the operator counts, and a processor has
+        only a few of them.
         """
         data = self.to_dict()
         data["failures"] = dict(list(self.failures.items())[:5])
@@ -73,7 +76,7 @@ class RunSummary:
             lambda d: self._summarise_issues(d, COMPACT_ISSUE_KINDS),
             lambda d: d.pop("lease", None),
             lambda d: self._summarise_issues(d, COMPACT_ISSUE_KINDS_AT_LEAST),
-            lambda d: d.update(message=d["message"][:200]),
+            _shorten_texts,
             lambda d: self._summarise_issues(d, 0),
             lambda d: d.update(counters=dict(list(d["counters"].items())[:COMPACT_COUNTERS])),
         ]
@@ -97,6 +100,15 @@ class RunSummary:
         }
 
 
+def _shorten_texts(data: dict[str, Any]) -> None:
+    """Keep the head of the message and of the reason a run stopped early."""
+    data["message"] = data["message"][:COMPACT_TEXT]
+    if data.get("stopped_early"):
+        data["stopped_early"] = data["stopped_early"][:COMPACT_TEXT]
+
+
+#: What the compact summary keeps of a long message, at most.
+COMPACT_TEXT = 200
 #: Issue kinds the compact summary names when it must shrink, then at least these.
 COMPACT_ISSUE_KINDS = 20
 COMPACT_ISSUE_KINDS_AT_LEAST = 5

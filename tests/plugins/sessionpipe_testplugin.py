@@ -6,14 +6,17 @@ so the runner finds it exactly as it finds a plugin installed with pip.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from sessionpipe_runner.processors.base import Migration, Output, Processor, SessionFile, replace_session_rows
+from sessionpipe_runner.reports import Report, require_table
 
 #: A DuckDB statement that runs for a second or more. DuckDB notices a pending signal when the
 #: statement ends and reports it as its own "Query interrupted" error.
@@ -26,6 +29,24 @@ def _slow_query_once(con: duckdb.DuckDBPyConnection) -> None:
     if not mark.exists():
         mark.touch()
         con.execute(SLOW_QUERY).fetchall()
+
+
+class LinesReport(Report):
+    """``sessionpipe report lines [--at-least N]``: lines per session, as a plugin contributes a report."""
+
+    help = "lines per session"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--at-least", type=int, default=0, metavar="N", help="sessions of N lines or more")
+
+    def build(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+        require_table(con, "line_rows", "lines")
+        rows = con.execute(
+            "SELECT session_file, count(*) FROM line_rows GROUP BY ALL HAVING count(*) >= ? ORDER BY ALL",
+            [args.at_least],
+        ).fetchall()
+        data = {"sessions": [{"session_file": key, "lines": lines} for key, lines in rows]}
+        return data, "\n".join(f"{key}  {lines}" for key, lines in rows)
 
 
 class LinesProcessor(Processor):
@@ -46,6 +67,9 @@ class LinesProcessor(Processor):
                 "length INTEGER NOT NULL, PRIMARY KEY (session_file, line_no))",
             ),
         )
+
+    def report(self) -> Report:
+        return LinesReport()
 
     def process(self, session: SessionFile, data: bytes) -> Output:
         # Knobs for tests of the runner: a slow processor, a file that vanishes mid-run, and a

@@ -30,7 +30,7 @@ from typing import Any
 import duckdb
 
 from sessionpipe_contract import EXIT_OK
-from sessionpipe_runner.synth import generate_corpus
+from sessionpipe_demo import generate_corpus
 from tests.runner_support import run_summary, sessionpipe_env
 
 DROP_FILE_MODE_OVERRIDE = [

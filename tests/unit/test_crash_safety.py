@@ -17,19 +17,19 @@ WRAPPER = Path(__file__).resolve().parent.parent / "crash_wrapper.py"
 
 KILL_POINTS = [
     "sql:INSERT INTO writer_epochs:1",  # while opening: recording the writer epoch
-    "fn:sessionpipe_runner.store:apply_migrations:2",  # between the runner's and the processor's migrations
+    "fn:sessionpipe_runner.migrations:apply_migrations:2",  # between the runner's and the processor's migrations
     "fn:sessionpipe_runner.scan:_walk:3",  # during the scan
     "fn:sessionpipe_runner.runner:plan:1",  # after the scan and the state load
     "fn:sessionpipe_runner.work:read_snapshot:4",  # while reading candidates
     "sql:BEGIN:4",  # at the start of a session's transaction
-    "fn:sessionpipe_runner.store:insert_rows:3",  # inside a transaction, between delete and insert
-    "fn:sessionpipe_runner.store:upsert_state:3",  # inside a transaction, rows written, state not yet
+    "fn:sessionpipe_runner.tables:insert_rows:3",  # inside a transaction, between delete and insert
+    "fn:sessionpipe_runner.store.state:upsert_state:3",  # inside a transaction, rows written, state not yet
     "sql:COMMIT:5",  # right before a commit
     "sql-after:COMMIT:6",  # right after a commit
-    "fn:sessionpipe_runner.runner:Run._record_run:1",  # recording the run at the end
+    "fn:sessionpipe_runner.store.runs:record_end:1",  # recording the run at the end
     "sql:CHECKPOINT:1",  # before the checkpoint
     "sql-during:CHECKPOINT:1",  # during the checkpoint
-    "fn:sessionpipe_runner.runner:publish_snapshot:1",  # after the checkpoint, publishing the snapshot
+    "fn:sessionpipe_runner.snapshot:publish_snapshot:1",  # after the checkpoint, publishing the snapshot
 ]
 
 STATE = (

@@ -94,7 +94,7 @@ def test_a_temporary_snapshot_left_by_a_killed_run_is_removed_at_the_next_start(
         [
             sys.executable,
             str(CRASH_WRAPPER),
-            "fn:sessionpipe_runner.runner:Path.replace:1",  # the copy is made, the rename not yet
+            "fn:sessionpipe_runner.snapshot:Path.replace:1",  # the copy is made, the rename not yet
             "--",
             *lines_args(sessions, db),
         ],

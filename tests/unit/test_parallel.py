@@ -11,10 +11,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from sessionpipe_demo import generate_corpus
 from sessionpipe_runner import work
 from sessionpipe_runner.processors.base import Output, Processor, SessionFile
 from sessionpipe_runner.processors.usage import UsageProcessor
-from sessionpipe_runner.synth import generate_corpus
 from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 
 STATE = (
@@ -188,7 +188,7 @@ def test_a_killed_runner_leaves_no_worker_behind_and_the_rerun_completes_the_tab
     wrapper = Path(__file__).resolve().parent.parent / "crash_wrapper.py"
     args = ["run", "--processor", "usage", "--sessions", str(corpus), "--db", str(tmp_path / "db.duckdb")]
     killed = subprocess.run(
-        [sys.executable, str(wrapper), "fn:sessionpipe_runner.store:insert_arrow:1", "--", *args, "--workers", "2"],
+        [sys.executable, str(wrapper), "fn:sessionpipe_runner.tables:insert_arrow:1", "--", *args, "--workers", "2"],
         env=env,
         capture_output=True,
         text=True,

@@ -335,3 +335,25 @@ def test_status_shows_sessions_by_state_and_the_last_runs(
     assert status["last_runs"][0]["started_at"] >= status["last_runs"][1]["started_at"]
     text = sessionpipe("status", "--db", db, env=plugin_env)
     assert text.returncode == 0 and f"lines: {done} done, 1 failed" in text.stdout
+
+
+def test_a_plugin_processor_contributes_its_own_report(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """``sessionpipe report lines`` is the plugin's report, through the hook the built-in reports use."""
+    db = tmp_path / "db.duckdb"
+    assert run_lines(sessions, db, plugin_env)["_exit"] == EXIT_OK
+    result = sessionpipe("report", "lines", "--db", db, "--json", env=plugin_env)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout) == {
+        "sessions": [
+            {"session_file": "alice/-home-alice-app/s1.jsonl", "lines": 3},
+            {"session_file": "alice/-home-alice-app/s2.jsonl", "lines": 2},
+            {"session_file": "bob/-srv-api/s3.jsonl", "lines": 4},
+        ]
+    }
+    longest = sessionpipe("report", "lines", "--at-least", "3", "--db", db, env=plugin_env)
+    assert longest.returncode == EXIT_OK, longest.stderr
+    assert longest.stdout.splitlines() == ["alice/-home-alice-app/s1.jsonl  3", "bob/-srv-api/s3.jsonl  4"]
+    unknown = sessionpipe("report", "no-such-processor", "--db", db, env=plugin_env)
+    assert unknown.returncode == EXIT_USAGE and "invalid choice" in unknown.stderr

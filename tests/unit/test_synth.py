@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sessionpipe_contract import EXIT_OK
-from sessionpipe_runner.synth import CorpusStats, generate_corpus
+from sessionpipe_demo import CorpusStats, generate_corpus
 from tests import ccusage
 from tests.runner_support import run_summary, sessionpipe
 

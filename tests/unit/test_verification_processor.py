@@ -396,6 +396,21 @@ def test_session_budget_stops_the_run_and_leaves_the_rest(tmp_path: Path) -> Non
     assert len(replay.requests) == 3
 
 
+def test_a_run_stopped_early_names_its_reason_in_its_own_field(tmp_path: Path) -> None:
+    """The reason travels as ``stopped_early`` (None otherwise); the message still says it, as before."""
+    sessions = tmp_path / "sessions"
+    for n in range(2):
+        write_session(sessions / "alice" / "app" / f"s{n}.jsonl", [(f"Fact number {n} holds.", "OK.")])
+    replay = AnthropicReplay(responder=lambda body: tool_reply([]))
+    db = tmp_path / "db.duckdb"
+    first = run_once(sessions, db, processor_for(replay), config={"max_sessions_per_run": 1})
+    assert first.outcome == OUTCOME_STOPPED and first.stopped_early is not None
+    assert first.message == f"stopped early: {first.stopped_early}"
+    assert json.loads(first.compact())["stopped_early"] == first.stopped_early
+    second = run_once(sessions, db, processor_for(replay), config={"max_sessions_per_run": 1})
+    assert (second.outcome, second.stopped_early) == (OUTCOME_SUCCEEDED, None)
+
+
 def test_unknown_or_invalid_settings_fail_the_run_clearly(tmp_path: Path) -> None:
     summary = run_once(SNIFFLY, tmp_path / "db.duckdb", VerificationProcessor(), user="chip", config={"max_turn": 5})
     assert summary.outcome == OUTCOME_FAILED and "max_turn" in summary.message

@@ -19,21 +19,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from sessionpipe_runner import tables as table_writes
+from sessionpipe_runner.migrations import Migration
+
+__all__ = [
+    "FailRun",
+    "Migration",
+    "Output",
+    "Processor",
+    "RunContext",
+    "SessionFile",
+    "StopRun",
+    "check_declared_tables",
+    "replace_session_rows",
+]
+
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-
-@dataclass(frozen=True)
-class Migration:
-    """One schema step of a processor, applied once per database in ``id`` order.
-
-    ``id`` is unique within the processor (``"0001_usage_rows"``); ``sql`` may hold several
-    statements separated by semicolons.
-    """
-
-    id: str
-    sql: str
+    from sessionpipe_runner.reports import Report
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,13 @@ class Processor:
         """
         replace_session_rows(con, self.tables, batch)
 
+    def report(self) -> Report | None:
+        """The report this processor contributes to ``sessionpipe report <name>``, or ``None``.
+
+        Called only by the ``report`` command, so a report's imports cost the runs nothing.
+        """
+        return None
+
     def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
         """Remove what this processor stored for sessions (``reset``, or files that vanished)."""
         for table in self.tables:
@@ -173,8 +185,6 @@ def replace_session_rows(
     batch: Sequence[tuple[SessionFile, Output]],
 ) -> None:
     """Delete the batch's sessions from ``tables`` and insert their new rows in bulk."""
-    from sessionpipe_runner.store import insert_arrow, insert_rows
-
     keys = [session.key for session, _ in batch]
     for table in tables:
         con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [keys])
@@ -183,5 +193,5 @@ def replace_session_rows(
     for table in tables:
         table_rows = [row for _, output in batch for row in output.rows.get(table, ())]
         if table_rows:
-            insert_rows(con, table, table_rows)
-        insert_arrow(con, table, [output.arrow[table] for _, output in batch if table in output.arrow])
+            table_writes.insert_rows(con, table, table_rows)
+        table_writes.insert_arrow(con, table, [output.arrow[table] for _, output in batch if table in output.arrow])

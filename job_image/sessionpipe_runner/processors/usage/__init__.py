@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sessionpipe_contract import ENV_PRICING
 from sessionpipe_runner.processors.base import Migration, Output, Processor, RunContext, SessionFile
@@ -28,6 +28,9 @@ from sessionpipe_runner.processors.usage.pricing import (
     load_prices,
     shipped_version,
 )
+
+if TYPE_CHECKING:
+    from sessionpipe_runner.reports import Report
 
 __all__ = ["PricingError", "UsageProcessor"]
 
@@ -155,6 +158,12 @@ class UsageProcessor(Processor):
             Migration("0002_drop_session_file_index", DROP_INDEX),
             Migration("0003_live_files_win_ties", USAGE_MESSAGES),
         )
+
+    def report(self) -> Report:
+        """``sessionpipe report usage``: the ccusage-compatible reports (:mod:`.report`)."""
+        from sessionpipe_runner.processors.usage.report import UsageReport
+
+        return UsageReport()
 
     def start(self, context: RunContext) -> None:
         """Load the prices: the shipped file, with the user's ``pricing`` file (setting or env) over it."""

@@ -11,6 +11,7 @@ model name with ``-fast`` appended.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import duckdb
 
 from sessionpipe_runner.names import printable
+from sessionpipe_runner.reports import Report, ReportError, iso_date, require_table
 
 # TIMESTAMPTZ values are fetched as naive UTC TIMESTAMPs: fetching TIMESTAMPTZ needs pytz.
 #: For each grouping: the key's SQL expressions (over the call's local time ``lt``), the JSON list
@@ -191,3 +193,25 @@ def _line(label: str, models: str, values: dict[str, Any]) -> list[str]:
         f"{values['totalTokens']:,}",
         f"${values['totalCost']:,.2f}",
     ]
+
+
+class UsageReport(Report):
+    """``sessionpipe report usage [--by GROUPING] [--since DAY] [--until DAY] [--tz ZONE]``."""
+
+    help = "tokens by kind and cost (ccusage-compatible JSON)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--by", choices=tuple(GROUPINGS), default="day", help="grouping (default: day)")
+        parser.add_argument("--since", type=iso_date, metavar="YYYY-MM-DD", help="first day included")
+        parser.add_argument("--until", type=iso_date, metavar="YYYY-MM-DD", help="last day included")
+        parser.add_argument("--tz", default="UTC", help="IANA time zone for days and months (default UTC)")
+
+    def build(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+        require_table(con, "usage_rows", "usage")
+        if args.since and args.until and args.since > args.until:
+            raise ReportError(f"--since {args.since} is after --until {args.until}")
+        try:
+            data = usage_report(con, args.by, since=args.since, until=args.until, tz=args.tz)
+        except ValueError as error:
+            raise ReportError(str(error)) from None
+        return data, render_text(data, args.by)

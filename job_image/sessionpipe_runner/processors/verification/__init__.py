@@ -52,6 +52,8 @@ from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extrac
 if TYPE_CHECKING:
     import duckdb
 
+    from sessionpipe_runner.reports import Report
+
 DEFAULT_MODEL = "claude-sonnet-4-6"  # claude-sonnet-4-5 reaches end of life on 2026-11-30
 
 
@@ -199,6 +201,12 @@ class VerificationProcessor(Processor):
 
     def migrations(self) -> Sequence[Migration]:
         return store.MIGRATIONS
+
+    def report(self) -> Report:
+        """``sessionpipe report verification``: the items with their evidence (:mod:`.report`)."""
+        from sessionpipe_runner.processors.verification.report import VerificationReport
+
+        return VerificationReport()
 
     def start(self, context: RunContext) -> None:
         """Validate the settings and build the client; a missing key fails the run with an explanation."""

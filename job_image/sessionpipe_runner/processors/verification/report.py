@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sessionpipe_runner.names import printable
 from sessionpipe_runner.processors.verification.store import EVIDENCE, ITEMS
+from sessionpipe_runner.reports import Report, require_table
 
 if TYPE_CHECKING:
     import duckdb
@@ -94,3 +96,14 @@ def render_text(data: dict[str, Any]) -> str:
             lines.append(f'    - {printable(source["session_file"])}: "{_preview(source["quote"])}"')
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+class VerificationReport(Report):
+    """``sessionpipe report verification``: every knowledge item with its evidence."""
+
+    help = "extracted knowledge items with their evidence"
+
+    def build(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+        require_table(con, ITEMS, "verification")
+        data = verification_report(con)
+        return data, render_text(data)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sessionpipe_runner.processors.base import Migration
+from sessionpipe_runner import tables
+from sessionpipe_runner.migrations import Migration
 from sessionpipe_runner.processors.verification.schema import DetectionType
 
 if TYPE_CHECKING:
@@ -201,8 +202,6 @@ def replace_sessions(con: duckdb.DuckDBPyConnection, extractions: Sequence[Sessi
 
     Runs inside the caller's transaction.
     """
-    from sessionpipe_runner.store import insert_rows
-
     touched = _delete_evidence(con, [extraction.session_file for extraction in extractions])
     known = _known_items(con)
     evidence: dict[str, tuple[object, ...]] = {}
@@ -252,7 +251,7 @@ def replace_sessions(con: duckdb.DuckDBPyConnection, extractions: Sequence[Sessi
                 extraction.run_id,
                 extraction.extracted_at,
             )
-    insert_rows(con, EVIDENCE, list(evidence.values()))
+    tables.insert_rows(con, EVIDENCE, list(evidence.values()))
     _delete_orphans(con, touched)
     return len(evidence)
 

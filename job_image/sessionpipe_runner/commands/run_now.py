@@ -19,6 +19,8 @@ from typing import Any
 
 from sessionpipe_contract import ANNOTATION_RUN_NOW, API_GROUP, API_VERSION, EXIT_FAILED, EXIT_OK, EXIT_USAGE, PLURAL
 
+NAME = "run-now"
+HELP = "ask the operator to run a SessionProcessor now (a cluster)"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -96,7 +98,7 @@ def _api_client(namespace: str | None, kubeconfig: Path | str | None) -> tuple[A
     return client.ApiClient(configuration), namespace or context_namespace or "default"
 
 
-def cmd_run_now(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """The ``run-now`` command of the ``sessionpipe`` CLI."""
     try:
         token = run_now(args.name, args.namespace, args.kubeconfig)

@@ -1,0 +1,86 @@
+"""What the commands share: one-line parser errors, loading a processor, reading the database."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import duckdb
+
+from sessionpipe_contract import EXIT_USAGE
+from sessionpipe_runner import store
+from sessionpipe_runner.processors import registry
+from sessionpipe_runner.processors.base import Processor
+from sessionpipe_runner.settings import UsageError
+from sessionpipe_runner.snapshot import snapshot_path
+
+
+class DatabaseBusy(Exception):
+    """A run holds the database and has published no snapshot yet: try again when it is done."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a command-line mistake in one line that points at --help, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class CommandParser(OneLineParser):
+    """A command's parser, which may add arguments only when the command is the one being parsed.
+
+    ``sessionpipe report`` lists the installed processors' reports: loading every processor to
+    build the parser of every command would make each ``run`` pay for all of them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def complete_later(self, add: Callable[[argparse.ArgumentParser], None]) -> None:
+        """Call ``add(self)`` before this parser first parses or prints its help."""
+        self._pending.append(add)
+
+    def _complete(self) -> None:
+        while self._pending:
+            self._pending.pop(0)(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def load_processor(name: str) -> Processor:
+    """The installed processor ``name``; a name nobody installed is a usage error."""
+    try:
+        return registry.load(name)
+    except registry.ProcessorNotFound as error:
+        raise UsageError(str(error)) from None
+
+
+def open_for_reading(database: Path) -> duckdb.DuckDBPyConnection:
+    """Open the database read-only; if a writer holds it, read the last published snapshot.
+
+    Raises :class:`DatabaseBusy` when a writer holds it and there is no snapshot yet (the first
+    run), :class:`~sessionpipe_runner.store.StoreError` when the file cannot be opened.
+    """
+    if not database.exists():
+        raise UsageError(f"database {database} does not exist; run 'sessionpipe run' first or pass --db")
+    try:
+        return store.connect(database, read_only=True)
+    except store.DatabaseLocked:
+        snapshot = snapshot_path(database)
+        if snapshot.exists():
+            print(f"note: {database} is busy; reading the snapshot {snapshot}", file=sys.stderr)
+            return store.connect(snapshot, read_only=True)
+        raise DatabaseBusy(
+            f"database {database} is busy: a run is writing it and has published no snapshot yet; "
+            "try again when it ends"
+        ) from None

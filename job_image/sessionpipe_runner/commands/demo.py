@@ -1,0 +1,27 @@
+"""``sessionpipe demo``: generate realistic demo transcripts (:mod:`sessionpipe_demo`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sessionpipe_contract import EXIT_OK
+from sessionpipe_runner.settings import arg_type, positive_int
+
+NAME = "demo"
+HELP = "generate realistic demo transcripts"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--users", type=arg_type(positive_int), default=3)
+    p.add_argument("--megabytes", type=arg_type(positive_int), default=4)
+    p.add_argument("--seed", type=int, default=7)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from sessionpipe_demo import generate_corpus
+
+    stats = generate_corpus(args.out, users=args.users, target_bytes=args.megabytes * 1024 * 1024, seed=args.seed)
+    print(f"wrote {stats} under {args.out}")
+    return EXIT_OK

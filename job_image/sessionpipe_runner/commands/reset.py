@@ -1,0 +1,45 @@
+"""``sessionpipe reset``: make sessions be processed again on the next run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from sessionpipe_contract import ENV_DB, EXIT_OK
+from sessionpipe_runner import store
+from sessionpipe_runner.commands.common import load_processor
+from sessionpipe_runner.lease.factory import holding_lease
+from sessionpipe_runner.settings import UsageError, arg_type, database_path, non_negative_float
+from sessionpipe_runner.store.queries import NoStateToReset, reset_sessions
+
+NAME = "reset"
+HELP = "make sessions be processed again on the next run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--processor", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", metavar="KEY", help="one session file key (<user>/<project>/<file>.jsonl)")
+    which.add_argument("--quarantined", action="store_true", help="every quarantined session")
+    which.add_argument("--all", action="store_true", help="every session of the processor")
+    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
+    p.add_argument("--lease-wait", type=arg_type(non_negative_float), metavar="SECONDS")
+
+
+def handle(args: argparse.Namespace) -> int:
+    database = database_path(args.db, os.environ, writing=True)
+    if not database.exists():
+        raise UsageError(f"database {database} does not exist")
+    processor = load_processor(args.processor)
+    with holding_lease(database, f"reset {args.processor}", args.lease_wait):
+        con = store.connect(database)
+        with con:
+            store.migrate(con, processor)
+            try:
+                count = reset_sessions(con, processor, session=args.session, quarantined=args.quarantined)
+            except NoStateToReset as error:
+                raise UsageError(str(error)) from None
+            con.execute("CHECKPOINT")
+    print(f"reset {count} session(s) of {args.processor}; they are processed again on the next run")
+    return EXIT_OK

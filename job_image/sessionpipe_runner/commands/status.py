@@ -1,0 +1,43 @@
+"""``sessionpipe status``: sessions done / failed / quarantined per processor, and the last runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from sessionpipe_contract import ENV_DB, EXIT_OK
+from sessionpipe_runner.commands.common import open_for_reading
+from sessionpipe_runner.settings import database_path
+from sessionpipe_runner.store.queries import status_data
+
+NAME = "status"
+HELP = "sessions done / failed / quarantined per processor, and the last runs"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
+    p.add_argument("--json", action="store_true")
+
+
+def handle(args: argparse.Namespace) -> int:
+    database = database_path(args.db, os.environ, writing=False)
+    con = open_for_reading(database)
+    with con:
+        data = status_data(con)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return EXIT_OK
+    if not data["processors"]:
+        print(f"{database}: no processor has run yet")
+    for name, info in data["processors"].items():
+        sessions = info["sessions"]
+        print(
+            f"{name}: {sessions.get('done', 0)} done, {sessions.get('failed', 0)} failed, "
+            f"{sessions.get('quarantined', 0)} quarantined, {info['items']} items; "
+            f"{info['vanished']} vanished from the volume (kept)"
+        )
+        for last in info["last_runs"]:
+            print(f"  {last['started_at']}  {last['outcome']:<22} {last['summary_line']}")
+    return EXIT_OK

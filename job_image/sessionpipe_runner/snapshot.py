@@ -1,0 +1,52 @@
+"""The read-only snapshot: a copy of the database that readers use while a run writes it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+
+def snapshot_path(database: Path) -> Path:
+    """Where the read-only copy of the database is published after each successful run."""
+    return database.with_name(database.stem + ".snapshot" + database.suffix)
+
+
+def _temporary_snapshot_name(database: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.\d+\.tmp")
+
+
+def publish_snapshot(database: Path) -> Path:
+    """Copy the checkpointed database to a temporary name, then rename it into place atomically.
+
+    If either step fails (a full disk, a directory in the way) or is interrupted, the temporary
+    copy is removed: left behind, it would fill the disk the next run needs.
+    """
+    target = snapshot_path(database)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(database, temporary)
+        temporary.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def remove_stale_snapshots(database: Path) -> int:
+    """Remove temporary snapshot copies a killed run left beside the database; returns how many.
+
+    Only the lease holder calls this: no other process can be publishing at the same time.
+    """
+    pattern = _temporary_snapshot_name(database)
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(database.parent) as entries:
+        for entry in entries:
+            if pattern.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    Path(entry.path).unlink()
+                    removed += 1
+    return removed

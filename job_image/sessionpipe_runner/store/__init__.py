@@ -1,0 +1,142 @@
+"""The DuckDB store: opening the file offline, the runner's own tables and their migrations.
+
+The runner's tables, each with the module that reads and writes it:
+
+- ``schema_migrations``: which migration of which owner (``runner`` or a processor) was applied
+  (:mod:`sessionpipe_runner.migrations`).
+- ``session_processor_state``: one row per (processor, session file): what was seen (size, mtime,
+  hash of the complete lines), the processor version, items, attempts, last error and status, and
+  ``vanished_at``: when a run first missed the file (``NULL`` while it is on the volume)
+  (:mod:`.state`).
+- ``processor_runs``: one row per run with its JSON summary; a run killed before it could record
+  its end stays ``running`` until the next writer marks it ``abandoned`` (:mod:`.runs`).
+- ``writer_epochs``: one row per lease acquisition, the fence that stops a deposed writer
+  (:mod:`.runs`, used by :mod:`sessionpipe_runner.fencing`).
+
+What the commands ask of these tables (status, reset, forget) is in :mod:`.queries`. Processors
+never import this package: they use :mod:`sessionpipe_runner.tables` and
+:mod:`sessionpipe_runner.migrations`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from sessionpipe_runner import migrations
+from sessionpipe_runner.migrations import Migration
+from sessionpipe_runner.store.state import (
+    STATE_TABLE,
+    StateRow,
+    mark_vanished,
+    unsettled_state,
+    update_seen,
+    upsert_state,
+)
+from sessionpipe_runner.tables import StoreError, column_names, has_column, table_columns, transaction
+
+if TYPE_CHECKING:
+    from sessionpipe_runner.processors.base import Processor
+
+__all__ = [
+    "RUNNER_MIGRATIONS",
+    "STATE_TABLE",
+    "DatabaseLocked",
+    "StateRow",
+    "StoreError",
+    "column_names",
+    "connect",
+    "has_column",
+    "mark_vanished",
+    "migrate",
+    "table_columns",
+    "transaction",
+    "unsettled_state",
+    "update_seen",
+    "upsert_state",
+]
+
+RUNNER_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_runner_tables",
+        """
+        CREATE TABLE IF NOT EXISTS session_processor_state (
+            processor          VARCHAR NOT NULL,
+            session_file       VARCHAR NOT NULL,
+            user_name          VARCHAR NOT NULL,
+            size               BIGINT NOT NULL,
+            mtime_ns           BIGINT NOT NULL,
+            content_hash       VARCHAR,
+            processor_version  VARCHAR NOT NULL,
+            items              BIGINT NOT NULL DEFAULT 0,
+            attempts           INTEGER NOT NULL DEFAULT 0,
+            last_error         VARCHAR,
+            status             VARCHAR NOT NULL CHECK (status IN ('done', 'failed', 'quarantined')),
+            processed_at       TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (processor, session_file)
+        );
+        CREATE TABLE IF NOT EXISTS processor_runs (
+            run_id       VARCHAR PRIMARY KEY,
+            processor    VARCHAR NOT NULL,
+            started_at   TIMESTAMPTZ NOT NULL,
+            finished_at  TIMESTAMPTZ,
+            outcome      VARCHAR NOT NULL,
+            exit_code    INTEGER,
+            writer_epoch BIGINT,
+            summary      JSON
+        );
+        CREATE TABLE IF NOT EXISTS writer_epochs (
+            epoch        BIGINT PRIMARY KEY,
+            holder       VARCHAR NOT NULL,
+            lease        VARCHAR NOT NULL,
+            processor    VARCHAR NOT NULL,
+            run_id       VARCHAR NOT NULL,
+            acquired_at  TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+    # A vanished file keeps its state and rows (Claude Code deletes old transcripts; their history
+    # is worth keeping) but is marked, so readers can prefer live files. A column, not a status:
+    # DuckDB cannot alter the status CHECK constraint, and a vanished file's status stays true.
+    Migration(
+        "0002_vanished_at",
+        "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS vanished_at TIMESTAMPTZ;",
+    ),
+)
+
+
+class DatabaseLocked(StoreError):
+    """Another process has the database file open for writing (DuckDB's own file lock)."""
+
+
+def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with extension auto-install and auto-load off: job pods are offline.
+
+    ``memory_limit`` (DuckDB's setting, such as ``"256MB"``) caps what DuckDB keeps in memory; it
+    spills to a temporary directory beside the database beyond that.
+    """
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "autoinstall_known_extensions": "false",
+        "autoload_known_extensions": "false",
+    }
+    if memory_limit is not None:
+        config["memory_limit"] = memory_limit
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.IOException as error:
+        if "lock" in str(error).lower():
+            raise DatabaseLocked(f"database {path} is open in another process: {error}") from error
+        raise StoreError(f"cannot open database {path}: {error}") from error
+    except duckdb.Error as error:
+        raise StoreError(f"cannot open database {path}: {error}") from error
+
+
+def migrate(con: duckdb.DuckDBPyConnection, processor: Processor | None = None) -> None:
+    """Bring the runner's tables, and a processor's, up to date."""
+    migrations.apply_migrations(con, "runner", RUNNER_MIGRATIONS)
+    if processor is not None:
+        migrations.apply_migrations(con, f"processor:{processor.name}", processor.migrations())

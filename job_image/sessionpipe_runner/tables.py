@@ -1,0 +1,114 @@
+"""Table writes and table shapes: what the store and processors alike do to DuckDB tables.
+
+Nothing here knows the runner's own tables; processors import this module (and
+:mod:`sessionpipe_runner.migrations`), never the store's internals. DuckDB is imported only when
+used: importing a processor (in a worker process, say) stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+
+class StoreError(RuntimeError):
+    """The database file cannot be used (corrupt, locked by another process, unwritable…)."""
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Run a block in one transaction; roll back if it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    """(name, type) of a table's columns in order."""
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+        "AND table_schema = current_schema() ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    if not rows:
+        raise StoreError(f"no table named {table!r}")
+    return [(str(name), str(kind)) for name, kind in rows]
+
+
+def column_names(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """A table's column names in order (a result description: several times cheaper than the catalog)."""
+    import duckdb
+
+    try:
+        description = con.execute(f"SELECT * FROM {table} LIMIT 0").description
+    except duckdb.CatalogException:
+        raise StoreError(f"no table named {table!r}") from None
+    return [str(column[0]) for column in description or ()]
+
+
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether ``table`` has ``column`` (a database a newer build has not yet migrated may lack it)."""
+    return column in column_names(con, table)
+
+
+#: Up to this many rows go in as one parameterised statement; more go through Arrow. (An
+#: incremental run writes a handful of rows and so never pays for importing pyarrow.)
+SMALL_INSERT_ROWS = 64
+
+
+def insert_rows(
+    con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]], *, replace: bool = False
+) -> None:
+    """Insert tuples (in the table's column order) in one bulk statement.
+
+    DuckDB's ``executemany`` costs a statement per row; a few rows go in as one ``VALUES`` list,
+    more as one Arrow table, inserted as a single scan. With ``replace``, rows whose primary key
+    exists replace the old ones.
+    """
+    if not rows:
+        return
+    names = column_names(con, table)
+    width = len(names)
+    if any(len(row) != width for row in rows):
+        bad = next(row for row in rows if len(row) != width)
+        raise ValueError(f"{table} has {width} columns, a row has {len(bad)}: {bad!r}")
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    if len(rows) <= SMALL_INSERT_ROWS:
+        placeholders = "(" + ", ".join("?" * width) + ")"
+        values = ", ".join([placeholders] * len(rows))
+        con.execute(f"{verb} INTO {table} VALUES {values}", [value for row in rows for value in row])
+        return
+    import pyarrow as pa
+
+    columns = list(zip(*rows, strict=True))
+    _insert_table(
+        con, verb, table, pa.table({name: pa.array(column) for name, column in zip(names, columns, strict=True)})
+    )
+
+
+def _insert_table(con: duckdb.DuckDBPyConnection, verb: str, table: str, arrow: pa.Table) -> None:
+    con.register("_sessionpipe_insert", arrow)
+    try:
+        con.execute(f"{verb} INTO {table} SELECT * FROM _sessionpipe_insert")
+    finally:
+        con.unregister("_sessionpipe_insert")
+
+
+def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, parts: Sequence[pa.Table]) -> None:
+    """Insert Arrow tables holding ``table``'s columns (from worker processes) in one statement."""
+    import pyarrow as pa
+
+    parts = [part for part in parts if part.num_rows]
+    if not parts:
+        return
+    # One contiguous table: DuckDB scans a table of many small chunks (a slice per session) slowly.
+    _insert_table(con, "INSERT", table, pa.concat_tables(parts, promote_options="default").combine_chunks())
