@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit controlplane ccusage crd cluster-up cluster-down bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
+$(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' -e ./kubetest
 	touch $(STAMP)
 
 # Set up, then run the usage processor on the embedded default (your ~/.claude/projects if it
@@ -22,17 +23,23 @@ crd: $(STAMP)
 	$(BIN)/python -m sessionpipe_operator.crd
 
 controlplane: $(STAMP)
-	$(BIN)/python -m tests.kube.build
+	$(BIN)/python -m sessionpipe_kubetest build
 
 ccusage: $(STAMP)
 	$(BIN)/python -m tests.ccusage
 
+# Style, and the import rules between the packages ([tool.importlinter] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The fast tier: no cluster, no helm, no npm, no image replays (docs/testing.md, "Tiers").
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit kubetest/tests
 
 # Set up everything (the venv, the control plane built from Go modules, ccusage from npm) and run
 # every test, control-plane tests included.
@@ -40,10 +47,10 @@ test: $(STAMP) controlplane ccusage lint typecheck
 	$(BIN)/python -m pytest
 
 cluster-up: controlplane
-	$(BIN)/python -m tests.kube.cluster up
+	$(BIN)/python -m sessionpipe_kubetest up
 
 cluster-down:
-	$(BIN)/python -m tests.kube.cluster down
+	$(BIN)/python -m sessionpipe_kubetest down
 
 clean:
 	rm -rf $(VENV) .cluster .pytest_cache .mypy_cache .ruff_cache

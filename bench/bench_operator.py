@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from sessionpipe_contract import API_GROUP, API_VERSION, KIND
-from tests.cluster.operator_support import OperatorProcess, install_crd, prepare_namespace, wait_for
-from tests.kube.cluster import ControlPlane
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
+from tests.cluster.operator_support import OperatorProcess, install_crd, prepare_namespace
 
 REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 

@@ -1,3 +1,3 @@
-"""Fixtures shared by every test: the real control plane (``tests.kube.plugin``), started on demand."""
+"""Fixtures shared by every test: the real control plane (``tests.kube_plugin``), started on demand."""
 
-pytest_plugins = ["tests.kube.plugin"]
+pytest_plugins = ["tests.kube_plugin"]

@@ -17,12 +17,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionpipe_contract import API_GROUP, API_VERSION, KIND, LABEL_INSTANCE
-from tests.kube.cluster import ControlPlane, free_port
+from sessionpipe_kubetest.cluster import ControlPlane, free_port
+from sessionpipe_kubetest.waiting import wait_for
 
 T = TypeVar("T")
 
@@ -37,18 +38,6 @@ CONVERGE_SECONDS = 60.0
 #: Images SessionProcessors of these tests may name: the test image's repository, and the registry
 #: the update tests switch to (the operator refuses any other image with InvalidSpec).
 ALLOWED_IMAGES = "sessionpipe-job,registry.example/"
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def install_crd(control_plane: ControlPlane) -> None:

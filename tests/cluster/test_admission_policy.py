@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
 from sessionpipe_operator import policy
 from sessionpipe_operator.k8s import KubeClient, cronjob_path, sessionprocessor_path
 from sessionpipe_operator.settings import OperatorSettings
@@ -28,9 +30,7 @@ from tests.cluster.operator_support import (
     install_crd,
     prepare_namespace,
     sessionprocessor,
-    wait_for,
 )
-from tests.kube.cluster import ControlPlane
 from tests.runner_support import REPO
 from tests.unit.operator.test_policy import IMAGE_CASES
 

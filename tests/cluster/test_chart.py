@@ -12,8 +12,8 @@ import duckdb
 import pytest
 import yaml
 
-from tests.cluster.operator_support import wait_for
-from tests.kube.cluster import ControlPlane
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
 from tests.runner_support import CORPUS, REPO
 
 pytestmark = pytest.mark.cluster

@@ -1,7 +1,7 @@
 """The test control plane behaves like a real cluster where the product relies on it.
 
-Real etcd, kube-apiserver and kube-controller-manager (tests/kube/cluster.py) and the local pod
-executor standing in for the kubelet (tests/kube/executor.py). Each test checks a behaviour that the
+Real etcd, kube-apiserver and kube-controller-manager (sessionpipe_kubetest.cluster) and the local pod
+executor standing in for the kubelet (sessionpipe_kubetest.executor). Each test checks a behaviour that the
 operator, the lease and the Helm tests take for granted: CronJob scheduling with Forbid, garbage
 collection and namespace deletion, RBAC, and pods that see their env, volumes and termination message.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import errno
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,16 +19,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.kube.cluster import ControlPlane, wait_until
-from tests.kube.executor import Mount, expand, image_paths, prelude
-from tests.kube.plugin import SaApiFactory
-from tests.runner_support import REPO
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
+from tests.kube_plugin import SaApiFactory
+from tests.support.kubectl import apply
 
 JSON = dict[str, Any]
-
-
-def apply(control_plane: ControlPlane, namespace: str, manifest: JSON) -> None:
-    control_plane.kubectl("apply", "-f", "-", namespace=namespace, input=json.dumps(manifest))
 
 
 def get(control_plane: ControlPlane, namespace: str | None, *what: str) -> JSON:
@@ -73,7 +68,7 @@ def terminated_pod(control_plane: ControlPlane, namespace: str, job: str, timeou
         ]
         return bool(found)
 
-    wait_until(done, timeout, f"a terminated pod of job {job}", interval=0.3)
+    wait_for(done, timeout, f"a terminated pod of job {job}", interval=0.3)
     return found[0]
 
 
@@ -136,14 +131,14 @@ def test_cronjob_forbid_keeps_the_next_schedule_from_overlapping(control_plane: 
         items: list[JSON] = get(control_plane, namespace, "jobs")["items"]
         return items
 
-    wait_until(lambda: len(jobs()) == 1, 30, "the CronJob controller to create the missed run")
+    wait_for(lambda: len(jobs()) == 1, 30, "the CronJob controller to create the missed run")
     first = jobs()[0]
     assert first["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
     assert first["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"].startswith(
         this_minute.strftime("%Y-%m-%dT%H:%M")
     )
     job_name = first["metadata"]["name"]
-    wait_until(
+    wait_for(
         lambda: any(p["status"].get("phase") == "Running" for p in job_pods(control_plane, namespace, job_name)),
         30,
         "the executor to run the Job's pod",
@@ -154,12 +149,12 @@ def test_cronjob_forbid_keeps_the_next_schedule_from_overlapping(control_plane: 
         events = get(control_plane, namespace, "events", "--field-selector", "reason=JobAlreadyActive")["items"]
         return any(e["involvedObject"]["name"] == "ticker" for e in events)
 
-    wait_until(declined, sleep_seconds + 5, "the CronJob controller to decline the overlapping run")
+    wait_for(declined, sleep_seconds + 5, "the CronJob controller to decline the overlapping run")
     assert datetime.datetime.now(datetime.UTC) >= next_minute
     assert [job["metadata"]["name"] for job in jobs()] == [job_name]
     assert get(control_plane, namespace, "job", job_name)["status"].get("active") == 1
 
-    wait_until(job_condition(control_plane, namespace, job_name, "Complete"), sleep_seconds + 30, "the Job to complete")
+    wait_for(job_condition(control_plane, namespace, job_name, "Complete"), sleep_seconds + 30, "the Job to complete")
     (pod,) = job_pods(control_plane, namespace, job_name)
     assert pod["status"]["phase"] == "Succeeded"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
@@ -168,7 +163,7 @@ def test_cronjob_forbid_keeps_the_next_schedule_from_overlapping(control_plane: 
 
     # Forbid defers the declined tick rather than dropping it: within startingDeadlineSeconds the
     # controller starts it once the first Job has finished, never while it runs.
-    wait_until(lambda: len(jobs()) == 2, 60, "the deferred run to start after the first Job")
+    wait_for(lambda: len(jobs()) == 2, 60, "the deferred run to start after the first Job")
     completed = get(control_plane, namespace, "job", job_name)["status"]["completionTime"]
     (deferred,) = [job for job in jobs() if job["metadata"]["name"] != job_name]
     assert deferred["metadata"]["creationTimestamp"] >= completed
@@ -197,7 +192,7 @@ def test_garbage_collection_and_namespace_deletion(control_plane: ControlPlane, 
     )
     control_plane.kubectl("create", "configmap", "bystander", namespace=namespace)
     control_plane.kubectl("delete", "configmap", "owner", "--wait=false", namespace=namespace)
-    wait_until(
+    wait_for(
         lambda: not exists(control_plane, namespace, "configmap", "dependent"), 30, "the dependent to be collected"
     )
     assert exists(control_plane, namespace, "configmap", "bystander")
@@ -206,7 +201,7 @@ def test_garbage_collection_and_namespace_deletion(control_plane: ControlPlane, 
     control_plane.kubectl("create", "namespace", doomed)
     control_plane.kubectl("create", "configmap", "settings", "--from-literal=a=b", namespace=doomed)
     apply(control_plane, doomed, job_manifest("long", {"containers": [container(["sleep", "300"])]}))
-    wait_until(
+    wait_for(
         lambda: any(p["status"].get("phase") == "Running" for p in job_pods(control_plane, doomed, "long")),
         30,
         "the long pod to run",
@@ -216,7 +211,7 @@ def test_garbage_collection_and_namespace_deletion(control_plane: ControlPlane, 
     assert run is not None and run.running
 
     control_plane.kubectl("delete", "namespace", doomed, "--wait=false")
-    wait_until(lambda: not exists(control_plane, None, "namespace", doomed), 60, "the namespace to be deleted")
+    wait_for(lambda: not exists(control_plane, None, "namespace", doomed), 60, "the namespace to be deleted")
     run = control_plane.executor.process(doomed, pod["metadata"]["name"])
     assert run is not None and not run.running
     assert run.exit_code == 143, "the pod's process should have ended on SIGTERM"
@@ -257,7 +252,7 @@ def test_rbac_is_enforced_for_service_accounts(
             return False
         return True
 
-    wait_until(allowed, 60, "the RoleBinding to take effect")
+    wait_for(allowed, 60, "the RoleBinding to take effect")
     core.create_namespaced_config_map(namespace, body)
     assert exists(control_plane, namespace, "configmap", "made-by-worker")
     with pytest.raises(client.ApiException) as secrets:
@@ -270,7 +265,7 @@ def test_pods_finish_and_start_across_an_api_server_restart(control_plane: Contr
     """A pod that ends while the API server is down is still reported once it is back, and the
     executor's watch reconnects so that a pod created afterwards runs too."""
     apply(control_plane, namespace, job_manifest("through", {"containers": [container(["sleep", "2"])]}))
-    wait_until(
+    wait_for(
         lambda: any(p["status"].get("phase") == "Running" for p in job_pods(control_plane, namespace, "through")),
         30,
         "the pod to run",
@@ -281,11 +276,11 @@ def test_pods_finish_and_start_across_an_api_server_restart(control_plane: Contr
         time.sleep(3)  # the pod's process exits meanwhile
     finally:
         control_plane.start_apiserver()
-    wait_until(
+    wait_for(
         job_condition(control_plane, namespace, "through", "Complete"), 60, "the Job to complete after the restart"
     )
     apply(control_plane, namespace, job_manifest("after", {"containers": [container(["true"])]}))
-    wait_until(job_condition(control_plane, namespace, "after", "Complete"), 60, "a Job created after the restart")
+    wait_for(job_condition(control_plane, namespace, "after", "Complete"), 60, "a Job created after the restart")
 
 
 PROBE = r"""
@@ -381,7 +376,7 @@ def test_pods_see_their_spec_and_report_exit_code_and_message(
     state = boom["status"]["containerStatuses"][0]["state"]["terminated"]
     assert boom["status"]["phase"] == "Failed"
     assert (state["exitCode"], state["reason"], state["message"]) == (3, "Error", "boom\n")
-    wait_until(job_condition(control_plane, namespace, "boom", "Failed"), 30, "the boom Job to fail")
+    wait_for(job_condition(control_plane, namespace, "boom", "Failed"), 30, "the boom Job to fail")
 
     chatty = terminated_pod(control_plane, namespace, "chatty")
     message = chatty["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
@@ -392,7 +387,7 @@ def test_pods_see_their_spec_and_report_exit_code_and_message(
     probe_state = probe["status"]["containerStatuses"][0]["state"]["terminated"]
     assert probe["status"]["phase"] == "Succeeded", log.read_text()
     assert probe_state["message"] == "probe done"
-    wait_until(job_condition(control_plane, namespace, "probe", "Complete"), 30, "the probe Job to complete")
+    wait_for(job_condition(control_plane, namespace, "probe", "Complete"), 30, "the probe Job to complete")
     report = json.loads((claim_dir / "outputs" / "report.json").read_text())
     pod_name = probe["metadata"]["name"]
     assert report == {
@@ -405,50 +400,3 @@ def test_pods_see_their_spec_and_report_exit_code_and_message(
         "whoami": f"system:serviceaccount:{namespace}:prober",
     }
     assert not (claim_dir / "inputs" / "new.txt").exists()
-
-
-@pytest.mark.parametrize(
-    ("value", "expanded"),
-    [
-        ("$(A)-$(B)", "one-two"),
-        ("$$(A)", "$(A)"),
-        ("$(MISSING) $(A)", "$(MISSING) one"),
-        ("$(A", "$(A"),
-        ("cost $5 $", "cost $5 $"),
-        ("$$$(A)", "$one"),
-    ],
-)
-def test_variable_references_expand_like_the_kubelet(value: str, expanded: str) -> None:
-    """``$(NAME)`` expands, ``$$`` escapes, unknown or unclosed references stay as written."""
-    assert expand(value, {"A": "one", "B": "two"}) == expanded
-
-
-def test_prelude_mounts_parents_first_and_read_only_last(tmp_path: Path) -> None:
-    """A volume mounted inside another is bound after it; read-only remounts follow every bind."""
-    script = prelude(
-        [
-            Mount(tmp_path, "/data/in/deeper", False),
-            Mount(tmp_path, "/data", True),
-            Mount(tmp_path / "f", "/dev/x", False),
-        ],
-        "/data/wd",
-    )
-    lines = script.splitlines()
-    binds = [line.split()[3] for line in lines if line.startswith("mount --bind")]
-    assert binds == ["/data", "/dev/x", "/data/in/deeper"]
-    # Every source is staged before the first target is mounted, so no mount can hide a source.
-    staged = [i for i, line in enumerate(lines) if "mount --bind" in line and not line.startswith("mount")]
-    assert len(staged) == 3 and max(staged) < min(i for i, line in enumerate(lines) if line.startswith("mount --bind"))
-    assert max(i for i, line in enumerate(lines) if line.startswith("mount --bind")) < next(
-        i for i, line in enumerate(lines) if "remount,bind,ro /data " in line
-    )
-    assert lines[-1] == 'exec "$@"'
-
-
-def test_image_paths_cover_the_repository_and_the_interpreter() -> None:
-    """Pods run this checkout's console scripts, so both must survive any volume mounted over them."""
-    paths = image_paths()
-    assert any(path == REPO or path in REPO.parents for path in paths)
-    interpreter = Path(sys.executable).resolve()
-    assert any(path in interpreter.parents for path in paths)
-    assert all(not any(other in path.parents for other in paths) for path in paths)

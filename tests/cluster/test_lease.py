@@ -23,7 +23,7 @@ import duckdb
 import pytest
 
 from sessionpipe_contract import EXIT_LEASE_LOST, EXIT_OK, EXIT_TERMINATED
-from tests.cluster.operator_support import wait_for
+from sessionpipe_kubetest.waiting import wait_for
 from tests.runner_support import REPO, finish, install_test_plugin, run_summary, sessionpipe_env, start_sessionpipe
 
 pytestmark = pytest.mark.cluster

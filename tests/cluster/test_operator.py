@@ -30,6 +30,8 @@ from sessionpipe_contract import (
     KIND,
     LABEL_INSTANCE,
 )
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
 from sessionpipe_operator import render
 from sessionpipe_operator.k8s import KubeClient, cronjob_path, job_path, sessionprocessor_path
 from sessionpipe_operator.models import CONFIG_MAX_BYTES, SessionProcessorSpec
@@ -43,9 +45,8 @@ from tests.cluster.operator_support import (
     install_crd,
     prepare_namespace,
     sessionprocessor,
-    wait_for,
 )
-from tests.kube.cluster import ControlPlane
+from tests.support.kubectl import apply
 
 pytestmark = pytest.mark.cluster
 
@@ -85,10 +86,6 @@ def ns(control_plane: ControlPlane, namespace: str, operator: OperatorProcess) -
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def apply(control_plane: ControlPlane, namespace: str, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    return control_plane.kubectl("apply", "-f", "-", namespace=namespace, input=json.dumps(manifest))
-
-
 def merge_patch_cr(control_plane: ControlPlane, namespace: str, name: str, patch: dict[str, Any]) -> None:
     control_plane.kubectl(
         "patch", "sessionprocessor", name, "--type=merge", "-p", json.dumps(patch), namespace=namespace

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from sessionpipe_contract import ANNOTATION_RUN_NOW, LABEL_INSTANCE
-from tests.cluster.operator_support import OperatorProcess, install_crd, prepare_namespace, sessionprocessor, wait_for
-from tests.kube.cluster import ControlPlane
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
+from tests.cluster.operator_support import OperatorProcess, install_crd, prepare_namespace, sessionprocessor
 
 pytestmark = pytest.mark.cluster
 

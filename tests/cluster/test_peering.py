@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from sessionpipe_contract import ANNOTATION_RUN_NOW_TOKEN
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
 from sessionpipe_operator.k8s import KubeClient
 from sessionpipe_operator.leader import DEFAULT_LEASE_SECONDS, lease_path
 from tests.cluster.operator_support import (
@@ -24,11 +26,9 @@ from tests.cluster.operator_support import (
     install_crd,
     prepare_namespace,
     sessionprocessor,
-    wait_for,
 )
 from tests.cluster.test_operator import (
     annotate_run_now,
-    apply,
     condition_true,
     cr,
     events,
@@ -37,7 +37,7 @@ from tests.cluster.test_operator import (
     usage_spec,
     wait_for_run,
 )
-from tests.kube.cluster import ControlPlane
+from tests.support.kubectl import apply
 
 pytestmark = pytest.mark.cluster
 

@@ -16,6 +16,8 @@ import duckdb
 import pytest
 
 from sessionpipe_contract import ANNOTATION_RUN_NOW, LABEL_INSTANCE
+from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.waiting import wait_for
 from tests.anthropic_replay import ReplayServer, tool_reply
 from tests.cluster.operator_support import (
     CORPUS,
@@ -24,9 +26,7 @@ from tests.cluster.operator_support import (
     job_finished,
     prepare_namespace,
     sessionprocessor,
-    wait_for,
 )
-from tests.kube.cluster import ControlPlane
 
 pytestmark = pytest.mark.cluster
 

@@ -31,6 +31,7 @@ from tests.anthropic_replay import (
     tool_reply,
 )
 from tests.runner_support import CORPUS, run_summary, sessionpipe, sessionpipe_env
+from tests.support.db import rows
 from tests.unit.test_verification_conversation import (
     blocks,
     plain_user_texts,
@@ -66,11 +67,6 @@ def run_once(
 
 def processor_for(replay: AnthropicReplay) -> VerificationProcessor:
     return VerificationProcessor(http_client=replay.client(), sleep=lambda seconds: None)
-
-
-def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def write_session(path: Path, exchanges: list[tuple[str, str]]) -> Path:

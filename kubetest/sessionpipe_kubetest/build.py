@@ -3,7 +3,7 @@ from Go modules into a cache outside the repository.
 
 Nothing here downloads a release binary: every binary is compiled with the machine's Go toolchain
 (``GOTOOLCHAIN=local``) from modules served by the Go module proxy. The cache is keyed by version,
-so a version bump rebuilds and a warm cache costs nothing. Run ``python -m tests.kube.build``.
+so a version bump rebuilds and a warm cache costs nothing. Run ``python -m sessionpipe_kubetest build``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube.build import toolset
+from sessionpipe_kubetest.build import toolset
 from tests.runner_support import REPO
 
 CHART = REPO / "charts" / "sessionpipe"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from tests.kube.build import toolset
-from tests.kube.cluster import MISSING_BINARIES_HINT, ControlPlane
+from sessionpipe_kubetest.build import toolset
+from sessionpipe_kubetest.cluster import MISSING_BINARIES_HINT, ControlPlane
 
 SaApiFactory = Callable[[str, str], client.ApiClient]
 

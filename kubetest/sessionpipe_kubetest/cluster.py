@@ -1,44 +1,33 @@
 """A real, local Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager.
 
-The binaries come from :mod:`tests.kube.build` (compiled from Go modules, cached outside the
-repository). Every process listens on a free port of 127.0.0.1, logs into the control plane's work
+The binaries come from :mod:`sessionpipe_kubetest.build` (compiled from Go modules, cached outside
+the repository). Every process listens on a free port of 127.0.0.1, logs into the control plane's work
 folder, and dies with the Python process that started it (``setpriv --pdeathsig``), so an aborted test
-run leaves nothing behind. A :class:`~tests.kube.executor.PodExecutor` stands in for the kubelet.
-
-From a shell::
-
-    python -m tests.kube.cluster up     # starts in the background, writes .cluster/kubeconfig
-    kubectl --kubeconfig .cluster/kubeconfig get ns
-    python -m tests.kube.cluster down
+run leaves nothing behind. A :class:`~sessionpipe_kubetest.executor.PodExecutor` stands in for the
+kubelet. ``python -m sessionpipe_kubetest up`` runs one that outlives the command (:mod:`.__main__`).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import json
 import os
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from tests.kube import pki as pki_module
-from tests.kube.build import Toolset, toolset
-from tests.kube.executor import PodExecutor
+from sessionpipe_kubetest import pki as pki_module
+from sessionpipe_kubetest.build import Toolset, toolset
+from sessionpipe_kubetest.executor import PodExecutor
+from sessionpipe_kubetest.waiting import wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CLUSTER_DIR = REPO_ROOT / ".cluster"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # What docs/testing.md ("The control plane") describes, plus the service-account controller so that every
@@ -55,7 +44,9 @@ CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
 )
-MISSING_BINARIES_HINT = "the control-plane binaries are not built: run `make controlplane` (python -m tests.kube.build)"
+MISSING_BINARIES_HINT = (
+    "the control-plane binaries are not built: run `make controlplane` (python -m sessionpipe_kubetest build)"
+)
 
 
 class ControlPlaneError(RuntimeError):
@@ -77,18 +68,7 @@ def free_port() -> int:
         return port
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``condition`` until it is true; raise :class:`TimeoutError` naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
+def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -123,7 +103,7 @@ class ManagedProcess:
     def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise ControlPlaneError(
-                f"{self.name} exited with {self.process.returncode}; log {self.log_path}:\n{_tail(self.log_path)}"
+                f"{self.name} exited with {self.process.returncode}; log {self.log_path}:\n{log_tail(self.log_path)}"
             )
 
     def stop(self, grace_seconds: float = 0) -> None:
@@ -239,7 +219,7 @@ class ControlPlane:
             except (OSError, ValueError):
                 return False
 
-        wait_until(healthy, 60, "etcd to report healthy")
+        wait_for(healthy, 60, "etcd to report healthy")
 
     def start_apiserver(self) -> None:
         """Start kube-apiserver (again) on the same port and etcd, and wait until it is ready.
@@ -294,7 +274,7 @@ class ControlPlane:
                 except (OSError, urllib.error.HTTPError):
                     return False
 
-            wait_until(ready, 120, "kube-apiserver /readyz", interval=0.2)
+            wait_for(ready, 120, "kube-apiserver /readyz", interval=0.2)
 
     def stop_apiserver(self) -> None:
         """Kill kube-apiserver (as a crashed or unreachable API server); etcd and the controller manager
@@ -325,7 +305,7 @@ class ControlPlane:
             manager.check_alive()
             return self._get_ok("/api/v1/namespaces/default/serviceaccounts/default")
 
-        wait_until(default_service_account, 60, "kube-controller-manager to create the default ServiceAccount")
+        wait_for(default_service_account, 60, "kube-controller-manager to create the default ServiceAccount")
 
     # -- clients -----------------------------------------------------------------------------------
 
@@ -421,109 +401,3 @@ class ControlPlane:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-# -- command line: a control plane that outlives the command -------------------------------------
-
-
-def _pid_file() -> Path:
-    return CLUSTER_DIR / "pid"
-
-
-def _running_pid() -> int | None:
-    try:
-        pid = int(_pid_file().read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
-
-
-def _serve() -> int:
-    """Run a control plane in the foreground until SIGTERM/SIGINT; publish .cluster/kubeconfig."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    state = CLUSTER_DIR / "state"
-    shutil.rmtree(state, ignore_errors=True)
-    plane = ControlPlane(state)
-    plane.start()
-    try:
-        _pid_file().write_text(f"{os.getpid()}\n")
-        shutil.copyfile(plane.kubeconfig, CLUSTER_DIR / "kubeconfig.tmp")
-        (CLUSTER_DIR / "kubeconfig.tmp").replace(CLUSTER_DIR / "kubeconfig")
-        print(f"control plane ready in {plane.startup_seconds:.1f}s at {plane.server}", flush=True)
-        stop.wait()
-    finally:
-        plane.stop()
-        (CLUSTER_DIR / "kubeconfig").unlink(missing_ok=True)
-        _pid_file().unlink(missing_ok=True)
-    return 0
-
-
-def _up() -> int:
-    pid = _running_pid()
-    kubeconfig = CLUSTER_DIR / "kubeconfig"
-    if pid is not None:
-        print(f"already running (pid {pid}); export KUBECONFIG={kubeconfig}")
-        return 0
-    if not toolset().complete:
-        print(MISSING_BINARIES_HINT, file=sys.stderr)
-        return 1
-    CLUSTER_DIR.mkdir(exist_ok=True)
-    kubeconfig.unlink(missing_ok=True)
-    log_path = CLUSTER_DIR / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.kube.cluster", "serve"],
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # survives the shell that ran `up`
-        )
-    deadline = time.monotonic() + 180
-    while not kubeconfig.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            print(f"control plane failed to start; see {log_path}:\n{_tail(log_path)}", file=sys.stderr)
-            if process.poll() is None:
-                process.terminate()
-            return 1
-        time.sleep(0.2)
-    print(_tail(log_path, 1))
-    print(f"pid {process.pid}; logs in {CLUSTER_DIR / 'state'}")
-    print(f"export KUBECONFIG={kubeconfig} PATH={toolset().bin_dir}:$PATH")
-    return 0
-
-
-def _down() -> int:
-    pid = _running_pid()
-    if pid is None:
-        print("not running")
-        _pid_file().unlink(missing_ok=True)
-        return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while _running_pid() is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _running_pid() is not None:
-        os.kill(pid, signal.SIGKILL)
-        _pid_file().unlink(missing_ok=True)
-        (CLUSTER_DIR / "kubeconfig").unlink(missing_ok=True)
-    print(f"stopped (pid {pid})")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.kube.cluster", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "serve"], help="serve runs in the foreground")
-    args = parser.parse_args(argv)
-    commands = {"up": _up, "down": _down, "serve": _serve}
-    return commands[args.command]()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,6 @@ import socket
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
@@ -25,6 +24,7 @@ from tests.runner_support import (
     sessionpipe_env,
     start_sessionpipe,
 )
+from tests.support.db import rows
 
 
 @pytest.fixture
@@ -51,11 +51,6 @@ def run_lines(sessions: Path, db: Path, env: dict[str, str], *extra: str) -> dic
     summary = run_summary(result)
     summary["_exit"] = result.returncode
     return summary
-
-
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def test_second_run_with_nothing_changed_reads_no_file(
