@@ -197,6 +197,11 @@ def test_a_newline_in_a_name_does_not_break_the_text_output(tmp_path: Path, plug
     status = sessionpipe("status", "--db", db, env=plugin_env)
     assert status.returncode == EXIT_OK
     assert len(status.stdout.splitlines()) == 2  # the processor, its one run
+    dry = sessionpipe("forget", "--user", "alice", "--dry-run", "--db", db, env=plugin_env)
+    assert dry.returncode == EXIT_OK, dry.stderr
+    listed = dry.stdout.splitlines()[1:]  # after the count, one line per file
+    assert len(listed) == 2, dry.stdout
+    assert all(line.startswith("  lines  alice/-app\\nproject/") for line in listed), dry.stdout
 
 
 def test_a_newline_in_a_name_does_not_break_the_usage_report(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from sessionpipe_contract import ENV_DB, EXIT_OK
 from sessionpipe_runner import store
 from sessionpipe_runner.commands.common import load_processor, open_for_reading
 from sessionpipe_runner.lease.factory import holding_lease
+from sessionpipe_runner.names import printable
 from sessionpipe_runner.settings import UsageError, arg_type, database_path, non_negative_float
 from sessionpipe_runner.snapshot import publish_snapshot, remove_stale_snapshots
 from sessionpipe_runner.store.queries import forget_sessions, forgettable
@@ -40,7 +41,7 @@ def handle(args: argparse.Namespace) -> int:
             doomed = forgettable(con, vanished=args.vanished, user=args.user, session=args.session)
         print(f"would forget {_files(len(doomed))}{_by_processor(doomed)}")
         for processor, key in doomed:
-            print(f"  {processor}  {key}")
+            print(f"  {processor}  {printable(key)}")
         return EXIT_OK
     with holding_lease(database, "forget", args.lease_wait):
         remove_stale_snapshots(database)
