@@ -183,18 +183,22 @@ def test_report_and_status_during_the_first_run_exit_with_the_busy_code(
     sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
 ) -> None:
     db = tmp_path / "db.duckdb"
-    proc = start_sessionpipe(*lines_args(sessions, db), env={**plugin_env, "TESTPLUGIN_SLEEP": "1.5"})
+    # The run holds the database until the test has asked (a fixed sleep raced a busy machine, where
+    # the run could end before the readers had even started).
+    release = tmp_path / "release"
+    proc = start_sessionpipe(*lines_args(sessions, db), env={**plugin_env, "TESTPLUGIN_HOLD_UNTIL": str(release)})
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not db.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)
         assert not snapshot_path(db).exists()
         for command in (["status"], ["report", "usage"]):
             result = sessionpipe(*command, "--db", db, env=plugin_env)
             assert result.returncode == EXIT_DATABASE_BUSY, result.stderr
             assert len(result.stderr.strip().splitlines()) == 1 and "busy" in result.stderr
+        assert proc.poll() is None, "the run ended before the readers asked: the test proved nothing"
     finally:
+        release.touch()
         finish(proc)
 
 

@@ -75,6 +75,9 @@ class LinesProcessor(Processor):
         # Knobs for tests of the runner: a slow processor, a file that vanishes mid-run, and a
         # DuckDB statement to be interrupted in process() or in write().
         time.sleep(float(os.environ.get("TESTPLUGIN_SLEEP", "0")))
+        hold_until = os.environ.get("TESTPLUGIN_HOLD_UNTIL")  # a run that lasts until a test says so
+        while hold_until and not Path(hold_until).exists():
+            time.sleep(0.05)
         if os.environ.get("TESTPLUGIN_SLOW_QUERY") == "process":
             with duckdb.connect() as scratch:
                 _slow_query_once(scratch)
