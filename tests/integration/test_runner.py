@@ -183,6 +183,7 @@ def test_sigterm_rolls_back_releases_the_lease_and_reports(
 ) -> None:
     db = tmp_path / "db.duckdb"
     termination = tmp_path / "termination-log"
+    started = tmp_path / "started"
     proc = start_sessionpipe(
         "run",
         "--processor",
@@ -194,14 +195,25 @@ def test_sigterm_rolls_back_releases_the_lease_and_reports(
         "--json",
         "--termination-log",
         termination,
-        env={**plugin_env, "TESTPLUGIN_SLEEP": "1.5", "TESTPLUGIN_BATCHABLE": "0"},
+        env={
+            **plugin_env,
+            "TESTPLUGIN_SLEEP": "1.5",
+            "TESTPLUGIN_BATCHABLE": "0",
+            "TESTPLUGIN_STARTED_LOG": str(started),
+        },
     )
-    time.sleep(2.5)  # inside the second session
+    # Inside the second session, the first one committed (a fixed 2.5 s could land before the run
+    # began on a busy machine, when there is no run to record yet).
+    deadline = time.monotonic() + 60
+    while len(_lines(started)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_lines(started)) == 2, "the run never began its second session"
     proc.send_signal(signal.SIGTERM)
     result = finish(proc, timeout=30)
     assert result.returncode == EXIT_TERMINATED
     summary = run_summary(result)
     assert summary["outcome"] == "terminated"
+    assert summary["processed"] == 1  # the first session, committed before the second began
     message = termination.read_bytes()
     assert len(message) < 4096 and json.loads(message)["outcome"] == "terminated"
     # Whatever was committed is whole: every session with rows has a done state row, and vice versa.
@@ -352,3 +364,10 @@ def test_a_plugin_processor_contributes_its_own_report(
     assert longest.stdout.splitlines() == ["alice/-home-alice-app/s1.jsonl  3", "bob/-srv-api/s3.jsonl  4"]
     unknown = sessionpipe("report", "no-such-processor", "--db", db, env=plugin_env)
     assert unknown.returncode == EXIT_USAGE and "invalid choice" in unknown.stderr
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []

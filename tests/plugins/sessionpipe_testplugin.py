@@ -74,6 +74,10 @@ class LinesProcessor(Processor):
     def process(self, session: SessionFile, data: bytes) -> Output:
         # Knobs for tests of the runner: a slow processor, a file that vanishes mid-run, and a
         # DuckDB statement to be interrupted in process() or in write().
+        started_log = os.environ.get("TESTPLUGIN_STARTED_LOG")  # one line per session begun, for tests to wait on
+        if started_log:
+            with Path(started_log).open("a") as log:
+                log.write(session.key + "\n")
         time.sleep(float(os.environ.get("TESTPLUGIN_SLEEP", "0")))
         hold_until = os.environ.get("TESTPLUGIN_HOLD_UNTIL")  # a run that lasts until a test says so
         while hold_until and not Path(hold_until).exists():
