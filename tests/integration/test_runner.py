@@ -153,24 +153,38 @@ def test_second_concurrent_run_waits_then_exits_with_the_lease_code(
     sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
 ) -> None:
     db = tmp_path / "db.duckdb"
-    slow_env = {**plugin_env, "TESTPLUGIN_SLEEP": "2"}
+    release = tmp_path / "release"  # the first run holds the lease until the second has given up
+    slow_env = {**plugin_env, "TESTPLUGIN_HOLD_UNTIL": str(release)}
     first = start_sessionpipe("run", "--processor", "lines", "--sessions", sessions, "--db", db, "--json", env=slow_env)
-    lease_file = db.with_name(db.name + ".lease")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (lease_file.exists() and lease_file.read_text()):
-        time.sleep(0.05)
-    started = time.monotonic()
-    second = sessionpipe(
-        "run", "--processor", "lines", "--sessions", sessions, "--db", db, "--lease-wait", "1", "--json", env=plugin_env
-    )
-    waited = time.monotonic() - started
-    assert second.returncode == EXIT_LEASE_NOT_ACQUIRED
-    summary = run_summary(second)
-    assert summary["outcome"] == "lease_not_acquired"
-    assert f":{first.pid} (processor lines" in summary["message"]
-    # While it waits, its log says for whom (the first line of stderr, before the wait ran out).
-    assert f"is held by {socket.gethostname()}:{first.pid} (processor lines" in second.stderr.splitlines()[0]
-    assert waited >= 1.0
+    try:
+        lease_file = db.with_name(db.name + ".lease")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (lease_file.exists() and lease_file.read_text()):
+            time.sleep(0.05)
+        started = time.monotonic()
+        second = sessionpipe(
+            "run",
+            "--processor",
+            "lines",
+            "--sessions",
+            sessions,
+            "--db",
+            db,
+            "--lease-wait",
+            "1",
+            "--json",
+            env=plugin_env,
+        )
+        waited = time.monotonic() - started
+        assert second.returncode == EXIT_LEASE_NOT_ACQUIRED
+        summary = run_summary(second)
+        assert summary["outcome"] == "lease_not_acquired"
+        assert f":{first.pid} (processor lines" in summary["message"]
+        # While it waits, its log says for whom (the first line of stderr, before the wait ran out).
+        assert f"is held by {socket.gethostname()}:{first.pid} (processor lines" in second.stderr.splitlines()[0]
+        assert waited >= 1.0
+    finally:
+        release.touch()
     done = finish(first)
     assert done.returncode == EXIT_OK
     assert run_summary(done)["processed"] == 3
