@@ -1,25 +1,32 @@
 """Usage reports over the deduplicated calls (``usage_messages``), in ccusage 20.0.24's JSON shape.
 
-``--by day|month|session`` print what ``ccusage claude daily|monthly|session --json`` print, field for
-field (``{"monthly": [{"month", "inputTokens", "outputTokens", "cacheCreationTokens",
-"cacheReadTokens", "totalTokens", "totalCost", "modelsUsed", "modelBreakdowns"}], "totals": {…}}``;
-sessions carry ``sessionId``, ``projectPath``, ``firstActivity`` and ``lastActivity``), so scripts
-written against ccusage keep working. ``--by user|project|model`` use the same field names under
-``users`` / ``projects`` / ``models``. As in ccusage, a call made in fast mode is listed under its
-model name with ``-fast`` appended.
+``--by day|week|month|session|block`` print what ``ccusage claude daily|weekly|monthly|session|blocks
+--json`` print, field for field (``{"monthly": [{"month", "inputTokens", "outputTokens",
+"cacheCreationTokens", "cacheReadTokens", "totalTokens", "totalCost", "modelsUsed",
+"modelBreakdowns"}], "totals": {…}}``; sessions carry ``sessionId``, ``projectPath``,
+``firstActivity`` and ``lastActivity``), so scripts written against ccusage keep working. Weeks are
+named by their first day (Sunday unless ``--start-of-week`` says otherwise); blocks are ccusage's
+5-hour billing windows (see :mod:`.blocks`). ``--by user|project|model`` use the same field names
+under ``users`` / ``projects`` / ``models``. As in ccusage, a call made in fast mode is listed under
+its model name with ``-fast`` appended. Days, weeks and months are cut in the machine's time zone
+unless ``--tz`` names another, as ccusage does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
 from sessionpipe_runner.names import printable
+from sessionpipe_runner.processors.usage.blocks import blocks_report, load_calls
 from sessionpipe_runner.reports import Report, ReportError, iso_date, require_table
 
 # TIMESTAMPTZ values are fetched as naive UTC TIMESTAMPs: fetching TIMESTAMPTZ needs pytz.
@@ -27,6 +34,7 @@ from sessionpipe_runner.reports import Report, ReportError, iso_date, require_ta
 #: name, and the JSON names of the key's parts.
 GROUPINGS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "day": (("strftime(lt, '%Y-%m-%d')",), "daily", ("date",)),
+    "week": (("week_start",), "weekly", ("week",)),
     "month": (("strftime(lt, '%Y-%m')",), "monthly", ("month",)),
     "session": (("session_id", "project", "user_name"), "sessions", ("sessionId", "projectPath", "user")),
     "user": (("user_name",), "users", ("user",)),
@@ -35,6 +43,10 @@ GROUPINGS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
 }
 #: Models that are not models: Claude Code's local placeholder for calls it never made.
 NOT_A_MODEL = frozenset({"<synthetic>"})
+#: Week days as ``--start-of-week`` names them, in DuckDB's ``dayofweek`` numbering (Sunday is 0).
+WEEK_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+#: Groupings listed in time order rather than by cost.
+BY_TIME = ("day", "week", "month")
 TOKEN_FIELDS = ("inputTokens", "outputTokens", "cacheCreationTokens", "cacheReadTokens")
 
 
@@ -94,31 +106,71 @@ def _entry(group: _Group, by: str) -> dict[str, Any]:
     return entry
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which calls a report counts and how it cuts time.
+
+    ``since`` and ``until`` are inclusive days in the time zone ``tz``; ``users`` and ``projects``,
+    when given, keep only those users' / projects' calls; weeks start on ``start_of_week``
+    (0 is Sunday, as ccusage's default).
+    """
+
+    since: date | None = None
+    until: date | None = None
+    tz: str = "UTC"
+    users: tuple[str, ...] = ()
+    projects: tuple[str, ...] = ()
+    start_of_week: int = 0
+
+
+#: The calls a report reads: each deduplicated call with its local time ``lt``, the first day of its
+#: local week, and its model as ccusage labels it; filtered by user and project (not by day: blocks
+#: are cut before they are filtered).
+CALLS_SQL = """
+    SELECT *, timezone($tz, ts) AS lt,
+        strftime(CAST(timezone($tz, ts) AS DATE)
+            - CAST((dayofweek(timezone($tz, ts)) - $start_of_week + 7) % 7 AS INTEGER), '%Y-%m-%d') AS week_start,
+        CASE WHEN speed = 'fast' THEN model || '-fast' ELSE model END AS model_label
+    FROM usage_messages
+    WHERE (len($users) = 0 OR list_contains($users, user_name))
+        AND (len($projects) = 0 OR list_contains($projects, project))
+"""
+
+
+def calls_parameters(selection: Selection) -> dict[str, Any]:
+    """The named parameters of :data:`CALLS_SQL`."""
+    return {
+        "tz": selection.tz,
+        "start_of_week": selection.start_of_week,
+        "users": list(selection.users),
+        "projects": list(selection.projects),
+    }
+
+
 def usage_report(
     con: duckdb.DuckDBPyConnection,
     by: str,
     since: date | None = None,
     until: date | None = None,
     tz: str = "UTC",
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
-    """Tokens and cost of the deduplicated calls grouped ``by`` day, month, session, user, project or model.
+    """Tokens and cost of the deduplicated calls grouped ``by`` day, week, month, session, user, project or model.
 
-    ``since`` and ``until`` are inclusive days, and days and months are cut, in the time zone ``tz``.
+    ``since`` and ``until`` are inclusive days, and days, weeks and months are cut, in the time zone
+    ``tz``; a ``selection`` replaces all three and adds the user, project and week-start choices.
     Raises ValueError for an unknown grouping or time zone.
     """
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r}; use one of {', '.join(GROUPINGS)}")
-    check_timezone(tz)
+    selection = selection or Selection(since=since, until=until, tz=tz)
+    check_timezone(selection.tz)
     key_sql, list_name, _ = GROUPINGS[by]
     keys = ", ".join(f"{expression} AS k{i}" for i, expression in enumerate(key_sql))
     key_names = ", ".join(f"k{i}" for i in range(len(key_sql)))
     rows = con.execute(
         f"""
-        WITH calls AS (
-            SELECT *, timezone($tz, ts) AS lt,
-                CASE WHEN speed = 'fast' THEN model || '-fast' ELSE model END AS model_label
-            FROM usage_messages
-        )
+        WITH calls AS ({CALLS_SQL})
         SELECT {keys}, model_label, timezone('UTC', min(ts)), timezone('UTC', max(ts)),
             sum(input_tokens), sum(output_tokens), sum(cache_write_5m_tokens + cache_write_1h_tokens),
             sum(cache_read_tokens), sum(cost_usd)
@@ -126,7 +178,7 @@ def usage_report(
         WHERE ($since IS NULL OR CAST(lt AS DATE) >= $since) AND ($until IS NULL OR CAST(lt AS DATE) <= $until)
         GROUP BY {key_names}, model_label
         """,
-        {"tz": tz, "since": since, "until": until},
+        {**calls_parameters(selection), "since": selection.since, "until": selection.until},
     ).fetchall()
     width = len(key_sql)
     groups: dict[tuple[Any, ...], _Group] = {}
@@ -136,7 +188,7 @@ def usage_report(
         tokens = [int(value) for value in row[width + 3 : width + 7]]
         group = groups.setdefault(key, _Group(key))
         group.add(model, first, last, tokens, float(row[width + 7]))
-    if by in ("day", "month"):
+    if by in BY_TIME:
         ordered = sorted(groups.values(), key=lambda g: g.key)
     else:
         ordered = sorted(groups.values(), key=lambda g: (-g.cost, tuple(str(part) for part in g.key)))
@@ -155,8 +207,10 @@ def _short_model(name: str) -> str:
     return name.removeprefix("claude-")
 
 
-def render_text(data: dict[str, Any], by: str) -> str:
-    """The report as a plain table, one line per group and a total line."""
+def render_text(data: dict[str, Any], by: str, breakdown: bool = False) -> str:
+    """The report as a plain table, one line per group (and per model under it with ``breakdown``) and a total line."""
+    if by == "block":
+        return render_blocks(data)
     _, list_name, names = GROUPINGS[by]
     entries: list[dict[str, Any]] = data[list_name]
     header = [names[0] if by != "session" else "session", "models", "input", "output", "cache create", "cache read"]
@@ -168,18 +222,73 @@ def render_text(data: dict[str, Any], by: str) -> str:
             label = f"{entry['projectPath']}/{label}" if entry["projectPath"] else label
         models = ", ".join(_short_model(m) for m in entry.get("modelsUsed", [])) if by != "model" else ""
         table.append(_line(printable(label), printable(models), entry))  # a name's newline stays in its cell
+        if breakdown:
+            for model in entry.get("modelBreakdowns", []):
+                tokens = [model[name] for name in TOKEN_FIELDS]
+                values = {**_token_fields(tokens), "totalCost": model["cost"]}
+                table.append(_line(f"  - {printable(_short_model(model['modelName']))}", "", values))
     totals = data["totals"]
     table.append(_line("Total", "", totals))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = []
-    for number, row in enumerate(table):
-        cells = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-        if number == 0 or number == len(table) - 2:
-            lines.append("  ".join("-" * width for width in widths))
+    lines = _columns(table, left=2)
     if not entries:
         lines.insert(0, "no usage in this period")
     return "\n".join(lines)
+
+
+def _columns(table: list[list[str]], left: int) -> list[str]:
+    """Rows padded into columns (the first ``left`` aligned left), a rule under the header and above the last row."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for number, row in enumerate(table):
+        cells = [cell.ljust(widths[i]) if i < left else cell.rjust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+        if number == 0 or number == len(table) - 2:
+            lines.append("  ".join("-" * width for width in widths))
+    return lines
+
+
+def _duration(delta_minutes: int) -> str:
+    hours, minutes = divmod(delta_minutes, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def render_blocks(data: dict[str, Any]) -> str:
+    """Blocks as a table: start (UTC), duration or status, models, tokens, cost; the active block's projection."""
+    table: list[list[str]] = [["block start (UTC)", "duration/status", "models", "tokens", "cost (USD)"]]
+    for block in data["blocks"]:
+        start = block["startTime"][:16].replace("T", " ")
+        if block["isGap"]:
+            hours = (_moment(block["endTime"]) - _moment(block["startTime"])).total_seconds() // 3600
+            table.append([f"{start} ({int(hours)}h gap)", "(inactive)", "-", "-", "-"])
+            continue
+        minutes = int((_moment(block["actualEndTime"]) - _moment(block["startTime"])).total_seconds() // 60)
+        status = "ACTIVE" if block["isActive"] else _duration(minutes)
+        models = ", ".join(_short_model(m) for m in block["models"]) or "-"
+        table.append([start, status, printable(models), f"{block['totalTokens']:,}", f"${block['costUSD']:,.2f}"])
+        if block["projection"] is not None:
+            projected = block["projection"]
+            table.append(
+                [
+                    "  (at the current burn rate)",
+                    "PROJECTED",
+                    f"{projected['remainingMinutes']} min left",
+                    f"{projected['totalTokens']:,}",
+                    f"${projected['totalCost']:,.2f}",
+                ]
+            )
+    blocks = [b for b in data["blocks"] if not b["isGap"]]
+    total_cost = sum(b["costUSD"] for b in blocks)
+    table.append(
+        ["Total", f"{len(blocks)} blocks", "", f"{sum(b['totalTokens'] for b in blocks):,}", f"${total_cost:,.2f}"]
+    )
+    lines = _columns(table, left=3)
+    if not blocks:
+        lines.insert(0, "no usage in this period")
+    return "\n".join(lines)
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _line(label: str, models: str, values: dict[str, Any]) -> list[str]:
@@ -195,23 +304,87 @@ def _line(label: str, models: str, values: dict[str, Any]) -> list[str]:
     ]
 
 
+def local_timezone(environ: Mapping[str, str] | None = None, localtime: Path = Path("/etc/localtime")) -> str:
+    """The machine's IANA time zone, as ccusage defaults to it: ``$TZ``, else ``/etc/localtime``'s link, else UTC."""
+    environ = os.environ if environ is None else environ
+    name = environ.get("TZ", "").removeprefix(":")
+    if name:
+        try:
+            return check_timezone(name)
+        except ValueError:
+            pass  # a POSIX rule such as "EST5EDT,M3.2.0,M11.1.0" is not a zone name; try the link
+    try:
+        target = str(localtime.resolve(strict=True))
+    except OSError:
+        return "UTC"
+    _, found, zone = target.partition("zoneinfo/")
+    if found:
+        try:
+            return check_timezone(zone)
+        except ValueError:
+            pass
+    return "UTC"
+
+
+def week_day(text: str) -> int:
+    """A ``--start-of-week`` value (``sunday`` … ``saturday``), as DuckDB numbers days (Sunday is 0)."""
+    try:
+        return WEEK_DAYS.index(text.lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day of the week ({', '.join(WEEK_DAYS)})") from None
+
+
 class UsageReport(Report):
-    """``sessionpipe report usage [--by GROUPING] [--since DAY] [--until DAY] [--tz ZONE]``."""
+    """``sessionpipe report usage [--by GROUPING] [--since DAY] [--until DAY] [--tz ZONE] …``."""
 
     help = "tokens by kind and cost (ccusage-compatible JSON)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--by", choices=tuple(GROUPINGS), default="day", help="grouping (default: day)")
-        parser.add_argument("--since", type=iso_date, metavar="YYYY-MM-DD", help="first day included")
-        parser.add_argument("--until", type=iso_date, metavar="YYYY-MM-DD", help="last day included")
-        parser.add_argument("--tz", default="UTC", help="IANA time zone for days and months (default UTC)")
+        parser.add_argument(
+            "--by", choices=(*GROUPINGS, "block"), default="day", help="grouping; block: 5-hour windows (default: day)"
+        )
+        parser.add_argument("--since", type=iso_date, metavar="YYYY-MM-DD", help="first day included (or YYYYMMDD)")
+        parser.add_argument("--until", type=iso_date, metavar="YYYY-MM-DD", help="last day included (or YYYYMMDD)")
+        parser.add_argument(
+            "-z",
+            "--tz",
+            "--timezone",
+            dest="tz",
+            help="IANA time zone for days, weeks and months (default: this machine's)",
+        )
+        parser.add_argument(
+            "--start-of-week", type=week_day, default=0, metavar="DAY", help="first day of a week (default: sunday)"
+        )
+        parser.add_argument("--user", action="append", default=[], metavar="NAME", help="only this user (repeatable)")
+        parser.add_argument(
+            "--project", action="append", default=[], metavar="NAME", help="only this project folder (repeatable)"
+        )
+        parser.add_argument("--breakdown", action="store_true", help="a row per model under each group in the table")
 
     def build(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         require_table(con, "usage_rows", "usage")
         if args.since and args.until and args.since > args.until:
             raise ReportError(f"--since {args.since} is after --until {args.until}")
+        selection = Selection(
+            since=args.since,
+            until=args.until,
+            tz=args.tz or local_timezone(),
+            users=tuple(args.user),
+            projects=tuple(args.project),
+            start_of_week=args.start_of_week,
+        )
         try:
-            data = usage_report(con, args.by, since=args.since, until=args.until, tz=args.tz)
+            if args.by == "block":
+                data = block_report(con, selection, datetime.now(UTC))
+            else:
+                data = usage_report(con, args.by, selection=selection)
         except ValueError as error:
             raise ReportError(str(error)) from None
-        return data, render_text(data, args.by)
+        return data, render_text(data, args.by, breakdown=args.breakdown)
+
+
+def block_report(con: duckdb.DuckDBPyConnection, selection: Selection, now: datetime) -> dict[str, Any]:
+    """ccusage's ``blocks --json``: the selected calls in 5-hour blocks, as of ``now``."""
+    check_timezone(selection.tz)
+    calls = load_calls(con, CALLS_SQL, calls_parameters(selection))
+    return blocks_report(calls, now, selection.tz, NOT_A_MODEL, since=selection.since, until=selection.until)
