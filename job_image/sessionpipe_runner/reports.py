@@ -33,6 +33,10 @@ class Report:
         """(JSON-able data, plain-text rendering) of the report; raise :class:`ReportError` for bad requests."""
         raise NotImplementedError
 
+    def notes(self, data: dict[str, Any]) -> list[str]:
+        """Lines for stderr beside the text table (a caveat about the numbers); the JSON data says them itself."""
+        return []
+
 
 def require_table(con: duckdb.DuckDBPyConnection, table: str, processor: str) -> None:
     """Raise :class:`ReportError` unless ``table`` exists: the processor has not run on this database."""

@@ -349,3 +349,47 @@ def test_breakdown_puts_a_row_per_model_under_each_period(sniffly_db: Path) -> N
     assert len(model_rows) == sum(len(m["modelBreakdowns"]) for m in data["monthly"]) > 0
     assert len(detailed) == len(plain) + len(model_rows)
     assert "sonnet-4-20250514" in model_rows[0]
+
+
+def assistant_line(n: int, model: str, usage: dict[str, int]) -> str:
+    """One assistant call as Claude Code writes it."""
+    message = {"id": f"msg-{n}", "model": model, "role": "assistant", "usage": usage}
+    line = {"type": "assistant", "timestamp": f"2026-01-09T10:00:{n:02d}.000Z", "sessionId": "s", "requestId": f"r-{n}"}
+    return json.dumps({**line, "message": message}, separators=(",", ":")) + "\n"
+
+
+def test_the_report_names_the_models_it_could_not_price_and_their_tokens(tmp_path: Path) -> None:
+    lines = [
+        assistant_line(1, "claude-made-up-9", {"input_tokens": 1000, "output_tokens": 200}),
+        assistant_line(2, "claude-made-up-9", {"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5}),
+        assistant_line(3, "claude-sonnet-4-20250514", {"input_tokens": 100, "output_tokens": 20}),
+        assistant_line(4, "<synthetic>", {"input_tokens": 0, "output_tokens": 0}),
+    ]
+    place(tmp_path / "sessions", "alice/-work/s.jsonl", "".join(lines).encode())
+    db = tmp_path / "usage.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    args = usage_arguments("--by", "month", "--tz", "UTC")
+    with reading(db) as con:
+        data, _ = UsageReport().build(con, args)
+    assert data["unpricedModels"] == [
+        {
+            "model": "claude-made-up-9",
+            "calls": 2,
+            "inputTokens": 1010,
+            "outputTokens": 202,
+            "cacheCreationTokens": 0,
+            "cacheReadTokens": 5,
+            "totalTokens": 1217,
+        }
+    ]
+    (note,) = UsageReport().notes(data)
+    assert "claude-made-up-9" in note and "1,217 tokens" in note and "2 calls" in note
+    text = sessionpipe("report", "usage", "--by", "month", "--tz", "UTC", "--db", db)
+    assert text.returncode == EXIT_OK
+    assert "claude-made-up-9" in text.stderr and "no price" not in text.stdout
+
+
+def test_a_fully_priced_report_has_no_unpriced_list(sniffly_db: Path) -> None:
+    with reading(sniffly_db) as con:
+        data, _ = UsageReport().build(con, usage_arguments("--by", "block", "--tz", "UTC"))
+    assert "unpricedModels" not in data and UsageReport().notes(data) == []

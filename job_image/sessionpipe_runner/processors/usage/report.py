@@ -25,7 +25,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
+from sessionpipe_contract import ENV_PRICING
 from sessionpipe_runner.names import printable
+from sessionpipe_runner.processors.usage import COST_UNPRICED
 from sessionpipe_runner.processors.usage.blocks import blocks_report, load_calls
 from sessionpipe_runner.reports import Report, ReportError, iso_date, require_table
 
@@ -45,6 +47,8 @@ GROUPINGS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
 NOT_A_MODEL = frozenset({"<synthetic>"})
 #: Week days as ``--start-of-week`` names them, in DuckDB's ``dayofweek`` numbering (Sunday is 0).
 WEEK_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+#: The JSON key listing models counted at $0 for want of a price (present only when there are some).
+UNPRICED_KEY = "unpricedModels"
 #: Groupings listed in time order rather than by cost.
 BY_TIME = ("day", "week", "month")
 TOKEN_FIELDS = ("inputTokens", "outputTokens", "cacheCreationTokens", "cacheReadTokens")
@@ -201,6 +205,42 @@ def usage_report(
         list_name: [_entry(group, by) for group in ordered],
         "totals": {**_token_fields(totals), "totalCost": total_cost},
     }
+
+
+def unpriced_usage(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict[str, Any]]:
+    """The models whose selected calls had tokens but no price (counted at $0), with those calls' tokens."""
+    rows = con.execute(
+        f"""
+        WITH calls AS ({CALLS_SQL})
+        SELECT model_label, count(*), sum(input_tokens), sum(output_tokens),
+            sum(cache_write_5m_tokens + cache_write_1h_tokens), sum(cache_read_tokens)
+        FROM calls
+        WHERE cost_source = $unpriced
+            AND input_tokens + output_tokens + cache_write_5m_tokens + cache_write_1h_tokens + cache_read_tokens > 0
+            AND ($since IS NULL OR CAST(lt AS DATE) >= $since) AND ($until IS NULL OR CAST(lt AS DATE) <= $until)
+        GROUP BY model_label
+        ORDER BY model_label
+        """,
+        {
+            **calls_parameters(selection),
+            "since": selection.since,
+            "until": selection.until,
+            "unpriced": COST_UNPRICED,
+        },
+    ).fetchall()
+    return [
+        {"model": model, "calls": int(calls), **_token_fields([int(value) for value in tokens])}
+        for model, calls, *tokens in rows
+    ]
+
+
+def unpriced_notes(data: dict[str, Any]) -> list[str]:
+    """One stderr line per model the report counted at $0 for want of a price."""
+    return [
+        f"warning: no price for model {printable(str(entry['model']))}: {entry['totalTokens']:,} tokens in "
+        f"{entry['calls']:,} calls are counted at $0 (set {ENV_PRICING} to a price file that has it)"
+        for entry in data.get(UNPRICED_KEY, [])
+    ]
 
 
 def _short_model(name: str) -> str:
@@ -378,9 +418,16 @@ class UsageReport(Report):
                 data = block_report(con, selection, datetime.now(UTC))
             else:
                 data = usage_report(con, args.by, selection=selection)
+            unpriced = unpriced_usage(con, selection)
         except ValueError as error:
             raise ReportError(str(error)) from None
+        if unpriced:
+            data[UNPRICED_KEY] = unpriced
         return data, render_text(data, args.by, breakdown=args.breakdown)
+
+    def notes(self, data: dict[str, Any]) -> list[str]:
+        """The models left unpriced, named with their tokens."""
+        return unpriced_notes(data)
 
 
 def block_report(con: duckdb.DuckDBPyConnection, selection: Selection, now: datetime) -> dict[str, Any]:
