@@ -191,7 +191,7 @@ def test_since_and_until_keep_whole_local_days(sniffly_db: Path) -> None:
 
 def test_every_grouping_accounts_for_the_same_totals(sniffly_db: Path) -> None:
     with reading(sniffly_db) as con:
-        reports = {by: usage_report(con, by) for by in ("day", "month", "session", "user", "project", "model")}
+        reports = {by: usage_report(con, by) for by in ("day", "week", "month", "session", "user", "project", "model")}
         sessions = con.execute("SELECT count(*), sum(cost_usd) FROM usage_sessions").fetchone()
     totals = reports["month"]["totals"]
     for report in reports.values():
