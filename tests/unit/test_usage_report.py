@@ -351,10 +351,10 @@ def test_breakdown_puts_a_row_per_model_under_each_period(sniffly_db: Path) -> N
     assert "sonnet-4-20250514" in model_rows[0]
 
 
-def assistant_line(n: int, model: str, usage: dict[str, int]) -> str:
+def assistant_line(n: int, model: str, usage: dict[str, int], day: str = "2026-01-09") -> str:
     """One assistant call as Claude Code writes it."""
     message = {"id": f"msg-{n}", "model": model, "role": "assistant", "usage": usage}
-    line = {"type": "assistant", "timestamp": f"2026-01-09T10:00:{n:02d}.000Z", "sessionId": "s", "requestId": f"r-{n}"}
+    line = {"type": "assistant", "timestamp": f"{day}T10:00:{n:02d}.000Z", "sessionId": "s", "requestId": f"r-{n}"}
     return json.dumps({**line, "message": message}, separators=(",", ":")) + "\n"
 
 
@@ -393,3 +393,44 @@ def test_a_fully_priced_report_has_no_unpriced_list(sniffly_db: Path) -> None:
     with reading(sniffly_db) as con:
         data, _ = UsageReport().build(con, usage_arguments("--by", "block", "--tz", "UTC"))
     assert "unpricedModels" not in data and UsageReport().notes(data) == []
+
+
+def test_tables_go_compact_and_wrap_on_a_narrow_terminal(sniffly_db: Path) -> None:
+    with reading(sniffly_db) as con:
+        data = usage_report(con, "session")
+    wide = render_text(data, "session")
+    narrow = render_text(data, "session", width=60)
+    assert max(map(len, wide.splitlines())) > 100 and "cache read" in wide
+    assert max(map(len, narrow.splitlines())) <= 60
+    assert "cache read" not in narrow and "cache create" not in narrow  # --json still has them
+    assert f"{data['totals']['totalTokens']:,}" in narrow and f"${data['totals']['totalCost']:,.2f}" in narrow
+    assert render_text(data, "session", width=400) == wide  # a wide terminal changes nothing
+
+
+def test_project_folders_are_shown_as_the_directory_they_stand_for(tmp_path: Path) -> None:
+    data = SNIFFLY_FILE.read_bytes()  # its calls ran in /Users/chip/dev/ai-music
+    place(tmp_path / "sessions", "chip/-Users-chip-dev-ai-music/a.jsonl", data)
+    place(tmp_path / "sessions", "chip/-elsewhere/b.jsonl", data.replace(b'"id":"msg_', b'"id":"other_'))
+    db = tmp_path / "usage.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    with reading(db) as con:
+        data_, text = UsageReport().build(con, usage_arguments("--by", "project", "--tz", "UTC"))
+    assert {p["project"] for p in data_["projects"]} == {"-Users-chip-dev-ai-music", "-elsewhere"}  # JSON as is
+    labels = [line.split()[0] for line in text.splitlines()[2:4]]
+    assert sorted(labels) == ["-elsewhere", "~/dev/ai-music"]  # a cwd that does not name the folder is not used
+
+
+def test_periods_of_synthetic_placeholders_only_are_not_shown_as_empty_rows(tmp_path: Path) -> None:
+    lines = [
+        assistant_line(1, "claude-sonnet-4-20250514", {"input_tokens": 100, "output_tokens": 20}),
+        assistant_line(2, "<synthetic>", {"input_tokens": 0, "output_tokens": 0}, day="2026-01-10"),
+    ]
+    place(tmp_path / "sessions", "alice/-work/s.jsonl", "".join(lines).encode())
+    db = tmp_path / "usage.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    with reading(db) as con:
+        data = usage_report(con, "day")
+        models = usage_report(con, "model")
+    assert [d["date"] for d in data["daily"]] == ["2026-01-09", "2026-01-10"]  # the JSON keeps ccusage's rows
+    assert "2026-01-09" in render_text(data, "day") and "2026-01-10" not in render_text(data, "day")
+    assert "<synthetic>" not in render_text(models, "model")

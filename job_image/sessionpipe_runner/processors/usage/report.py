@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -29,6 +31,7 @@ from sessionpipe_contract import ENV_PRICING
 from sessionpipe_runner.names import printable
 from sessionpipe_runner.processors.usage import COST_UNPRICED
 from sessionpipe_runner.processors.usage.blocks import blocks_report, load_calls
+from sessionpipe_runner.processors.usage.table import Column, folder_of, readable_path, render_table
 from sessionpipe_runner.reports import Report, ReportError, iso_date, require_table
 
 # TIMESTAMPTZ values are fetched as naive UTC TIMESTAMPs: fetching TIMESTAMPTZ needs pytz.
@@ -234,6 +237,23 @@ def unpriced_usage(con: duckdb.DuckDBPyConnection, selection: Selection) -> list
     ]
 
 
+def project_names(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Project folder -> the working directory it stands for (home as ``~``), for folders whose calls say it.
+
+    A folder's most frequent ``cwd`` is used only if Claude Code would name the folder after it, so a
+    session that changed directory does not rename its project.
+    """
+    rows = con.execute(
+        "SELECT project, cwd FROM usage_messages WHERE cwd IS NOT NULL"
+        " GROUP BY project, cwd ORDER BY project, count(*) DESC, cwd"
+    ).fetchall()
+    names: dict[str, str] = {}
+    for folder, cwd in rows:
+        if folder not in names and folder_of(cwd) == folder:
+            names[folder] = readable_path(cwd)
+    return names
+
+
 def unpriced_notes(data: dict[str, Any]) -> list[str]:
     """One stderr line per model the report counted at $0 for want of a price."""
     return [
@@ -247,44 +267,57 @@ def _short_model(name: str) -> str:
     return name.removeprefix("claude-")
 
 
-def render_text(data: dict[str, Any], by: str, breakdown: bool = False) -> str:
-    """The report as a plain table, one line per group (and per model under it with ``breakdown``) and a total line."""
+#: The grouped reports' columns: the group, its models, then the numbers (cache columns go first when narrow).
+USAGE_COLUMNS = (
+    Column("models", text=True),
+    Column("input"),
+    Column("output"),
+    Column("cache create", optional=True),
+    Column("cache read", optional=True),
+    Column("total tokens"),
+    Column("cost (USD)"),
+)
+
+
+def render_text(
+    data: dict[str, Any],
+    by: str,
+    breakdown: bool = False,
+    width: int | None = None,
+    project_names: Mapping[str, str] | None = None,
+) -> str:
+    """The report as a table: a row per group (and per model under it with ``breakdown``) and a total line.
+
+    Groups without tokens or cost (a day of ``<synthetic>`` placeholders only) are left out of the
+    table, not of the JSON. Project folders are shown as the working directory they stand for when
+    ``project_names`` knows it; the table fits ``width`` columns (None: no limit).
+    """
     if by == "block":
-        return render_blocks(data)
+        return render_blocks(data, width)
     _, list_name, names = GROUPINGS[by]
-    entries: list[dict[str, Any]] = data[list_name]
-    header = [names[0] if by != "session" else "session", "models", "input", "output", "cache create", "cache read"]
-    header += ["total tokens", "cost (USD)"]
-    table: list[list[str]] = [header]
+    entries = [e for e in data[list_name] if e["totalTokens"] or e["totalCost"]]
+    known = project_names or {}
+    rows: list[list[str]] = []
     for entry in entries:
         label = str(entry[names[0]])
-        if by == "session":
-            label = f"{entry['projectPath']}/{label}" if entry["projectPath"] else label
-        models = ", ".join(_short_model(m) for m in entry.get("modelsUsed", [])) if by != "model" else ""
-        table.append(_line(printable(label), printable(models), entry))  # a name's newline stays in its cell
+        if by == "project":
+            label = known.get(label, label)
+        elif by == "session" and entry["projectPath"]:
+            label = f"{known.get(entry['projectPath'], entry['projectPath'])}/{label}"
+        models = _models_cell(entry.get("modelsUsed", [])) if by != "model" else ""
+        rows.append(_line(printable(label), models, entry))  # a name's newline stays in its cell
         if breakdown:
             for model in entry.get("modelBreakdowns", []):
-                tokens = [model[name] for name in TOKEN_FIELDS]
-                values = {**_token_fields(tokens), "totalCost": model["cost"]}
-                table.append(_line(f"  - {printable(_short_model(model['modelName']))}", "", values))
-    totals = data["totals"]
-    table.append(_line("Total", "", totals))
-    lines = _columns(table, left=2)
-    if not entries:
-        lines.insert(0, "no usage in this period")
-    return "\n".join(lines)
+                values = {**_token_fields([model[name] for name in TOKEN_FIELDS]), "totalCost": model["cost"]}
+                rows.append(_line(f"  - {printable(_short_model(model['modelName']))}", "", values))
+    header = names[0] if by != "session" else "session"
+    text = render_table((Column(header, text=True), *USAGE_COLUMNS), rows, _line("Total", "", data["totals"]), width)
+    return text if entries else "no usage in this period\n" + text
 
 
-def _columns(table: list[list[str]], left: int) -> list[str]:
-    """Rows padded into columns (the first ``left`` aligned left), a rule under the header and above the last row."""
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = []
-    for number, row in enumerate(table):
-        cells = [cell.ljust(widths[i]) if i < left else cell.rjust(widths[i]) for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-        if number == 0 or number == len(table) - 2:
-            lines.append("  ".join("-" * width for width in widths))
-    return lines
+def _models_cell(models: list[str]) -> str:
+    """Models one per line, shortened; a newline inside a name is shown escaped, not as a line break."""
+    return "\n".join(printable(_short_model(model)) for model in models)
 
 
 def _duration(delta_minutes: int) -> str:
@@ -292,22 +325,31 @@ def _duration(delta_minutes: int) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
-def render_blocks(data: dict[str, Any]) -> str:
+BLOCK_COLUMNS = (
+    Column("block start (UTC)", text=True),
+    Column("duration/status", text=True),
+    Column("models", text=True),
+    Column("tokens"),
+    Column("cost (USD)"),
+)
+
+
+def render_blocks(data: dict[str, Any], width: int | None = None) -> str:
     """Blocks as a table: start (UTC), duration or status, models, tokens, cost; the active block's projection."""
-    table: list[list[str]] = [["block start (UTC)", "duration/status", "models", "tokens", "cost (USD)"]]
+    rows: list[list[str]] = []
     for block in data["blocks"]:
         start = block["startTime"][:16].replace("T", " ")
         if block["isGap"]:
             hours = (_moment(block["endTime"]) - _moment(block["startTime"])).total_seconds() // 3600
-            table.append([f"{start} ({int(hours)}h gap)", "(inactive)", "-", "-", "-"])
+            rows.append([f"{start} ({int(hours)}h gap)", "(inactive)", "-", "-", "-"])
             continue
         minutes = int((_moment(block["actualEndTime"]) - _moment(block["startTime"])).total_seconds() // 60)
         status = "ACTIVE" if block["isActive"] else _duration(minutes)
-        models = ", ".join(_short_model(m) for m in block["models"]) or "-"
-        table.append([start, status, printable(models), f"{block['totalTokens']:,}", f"${block['costUSD']:,.2f}"])
+        models = _models_cell(block["models"]) or "-"
+        rows.append([start, status, models, f"{block['totalTokens']:,}", f"${block['costUSD']:,.2f}"])
         if block["projection"] is not None:
             projected = block["projection"]
-            table.append(
+            rows.append(
                 [
                     "  (at the current burn rate)",
                     "PROJECTED",
@@ -317,14 +359,10 @@ def render_blocks(data: dict[str, Any]) -> str:
                 ]
             )
     blocks = [b for b in data["blocks"] if not b["isGap"]]
-    total_cost = sum(b["costUSD"] for b in blocks)
-    table.append(
-        ["Total", f"{len(blocks)} blocks", "", f"{sum(b['totalTokens'] for b in blocks):,}", f"${total_cost:,.2f}"]
-    )
-    lines = _columns(table, left=3)
-    if not blocks:
-        lines.insert(0, "no usage in this period")
-    return "\n".join(lines)
+    tokens, cost = sum(b["totalTokens"] for b in blocks), sum(b["costUSD"] for b in blocks)
+    total = ["Total", f"{len(blocks)} blocks", "", f"{tokens:,}", f"${cost:,.2f}"]
+    text = render_table(BLOCK_COLUMNS, rows, total, width)
+    return text if blocks else "no usage in this period\n" + text
 
 
 def _moment(text: str) -> datetime:
@@ -423,7 +461,9 @@ class UsageReport(Report):
             raise ReportError(str(error)) from None
         if unpriced:
             data[UNPRICED_KEY] = unpriced
-        return data, render_text(data, args.by, breakdown=args.breakdown)
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        names = project_names(con) if args.by in ("session", "project") else {}
+        return data, render_text(data, args.by, breakdown=args.breakdown, width=width, project_names=names)
 
     def notes(self, data: dict[str, Any]) -> list[str]:
         """The models left unpriced, named with their tokens."""
