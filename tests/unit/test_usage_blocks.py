@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from sessionpipe_runner.processors.usage.blocks import Call, blocks_report, identify_blocks
+from sessionpipe_runner.processors.usage.report import render_blocks
 
 T0 = datetime(2026, 1, 9, 10, 17, 30, tzinfo=UTC)
 NO_MODELS: frozenset[str] = frozenset({"<synthetic>"})
@@ -89,3 +90,12 @@ def test_synthetic_calls_count_as_entries_but_not_as_models() -> None:
     calls = [call(0), Call(T0 + timedelta(minutes=1), "<synthetic>", (0, 0, 0, 0), 0.0)]
     block = blocks_report(calls, T0 + timedelta(days=1), "UTC", NO_MODELS)["blocks"][0]
     assert block["models"] == ["claude-sonnet-4-5"] and block["entries"] == 2
+
+
+def test_the_blocks_table_shows_the_active_blocks_burn_rate_and_projection() -> None:
+    calls = [call(0, (600, 300, 100, 0), 0.30), call(30, (300, 150, 0, 50), 0.15)]
+    data = blocks_report(calls, T0 + timedelta(minutes=60), "UTC", NO_MODELS)
+    text = render_blocks(data)
+    assert "ACTIVE" in text and "50 tok/min" in text and "$0.90/h" in text
+    projected = next(line for line in text.splitlines() if "PROJECTED" in line)
+    assert "223 min left" in projected and f"{1500 + 50 * 223:,}" in projected

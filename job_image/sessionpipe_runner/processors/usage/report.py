@@ -344,7 +344,14 @@ def render_blocks(data: dict[str, Any], width: int | None = None) -> str:
             rows.append([f"{start} ({int(hours)}h gap)", "(inactive)", "-", "-", "-"])
             continue
         minutes = int((_moment(block["actualEndTime"]) - _moment(block["startTime"])).total_seconds() // 60)
-        status = "ACTIVE" if block["isActive"] else _duration(minutes)
+        status = _duration(minutes)
+        if block["isActive"]:
+            rate = block["burnRate"]
+            status = (
+                "ACTIVE"
+                if rate is None
+                else f"ACTIVE\n{rate['tokensPerMinute']:,.0f} tok/min\n${rate['costPerHour']:,.2f}/h"
+            )
         models = _models_cell(block["models"]) or "-"
         rows.append([start, status, models, f"{block['totalTokens']:,}", f"${block['costUSD']:,.2f}"])
         if block["projection"] is not None:
@@ -360,7 +367,8 @@ def render_blocks(data: dict[str, Any], width: int | None = None) -> str:
             )
     blocks = [b for b in data["blocks"] if not b["isGap"]]
     tokens, cost = sum(b["totalTokens"] for b in blocks), sum(b["costUSD"] for b in blocks)
-    total = ["Total", f"{len(blocks)} blocks", "", f"{tokens:,}", f"${cost:,.2f}"]
+    count = f"{len(blocks)} block" + ("" if len(blocks) == 1 else "s")
+    total = ["Total", count, "", f"{tokens:,}", f"${cost:,.2f}"]
     text = render_table(BLOCK_COLUMNS, rows, total, width)
     return text if blocks else "no usage in this period\n" + text
 
