@@ -418,6 +418,13 @@ def test_project_folders_are_shown_as_the_directory_they_stand_for(tmp_path: Pat
     assert {p["project"] for p in data_["projects"]} == {"-Users-chip-dev-ai-music", "-elsewhere"}  # JSON as is
     labels = [line.split()[0] for line in text.splitlines()[2:4]]
     assert sorted(labels) == ["-elsewhere", "~/dev/ai-music"]  # a cwd that does not name the folder is not used
+    with reading(db) as con:
+        by_dir, _ = UsageReport().build(
+            con, usage_arguments("--by", "project", "--project", "/Users/chip/dev/ai-music")
+        )
+        by_folder, _ = UsageReport().build(con, usage_arguments("--by", "project", "--project=-elsewhere"))
+    assert [p["project"] for p in by_dir["projects"]] == ["-Users-chip-dev-ai-music"]
+    assert [p["project"] for p in by_folder["projects"]] == ["-elsewhere"]
 
 
 def test_periods_of_synthetic_placeholders_only_are_not_shown_as_empty_rows(tmp_path: Path) -> None:

@@ -254,6 +254,14 @@ def project_names(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return names
 
 
+def project_folder(name: str) -> str:
+    """A ``--project`` value as a project folder: a directory (``/home/bob/src/x``, ``~/src/x``) is
+    turned into the folder Claude Code names after it (``-home-bob-src-x``); anything else is a folder."""
+    if name.startswith(("/", "~")):
+        return folder_of(str(Path(name).expanduser()))
+    return name
+
+
 def unpriced_notes(data: dict[str, Any]) -> list[str]:
     """One stderr line per model the report counted at $0 for want of a price."""
     return [
@@ -443,7 +451,11 @@ class UsageReport(Report):
         )
         parser.add_argument("--user", action="append", default=[], metavar="NAME", help="only this user (repeatable)")
         parser.add_argument(
-            "--project", action="append", default=[], metavar="NAME", help="only this project folder (repeatable)"
+            "--project",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="only this project: its directory (/home/me/src/app) or its folder name (repeatable)",
         )
         parser.add_argument("--breakdown", action="store_true", help="a row per model under each group in the table")
 
@@ -456,7 +468,7 @@ class UsageReport(Report):
             until=args.until,
             tz=args.tz or local_timezone(),
             users=tuple(args.user),
-            projects=tuple(args.project),
+            projects=tuple(project_folder(name) for name in args.project),
             start_of_week=args.start_of_week,
         )
         try:
