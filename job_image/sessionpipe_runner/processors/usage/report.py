@@ -444,6 +444,7 @@ class UsageReport(Report):
             "--tz",
             "--timezone",
             dest="tz",
+            metavar="ZONE",
             help="IANA time zone for days, weeks and months (default: this machine's)",
         )
         parser.add_argument(
