@@ -33,6 +33,10 @@ class Report:
         """(JSON-able data, plain-text rendering) of the report; raise :class:`ReportError` for bad requests."""
         raise NotImplementedError
 
+    def notes(self, data: dict[str, Any]) -> list[str]:
+        """Lines for stderr beside the text table (a caveat about the numbers); the JSON data says them itself."""
+        return []
+
 
 def require_table(con: duckdb.DuckDBPyConnection, table: str, processor: str) -> None:
     """Raise :class:`ReportError` unless ``table`` exists: the processor has not run on this database."""
@@ -42,8 +46,12 @@ def require_table(con: duckdb.DuckDBPyConnection, table: str, processor: str) ->
 
 
 def iso_date(text: str) -> date:
-    """A ``YYYY-MM-DD`` flag value, as an argparse ``type``."""
+    """A ``YYYY-MM-DD`` or ``YYYYMMDD`` (ccusage's spelling) flag value, as an argparse ``type``."""
     try:
-        return date.fromisoformat(text)
+        if len(text) == 8 and text.isdigit():
+            return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+        if len(text) == 10:
+            return date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD or YYYYMMDD)")

@@ -1,11 +1,12 @@
-"""``sessionpipe report usage`` against ``ccusage claude monthly|session --json --offline -z UTC``.
+"""``sessionpipe report usage`` against ``ccusage claude monthly|weekly|session|blocks --json --offline -z UTC``.
 
 Each corpus folder is a Claude config directory. sessionpipe reads its ``projects/`` as one user's
 sessions (``--user <folder>``); ccusage reads it through ``CLAUDE_CONFIG_DIR``. Tokens of every kind
 must be equal, costs within 0.1%, per month, per session, per model within each, and in total.
 ccusage names a session by its file stem (files inside ``<session>/`` roll up into it) and shows the
 project folder as ``projectPath``; the usage report uses the same two fields, so rows are matched
-on (projectPath, sessionId).
+on (projectPath, sessionId). Blocks are compared field for field: the corpora are old, so no block is
+active and burn rates and projections are null on both sides (tests/unit covers an active block).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def _close(ours: float, theirs: float) -> bool:
     return abs(ours - theirs) <= COST_TOLERANCE * abs(theirs) + 1e-12
 
 
-def _report(db: Path, by: str) -> dict[str, Any]:
-    result = sessionpipe("report", "usage", "--by", by, "--json", "--db", db)
+def _report(db: Path, by: str, *extra: str) -> dict[str, Any]:
+    result = sessionpipe("report", "usage", "--by", by, "--json", "--tz", "UTC", "--db", db, *extra)
     assert result.returncode == EXIT_OK, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
@@ -61,8 +62,15 @@ def reports(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     )
     summary = run_summary(run)
     assert run.returncode == EXIT_OK and summary["errors"] == 0, summary
-    ours = {"monthly": _report(db, "month"), "session": _report(db, "session")}
-    theirs = {report: ccusage.run(report, CORPUS / folder) for report in ("monthly", "session")}
+    ours = {
+        "monthly": _report(db, "month"),
+        "session": _report(db, "session"),
+        "weekly": _report(db, "week"),
+        "weekly-monday": _report(db, "week", "--start-of-week", "monday"),
+        "blocks": _report(db, "block"),
+    }
+    theirs = {report: ccusage.run(report, CORPUS / folder) for report in ("monthly", "session", "weekly", "blocks")}
+    theirs["weekly-monday"] = ccusage.run("weekly", CORPUS / folder, "--start-of-week", "monday")
     return folder, ours, theirs
 
 
@@ -93,6 +101,32 @@ def test_monthly_report_matches_ccusage(reports: Any) -> None:
         assert_same_usage(our_months[month], expected, f"{folder} {month}")
         assert_same_models(our_months[month], expected, f"{folder} {month}")
     assert_same_usage(ours["monthly"]["totals"], theirs["monthly"]["totals"], f"{folder} totals")
+
+
+@pytest.mark.parametrize("report", ["weekly", "weekly-monday"])
+def test_weekly_report_matches_ccusage(reports: Any, report: str) -> None:
+    folder, ours, theirs = reports
+    our_weeks = {w["week"]: w for w in ours[report]["weekly"]}
+    their_weeks = {w["week"]: w for w in theirs[report]["weekly"]}
+    assert their_weeks, f"ccusage found no usage in {folder}"
+    assert list(our_weeks) == list(their_weeks)
+    for week, expected in their_weeks.items():
+        assert set(expected) <= set(our_weeks[week]), f"{folder} {week}: fields"
+        assert_same_usage(our_weeks[week], expected, f"{folder} {report} {week}")
+        assert_same_models(our_weeks[week], expected, f"{folder} {report} {week}")
+    assert_same_usage(ours[report]["totals"], theirs[report]["totals"], f"{folder} {report} totals")
+
+
+def test_blocks_report_matches_ccusage(reports: Any) -> None:
+    folder, ours, theirs = reports
+    their_blocks = theirs["blocks"]["blocks"]
+    assert their_blocks, f"ccusage found no blocks in {folder}"
+    assert [b["id"] for b in ours["blocks"]["blocks"]] == [b["id"] for b in their_blocks]
+    for our_block, their_block in zip(ours["blocks"]["blocks"], their_blocks, strict=True):
+        where = f"{folder} block {their_block['id']}"
+        assert our_block.keys() == their_block.keys(), where
+        assert _close(our_block["costUSD"], their_block["costUSD"]), where
+        assert {**our_block, "costUSD": 0} == {**their_block, "costUSD": 0}, where
 
 
 def test_session_report_matches_ccusage(reports: Any) -> None:

@@ -65,7 +65,7 @@ def test_sessionpipe_and_ccusage_agree_on_a_generated_corpus(tmp_path: Path) -> 
 
 
 def _report(db: Path, by: str) -> dict[str, Any]:
-    result = sessionpipe("report", "usage", "--by", by, "--json", "--db", db)
+    result = sessionpipe("report", "usage", "--by", by, "--json", "--tz", "UTC", "--db", db)
     assert result.returncode == EXIT_OK, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data

@@ -3,11 +3,12 @@ the reports' groupings, time zones and date filters, and price overrides."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +19,15 @@ import pytest
 from sessionpipe_contract import ENV_PRICING, EXIT_OK, EXIT_USAGE
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.usage import UsageProcessor
-from sessionpipe_runner.processors.usage.report import render_text, usage_report
+from sessionpipe_runner.processors.usage.report import (
+    Selection,
+    UsageReport,
+    local_timezone,
+    render_text,
+    usage_report,
+    week_day,
+)
+from sessionpipe_runner.reports import iso_date
 from sessionpipe_runner.runner import RunSettings, run
 from tests.runner_support import CORPUS, sessionpipe
 
@@ -138,17 +147,21 @@ def test_a_sidechain_copy_never_replaces_the_main_sessions_row_even_when_larger(
     assert kept == [("zed/-work/main.jsonl", main_output, False)]
 
 
-def expected_days(db: Path, tz: str) -> dict[str, int]:
-    zone = ZoneInfo(tz)
-    days: dict[str, int] = defaultdict(int)
+def call_tokens(db: Path) -> list[tuple[datetime, int]]:
+    """Each deduplicated call's moment (UTC) and tokens of every kind, read directly."""
     with reading(db) as con:
         rows = con.execute(
             "SELECT epoch_ms(ts), input_tokens + output_tokens + cache_write_5m_tokens + cache_write_1h_tokens"
             " + cache_read_tokens FROM usage_messages"
         ).fetchall()
-    for millis, tokens in rows:
-        moment = datetime.fromtimestamp(millis / 1000, tz=UTC).astimezone(zone)
-        days[moment.date().isoformat()] += tokens
+    return [(datetime.fromtimestamp(millis / 1000, tz=UTC), tokens) for millis, tokens in rows]
+
+
+def expected_days(db: Path, tz: str) -> dict[str, int]:
+    zone = ZoneInfo(tz)
+    days: dict[str, int] = defaultdict(int)
+    for moment, tokens in call_tokens(db):
+        days[moment.astimezone(zone).date().isoformat()] += tokens
     return dict(days)
 
 
@@ -178,7 +191,7 @@ def test_since_and_until_keep_whole_local_days(sniffly_db: Path) -> None:
 
 def test_every_grouping_accounts_for_the_same_totals(sniffly_db: Path) -> None:
     with reading(sniffly_db) as con:
-        reports = {by: usage_report(con, by) for by in ("day", "month", "session", "user", "project", "model")}
+        reports = {by: usage_report(con, by) for by in ("day", "week", "month", "session", "user", "project", "model")}
         sessions = con.execute("SELECT count(*), sum(cost_usd) FROM usage_sessions").fetchone()
     totals = reports["month"]["totals"]
     for report in reports.values():
@@ -248,3 +261,183 @@ def test_an_unreadable_price_file_fails_the_run_with_an_explanation(tmp_path: Pa
     assert summary.exit_code != EXIT_OK
     assert summary.processed == 0
     assert f"price file {prices} is not JSON" in summary.message
+
+
+def expected_weeks(db: Path, first_day: int) -> dict[str, int]:
+    """Tokens per week (named by its first day, ``first_day`` 0 = Sunday) in UTC, computed in Python."""
+    weeks: dict[str, int] = defaultdict(int)
+    for moment, tokens in call_tokens(db):
+        day = moment.date()
+        from_sunday = (day.weekday() + 1) % 7
+        weeks[(day - timedelta(days=(from_sunday - first_day) % 7)).isoformat()] += tokens
+    return dict(weeks)
+
+
+@pytest.mark.parametrize(("start", "first_day"), [("sunday", 0), ("monday", 1), ("saturday", 6)])
+def test_weeks_are_named_by_their_first_day(sniffly_db: Path, start: str, first_day: int) -> None:
+    with reading(sniffly_db) as con:
+        report = usage_report(con, "week", selection=Selection(start_of_week=week_day(start)))
+    weeks = {week["week"]: week["totalTokens"] for week in report["weekly"]}
+    assert weeks == expected_weeks(sniffly_db, first_day)
+    for week in weeks:
+        assert (date.fromisoformat(week).weekday() + 1) % 7 == first_day
+
+
+def test_week_days_are_named_as_ccusage_names_them() -> None:
+    assert week_day("Sunday") == 0 and week_day("monday") == 1
+    with pytest.raises(argparse.ArgumentTypeError, match="day of the week"):
+        week_day("someday")
+
+
+def test_user_and_project_filters_keep_only_their_calls(tmp_path: Path) -> None:
+    data = SNIFFLY_FILE.read_bytes()
+    place(tmp_path / "sessions", "alice/-home-alice-src-x/a.jsonl", data)
+    other = VIEWER.glob("*/*.jsonl")
+    place(tmp_path / "sessions", "bob/-home-bob-src-y/b.jsonl", next(iter(other)).read_bytes())
+    db = tmp_path / "two.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    with reading(db) as con:
+        users = {u["user"]: u for u in usage_report(con, "user")["users"]}
+        alice = usage_report(con, "month", selection=Selection(users=("alice",)))
+        bob_y = usage_report(con, "month", selection=Selection(projects=("-home-bob-src-y",)))
+        nobody = usage_report(con, "month", selection=Selection(users=("alice",), projects=("-home-bob-src-y",)))
+    assert set(users) == {"alice", "bob"}
+    assert alice["totals"]["totalTokens"] == users["alice"]["totalTokens"] > 0
+    assert bob_y["totals"]["totalTokens"] == users["bob"]["totalTokens"] > 0
+    assert nobody["monthly"] == []
+
+
+def test_dates_are_read_in_both_spellings_the_help_gives() -> None:
+    assert iso_date("20260109") == iso_date("2026-01-09") == date(2026, 1, 9)
+    for bad in ("2026-1-9", "20261309", "Jan 9", "2026010"):
+        with pytest.raises(argparse.ArgumentTypeError, match="YYYYMMDD"):
+            iso_date(bad)
+
+
+def usage_arguments(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    UsageReport().add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_report_flags_take_ccusages_spellings() -> None:
+    args = usage_arguments("-z", "Europe/Paris", "--since", "20260101", "--start-of-week", "monday", "--breakdown")
+    assert (args.tz, args.since, args.start_of_week, args.breakdown) == ("Europe/Paris", date(2026, 1, 1), 1, True)
+    args = usage_arguments("--user", "a", "--user", "b", "--project", "p", "--by", "block")
+    assert (args.user, args.project, args.by, args.tz) == (["a", "b"], ["p"], "block", None)
+
+
+def test_the_default_time_zone_is_the_machines(tmp_path: Path) -> None:
+    zoneinfo = tmp_path / "usr/share/zoneinfo/America"
+    zoneinfo.mkdir(parents=True)
+    (zoneinfo / "New_York").write_bytes(b"TZif")
+    link = tmp_path / "localtime"
+    link.symlink_to(zoneinfo / "New_York")
+    assert local_timezone({}, link) == "America/New_York"
+    assert local_timezone({"TZ": "Asia/Tokyo"}, link) == "Asia/Tokyo"
+    assert local_timezone({"TZ": ":Europe/Paris"}, link) == "Europe/Paris"
+    assert local_timezone({"TZ": "EST5EDT,M3.2.0,M11.1.0x"}, link) == "America/New_York"
+    assert local_timezone({}, tmp_path / "missing") == "UTC"
+
+
+def test_breakdown_puts_a_row_per_model_under_each_period(sniffly_db: Path) -> None:
+    with reading(sniffly_db) as con:
+        data = usage_report(con, "month")
+    plain = render_text(data, "month").splitlines()
+    detailed = render_text(data, "month", breakdown=True).splitlines()
+    model_rows = [line for line in detailed if line.startswith("  - ")]
+    assert len(model_rows) == sum(len(m["modelBreakdowns"]) for m in data["monthly"]) > 0
+    assert len(detailed) == len(plain) + len(model_rows)
+    assert "sonnet-4-20250514" in model_rows[0]
+
+
+def assistant_line(n: int, model: str, usage: dict[str, int], day: str = "2026-01-09") -> str:
+    """One assistant call as Claude Code writes it."""
+    message = {"id": f"msg-{n}", "model": model, "role": "assistant", "usage": usage}
+    line = {"type": "assistant", "timestamp": f"{day}T10:00:{n:02d}.000Z", "sessionId": "s", "requestId": f"r-{n}"}
+    return json.dumps({**line, "message": message}, separators=(",", ":")) + "\n"
+
+
+def test_the_report_names_the_models_it_could_not_price_and_their_tokens(tmp_path: Path) -> None:
+    lines = [
+        assistant_line(1, "claude-made-up-9", {"input_tokens": 1000, "output_tokens": 200}),
+        assistant_line(2, "claude-made-up-9", {"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5}),
+        assistant_line(3, "claude-sonnet-4-20250514", {"input_tokens": 100, "output_tokens": 20}),
+        assistant_line(4, "<synthetic>", {"input_tokens": 0, "output_tokens": 0}),
+    ]
+    place(tmp_path / "sessions", "alice/-work/s.jsonl", "".join(lines).encode())
+    db = tmp_path / "usage.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    args = usage_arguments("--by", "month", "--tz", "UTC")
+    with reading(db) as con:
+        data, _ = UsageReport().build(con, args)
+    assert data["unpricedModels"] == [
+        {
+            "model": "claude-made-up-9",
+            "calls": 2,
+            "inputTokens": 1010,
+            "outputTokens": 202,
+            "cacheCreationTokens": 0,
+            "cacheReadTokens": 5,
+            "totalTokens": 1217,
+        }
+    ]
+    (note,) = UsageReport().notes(data)
+    assert "claude-made-up-9" in note and "1,217 tokens" in note and "2 calls" in note
+    text = sessionpipe("report", "usage", "--by", "month", "--tz", "UTC", "--db", db)
+    assert text.returncode == EXIT_OK
+    assert "claude-made-up-9" in text.stderr and "no price" not in text.stdout
+
+
+def test_a_fully_priced_report_has_no_unpriced_list(sniffly_db: Path) -> None:
+    with reading(sniffly_db) as con:
+        data, _ = UsageReport().build(con, usage_arguments("--by", "block", "--tz", "UTC"))
+    assert "unpricedModels" not in data and UsageReport().notes(data) == []
+
+
+def test_tables_go_compact_and_wrap_on_a_narrow_terminal(sniffly_db: Path) -> None:
+    with reading(sniffly_db) as con:
+        data = usage_report(con, "session")
+    wide = render_text(data, "session")
+    narrow = render_text(data, "session", width=60)
+    assert max(map(len, wide.splitlines())) > 100 and "cache read" in wide
+    assert max(map(len, narrow.splitlines())) <= 60
+    assert "cache read" not in narrow and "cache create" not in narrow  # --json still has them
+    assert f"{data['totals']['totalTokens']:,}" in narrow and f"${data['totals']['totalCost']:,.2f}" in narrow
+    assert render_text(data, "session", width=400) == wide  # a wide terminal changes nothing
+
+
+def test_project_folders_are_shown_as_the_directory_they_stand_for(tmp_path: Path) -> None:
+    data = SNIFFLY_FILE.read_bytes()  # its calls ran in /Users/chip/dev/ai-music
+    place(tmp_path / "sessions", "chip/-Users-chip-dev-ai-music/a.jsonl", data)
+    place(tmp_path / "sessions", "chip/-elsewhere/b.jsonl", data.replace(b'"id":"msg_', b'"id":"other_'))
+    db = tmp_path / "usage.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    with reading(db) as con:
+        data_, text = UsageReport().build(con, usage_arguments("--by", "project", "--tz", "UTC"))
+    assert {p["project"] for p in data_["projects"]} == {"-Users-chip-dev-ai-music", "-elsewhere"}  # JSON as is
+    labels = [line.split()[0] for line in text.splitlines()[2:4]]
+    assert sorted(labels) == ["-elsewhere", "~/dev/ai-music"]  # a cwd that does not name the folder is not used
+    with reading(db) as con:
+        by_dir, _ = UsageReport().build(
+            con, usage_arguments("--by", "project", "--project", "/Users/chip/dev/ai-music")
+        )
+        by_folder, _ = UsageReport().build(con, usage_arguments("--by", "project", "--project=-elsewhere"))
+    assert [p["project"] for p in by_dir["projects"]] == ["-Users-chip-dev-ai-music"]
+    assert [p["project"] for p in by_folder["projects"]] == ["-elsewhere"]
+
+
+def test_periods_of_synthetic_placeholders_only_are_not_shown_as_empty_rows(tmp_path: Path) -> None:
+    lines = [
+        assistant_line(1, "claude-sonnet-4-20250514", {"input_tokens": 100, "output_tokens": 20}),
+        assistant_line(2, "<synthetic>", {"input_tokens": 0, "output_tokens": 0}, day="2026-01-10"),
+    ]
+    place(tmp_path / "sessions", "alice/-work/s.jsonl", "".join(lines).encode())
+    db = tmp_path / "usage.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    with reading(db) as con:
+        data = usage_report(con, "day")
+        models = usage_report(con, "model")
+    assert [d["date"] for d in data["daily"]] == ["2026-01-09", "2026-01-10"]  # the JSON keeps ccusage's rows
+    assert "2026-01-09" in render_text(data, "day") and "2026-01-10" not in render_text(data, "day")
+    assert "<synthetic>" not in render_text(models, "model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from sessionpipe_contract import ENV_DB, EXIT_OK
@@ -66,4 +67,7 @@ def handle(args: argparse.Namespace) -> int:
         except ReportError as error:
             raise UsageError(str(error)) from None
     print(json.dumps(data, indent=2, default=str) if args.json else text)
+    if not args.json:
+        for note in report.notes(data):
+            print(note, file=sys.stderr)
     return EXIT_OK

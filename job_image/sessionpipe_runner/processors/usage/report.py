@@ -1,25 +1,37 @@
 """Usage reports over the deduplicated calls (``usage_messages``), in ccusage 20.0.24's JSON shape.
 
-``--by day|month|session`` print what ``ccusage claude daily|monthly|session --json`` print, field for
-field (``{"monthly": [{"month", "inputTokens", "outputTokens", "cacheCreationTokens",
-"cacheReadTokens", "totalTokens", "totalCost", "modelsUsed", "modelBreakdowns"}], "totals": {…}}``;
-sessions carry ``sessionId``, ``projectPath``, ``firstActivity`` and ``lastActivity``), so scripts
-written against ccusage keep working. ``--by user|project|model`` use the same field names under
-``users`` / ``projects`` / ``models``. As in ccusage, a call made in fast mode is listed under its
-model name with ``-fast`` appended.
+``--by day|week|month|session|block`` print what ``ccusage claude daily|weekly|monthly|session|blocks
+--json`` print, field for field (``{"monthly": [{"month", "inputTokens", "outputTokens",
+"cacheCreationTokens", "cacheReadTokens", "totalTokens", "totalCost", "modelsUsed",
+"modelBreakdowns"}], "totals": {…}}``; sessions carry ``sessionId``, ``projectPath``,
+``firstActivity`` and ``lastActivity``), so scripts written against ccusage keep working. Weeks are
+named by their first day (Sunday unless ``--start-of-week`` says otherwise); blocks are ccusage's
+5-hour billing windows (see :mod:`.blocks`). ``--by user|project|model`` use the same field names
+under ``users`` / ``projects`` / ``models``. As in ccusage, a call made in fast mode is listed under
+its model name with ``-fast`` appended. Days, weeks and months are cut in the machine's time zone
+unless ``--tz`` names another, as ccusage does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
+from sessionpipe_contract import ENV_PRICING
 from sessionpipe_runner.names import printable
+from sessionpipe_runner.processors.usage import COST_UNPRICED
+from sessionpipe_runner.processors.usage.blocks import blocks_report, load_calls
+from sessionpipe_runner.processors.usage.table import Column, folder_of, readable_path, render_table
 from sessionpipe_runner.reports import Report, ReportError, iso_date, require_table
 
 # TIMESTAMPTZ values are fetched as naive UTC TIMESTAMPs: fetching TIMESTAMPTZ needs pytz.
@@ -27,6 +39,7 @@ from sessionpipe_runner.reports import Report, ReportError, iso_date, require_ta
 #: name, and the JSON names of the key's parts.
 GROUPINGS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "day": (("strftime(lt, '%Y-%m-%d')",), "daily", ("date",)),
+    "week": (("week_start",), "weekly", ("week",)),
     "month": (("strftime(lt, '%Y-%m')",), "monthly", ("month",)),
     "session": (("session_id", "project", "user_name"), "sessions", ("sessionId", "projectPath", "user")),
     "user": (("user_name",), "users", ("user",)),
@@ -35,6 +48,12 @@ GROUPINGS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
 }
 #: Models that are not models: Claude Code's local placeholder for calls it never made.
 NOT_A_MODEL = frozenset({"<synthetic>"})
+#: Week days as ``--start-of-week`` names them, in DuckDB's ``dayofweek`` numbering (Sunday is 0).
+WEEK_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+#: The JSON key listing models counted at $0 for want of a price (present only when there are some).
+UNPRICED_KEY = "unpricedModels"
+#: Groupings listed in time order rather than by cost.
+BY_TIME = ("day", "week", "month")
 TOKEN_FIELDS = ("inputTokens", "outputTokens", "cacheCreationTokens", "cacheReadTokens")
 
 
@@ -94,31 +113,71 @@ def _entry(group: _Group, by: str) -> dict[str, Any]:
     return entry
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which calls a report counts and how it cuts time.
+
+    ``since`` and ``until`` are inclusive days in the time zone ``tz``; ``users`` and ``projects``,
+    when given, keep only those users' / projects' calls; weeks start on ``start_of_week``
+    (0 is Sunday, as ccusage's default).
+    """
+
+    since: date | None = None
+    until: date | None = None
+    tz: str = "UTC"
+    users: tuple[str, ...] = ()
+    projects: tuple[str, ...] = ()
+    start_of_week: int = 0
+
+
+#: The calls a report reads: each deduplicated call with its local time ``lt``, the first day of its
+#: local week, and its model as ccusage labels it; filtered by user and project (not by day: blocks
+#: are cut before they are filtered).
+CALLS_SQL = """
+    SELECT *, timezone($tz, ts) AS lt,
+        strftime(CAST(timezone($tz, ts) AS DATE)
+            - CAST((dayofweek(timezone($tz, ts)) - $start_of_week + 7) % 7 AS INTEGER), '%Y-%m-%d') AS week_start,
+        CASE WHEN speed = 'fast' THEN model || '-fast' ELSE model END AS model_label
+    FROM usage_messages
+    WHERE (len($users) = 0 OR list_contains($users, user_name))
+        AND (len($projects) = 0 OR list_contains($projects, project))
+"""
+
+
+def calls_parameters(selection: Selection) -> dict[str, Any]:
+    """The named parameters of :data:`CALLS_SQL`."""
+    return {
+        "tz": selection.tz,
+        "start_of_week": selection.start_of_week,
+        "users": list(selection.users),
+        "projects": list(selection.projects),
+    }
+
+
 def usage_report(
     con: duckdb.DuckDBPyConnection,
     by: str,
     since: date | None = None,
     until: date | None = None,
     tz: str = "UTC",
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
-    """Tokens and cost of the deduplicated calls grouped ``by`` day, month, session, user, project or model.
+    """Tokens and cost of the deduplicated calls grouped ``by`` day, week, month, session, user, project or model.
 
-    ``since`` and ``until`` are inclusive days, and days and months are cut, in the time zone ``tz``.
+    ``since`` and ``until`` are inclusive days, and days, weeks and months are cut, in the time zone
+    ``tz``; a ``selection`` replaces all three and adds the user, project and week-start choices.
     Raises ValueError for an unknown grouping or time zone.
     """
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r}; use one of {', '.join(GROUPINGS)}")
-    check_timezone(tz)
+    selection = selection or Selection(since=since, until=until, tz=tz)
+    check_timezone(selection.tz)
     key_sql, list_name, _ = GROUPINGS[by]
     keys = ", ".join(f"{expression} AS k{i}" for i, expression in enumerate(key_sql))
     key_names = ", ".join(f"k{i}" for i in range(len(key_sql)))
     rows = con.execute(
         f"""
-        WITH calls AS (
-            SELECT *, timezone($tz, ts) AS lt,
-                CASE WHEN speed = 'fast' THEN model || '-fast' ELSE model END AS model_label
-            FROM usage_messages
-        )
+        WITH calls AS ({CALLS_SQL})
         SELECT {keys}, model_label, timezone('UTC', min(ts)), timezone('UTC', max(ts)),
             sum(input_tokens), sum(output_tokens), sum(cache_write_5m_tokens + cache_write_1h_tokens),
             sum(cache_read_tokens), sum(cost_usd)
@@ -126,7 +185,7 @@ def usage_report(
         WHERE ($since IS NULL OR CAST(lt AS DATE) >= $since) AND ($until IS NULL OR CAST(lt AS DATE) <= $until)
         GROUP BY {key_names}, model_label
         """,
-        {"tz": tz, "since": since, "until": until},
+        {**calls_parameters(selection), "since": selection.since, "until": selection.until},
     ).fetchall()
     width = len(key_sql)
     groups: dict[tuple[Any, ...], _Group] = {}
@@ -136,7 +195,7 @@ def usage_report(
         tokens = [int(value) for value in row[width + 3 : width + 7]]
         group = groups.setdefault(key, _Group(key))
         group.add(model, first, last, tokens, float(row[width + 7]))
-    if by in ("day", "month"):
+    if by in BY_TIME:
         ordered = sorted(groups.values(), key=lambda g: g.key)
     else:
         ordered = sorted(groups.values(), key=lambda g: (-g.cost, tuple(str(part) for part in g.key)))
@@ -151,35 +210,179 @@ def usage_report(
     }
 
 
+def unpriced_usage(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict[str, Any]]:
+    """The models whose selected calls had tokens but no price (counted at $0), with those calls' tokens."""
+    rows = con.execute(
+        f"""
+        WITH calls AS ({CALLS_SQL})
+        SELECT model_label, count(*), sum(input_tokens), sum(output_tokens),
+            sum(cache_write_5m_tokens + cache_write_1h_tokens), sum(cache_read_tokens)
+        FROM calls
+        WHERE cost_source = $unpriced
+            AND input_tokens + output_tokens + cache_write_5m_tokens + cache_write_1h_tokens + cache_read_tokens > 0
+            AND ($since IS NULL OR CAST(lt AS DATE) >= $since) AND ($until IS NULL OR CAST(lt AS DATE) <= $until)
+        GROUP BY model_label
+        ORDER BY model_label
+        """,
+        {
+            **calls_parameters(selection),
+            "since": selection.since,
+            "until": selection.until,
+            "unpriced": COST_UNPRICED,
+        },
+    ).fetchall()
+    return [
+        {"model": model, "calls": int(calls), **_token_fields([int(value) for value in tokens])}
+        for model, calls, *tokens in rows
+    ]
+
+
+def project_names(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Project folder -> the working directory it stands for (home as ``~``), for folders whose calls say it.
+
+    A folder's most frequent ``cwd`` is used only if Claude Code would name the folder after it, so a
+    session that changed directory does not rename its project.
+    """
+    rows = con.execute(
+        "SELECT project, cwd FROM usage_messages WHERE cwd IS NOT NULL"
+        " GROUP BY project, cwd ORDER BY project, count(*) DESC, cwd"
+    ).fetchall()
+    names: dict[str, str] = {}
+    for folder, cwd in rows:
+        if folder not in names and folder_of(cwd) == folder:
+            names[folder] = readable_path(cwd)
+    return names
+
+
+def project_folder(name: str) -> str:
+    """A ``--project`` value as a project folder: a directory (``/home/bob/src/x``, ``~/src/x``) is
+    turned into the folder Claude Code names after it (``-home-bob-src-x``); anything else is a folder."""
+    if name.startswith(("/", "~")):
+        return folder_of(str(Path(name).expanduser()))
+    return name
+
+
+def unpriced_notes(data: dict[str, Any]) -> list[str]:
+    """One stderr line per model the report counted at $0 for want of a price."""
+    return [
+        f"warning: no price for model {printable(str(entry['model']))}: {entry['totalTokens']:,} tokens in "
+        f"{entry['calls']:,} calls are counted at $0 (set {ENV_PRICING} to a price file that has it)"
+        for entry in data.get(UNPRICED_KEY, [])
+    ]
+
+
 def _short_model(name: str) -> str:
     return name.removeprefix("claude-")
 
 
-def render_text(data: dict[str, Any], by: str) -> str:
-    """The report as a plain table, one line per group and a total line."""
+#: The grouped reports' columns: the group, its models, then the numbers (cache columns go first when narrow).
+USAGE_COLUMNS = (
+    Column("models", text=True),
+    Column("input"),
+    Column("output"),
+    Column("cache create", optional=True),
+    Column("cache read", optional=True),
+    Column("total tokens"),
+    Column("cost (USD)"),
+)
+
+
+def render_text(
+    data: dict[str, Any],
+    by: str,
+    breakdown: bool = False,
+    width: int | None = None,
+    project_names: Mapping[str, str] | None = None,
+) -> str:
+    """The report as a table: a row per group (and per model under it with ``breakdown``) and a total line.
+
+    Groups without tokens or cost (a day of ``<synthetic>`` placeholders only) are left out of the
+    table, not of the JSON. Project folders are shown as the working directory they stand for when
+    ``project_names`` knows it; the table fits ``width`` columns (None: no limit).
+    """
+    if by == "block":
+        return render_blocks(data, width)
     _, list_name, names = GROUPINGS[by]
-    entries: list[dict[str, Any]] = data[list_name]
-    header = [names[0] if by != "session" else "session", "models", "input", "output", "cache create", "cache read"]
-    header += ["total tokens", "cost (USD)"]
-    table: list[list[str]] = [header]
+    entries = [e for e in data[list_name] if e["totalTokens"] or e["totalCost"]]
+    known = project_names or {}
+    rows: list[list[str]] = []
     for entry in entries:
         label = str(entry[names[0]])
-        if by == "session":
-            label = f"{entry['projectPath']}/{label}" if entry["projectPath"] else label
-        models = ", ".join(_short_model(m) for m in entry.get("modelsUsed", [])) if by != "model" else ""
-        table.append(_line(printable(label), printable(models), entry))  # a name's newline stays in its cell
-    totals = data["totals"]
-    table.append(_line("Total", "", totals))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = []
-    for number, row in enumerate(table):
-        cells = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-        if number == 0 or number == len(table) - 2:
-            lines.append("  ".join("-" * width for width in widths))
-    if not entries:
-        lines.insert(0, "no usage in this period")
-    return "\n".join(lines)
+        if by == "project":
+            label = known.get(label, label)
+        elif by == "session" and entry["projectPath"]:
+            label = f"{known.get(entry['projectPath'], entry['projectPath'])}/{label}"
+        models = _models_cell(entry.get("modelsUsed", [])) if by != "model" else ""
+        rows.append(_line(printable(label), models, entry))  # a name's newline stays in its cell
+        if breakdown:
+            for model in entry.get("modelBreakdowns", []):
+                values = {**_token_fields([model[name] for name in TOKEN_FIELDS]), "totalCost": model["cost"]}
+                rows.append(_line(f"  - {printable(_short_model(model['modelName']))}", "", values))
+    header = names[0] if by != "session" else "session"
+    text = render_table((Column(header, text=True), *USAGE_COLUMNS), rows, _line("Total", "", data["totals"]), width)
+    return text if entries else "no usage in this period\n" + text
+
+
+def _models_cell(models: list[str]) -> str:
+    """Models one per line, shortened; a newline inside a name is shown escaped, not as a line break."""
+    return "\n".join(printable(_short_model(model)) for model in models)
+
+
+def _duration(delta_minutes: int) -> str:
+    hours, minutes = divmod(delta_minutes, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+BLOCK_COLUMNS = (
+    Column("block start (UTC)", text=True),
+    Column("duration/status", text=True),
+    Column("models", text=True),
+    Column("tokens"),
+    Column("cost (USD)"),
+)
+
+
+def render_blocks(data: dict[str, Any], width: int | None = None) -> str:
+    """Blocks as a table: start (UTC), duration or status, models, tokens, cost; the active block's projection."""
+    rows: list[list[str]] = []
+    for block in data["blocks"]:
+        start = block["startTime"][:16].replace("T", " ")
+        if block["isGap"]:
+            hours = (_moment(block["endTime"]) - _moment(block["startTime"])).total_seconds() // 3600
+            rows.append([f"{start} ({int(hours)}h gap)", "(inactive)", "-", "-", "-"])
+            continue
+        minutes = int((_moment(block["actualEndTime"]) - _moment(block["startTime"])).total_seconds() // 60)
+        status = _duration(minutes)
+        if block["isActive"]:
+            rate = block["burnRate"]
+            status = (
+                "ACTIVE"
+                if rate is None
+                else f"ACTIVE\n{rate['tokensPerMinute']:,.0f} tok/min\n${rate['costPerHour']:,.2f}/h"
+            )
+        models = _models_cell(block["models"]) or "-"
+        rows.append([start, status, models, f"{block['totalTokens']:,}", f"${block['costUSD']:,.2f}"])
+        if block["projection"] is not None:
+            projected = block["projection"]
+            rows.append(
+                [
+                    "  (at the current burn rate)",
+                    "PROJECTED",
+                    f"{projected['remainingMinutes']} min left",
+                    f"{projected['totalTokens']:,}",
+                    f"${projected['totalCost']:,.2f}",
+                ]
+            )
+    blocks = [b for b in data["blocks"] if not b["isGap"]]
+    tokens, cost = sum(b["totalTokens"] for b in blocks), sum(b["costUSD"] for b in blocks)
+    count = f"{len(blocks)} block" + ("" if len(blocks) == 1 else "s")
+    total = ["Total", count, "", f"{tokens:,}", f"${cost:,.2f}"]
+    text = render_table(BLOCK_COLUMNS, rows, total, width)
+    return text if blocks else "no usage in this period\n" + text
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _line(label: str, models: str, values: dict[str, Any]) -> list[str]:
@@ -195,23 +398,101 @@ def _line(label: str, models: str, values: dict[str, Any]) -> list[str]:
     ]
 
 
+def local_timezone(environ: Mapping[str, str] | None = None, localtime: Path = Path("/etc/localtime")) -> str:
+    """The machine's IANA time zone, as ccusage defaults to it: ``$TZ``, else ``/etc/localtime``'s link, else UTC."""
+    environ = os.environ if environ is None else environ
+    name = environ.get("TZ", "").removeprefix(":")
+    if name:
+        try:
+            return check_timezone(name)
+        except ValueError:
+            pass  # a POSIX rule such as "EST5EDT,M3.2.0,M11.1.0" is not a zone name; try the link
+    try:
+        target = str(localtime.resolve(strict=True))
+    except OSError:
+        return "UTC"
+    _, found, zone = target.partition("zoneinfo/")
+    if found:
+        try:
+            return check_timezone(zone)
+        except ValueError:
+            pass
+    return "UTC"
+
+
+def week_day(text: str) -> int:
+    """A ``--start-of-week`` value (``sunday`` … ``saturday``), as DuckDB numbers days (Sunday is 0)."""
+    try:
+        return WEEK_DAYS.index(text.lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day of the week ({', '.join(WEEK_DAYS)})") from None
+
+
 class UsageReport(Report):
-    """``sessionpipe report usage [--by GROUPING] [--since DAY] [--until DAY] [--tz ZONE]``."""
+    """``sessionpipe report usage [--by GROUPING] [--since DAY] [--until DAY] [--tz ZONE] …``."""
 
     help = "tokens by kind and cost (ccusage-compatible JSON)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--by", choices=tuple(GROUPINGS), default="day", help="grouping (default: day)")
-        parser.add_argument("--since", type=iso_date, metavar="YYYY-MM-DD", help="first day included")
-        parser.add_argument("--until", type=iso_date, metavar="YYYY-MM-DD", help="last day included")
-        parser.add_argument("--tz", default="UTC", help="IANA time zone for days and months (default UTC)")
+        parser.add_argument(
+            "--by", choices=(*GROUPINGS, "block"), default="day", help="grouping; block: 5-hour windows (default: day)"
+        )
+        parser.add_argument("--since", type=iso_date, metavar="YYYY-MM-DD", help="first day included (or YYYYMMDD)")
+        parser.add_argument("--until", type=iso_date, metavar="YYYY-MM-DD", help="last day included (or YYYYMMDD)")
+        parser.add_argument(
+            "-z",
+            "--tz",
+            "--timezone",
+            dest="tz",
+            metavar="ZONE",
+            help="IANA time zone for days, weeks and months (default: this machine's)",
+        )
+        parser.add_argument(
+            "--start-of-week", type=week_day, default=0, metavar="DAY", help="first day of a week (default: sunday)"
+        )
+        parser.add_argument("--user", action="append", default=[], metavar="NAME", help="only this user (repeatable)")
+        parser.add_argument(
+            "--project",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="only this project: its directory (/home/me/src/app) or its folder name (repeatable)",
+        )
+        parser.add_argument("--breakdown", action="store_true", help="a row per model under each group in the table")
 
     def build(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         require_table(con, "usage_rows", "usage")
         if args.since and args.until and args.since > args.until:
             raise ReportError(f"--since {args.since} is after --until {args.until}")
+        selection = Selection(
+            since=args.since,
+            until=args.until,
+            tz=args.tz or local_timezone(),
+            users=tuple(args.user),
+            projects=tuple(project_folder(name) for name in args.project),
+            start_of_week=args.start_of_week,
+        )
         try:
-            data = usage_report(con, args.by, since=args.since, until=args.until, tz=args.tz)
+            if args.by == "block":
+                data = block_report(con, selection, datetime.now(UTC))
+            else:
+                data = usage_report(con, args.by, selection=selection)
+            unpriced = unpriced_usage(con, selection)
         except ValueError as error:
             raise ReportError(str(error)) from None
-        return data, render_text(data, args.by)
+        if unpriced:
+            data[UNPRICED_KEY] = unpriced
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        names = project_names(con) if args.by in ("session", "project") else {}
+        return data, render_text(data, args.by, breakdown=args.breakdown, width=width, project_names=names)
+
+    def notes(self, data: dict[str, Any]) -> list[str]:
+        """The models left unpriced, named with their tokens."""
+        return unpriced_notes(data)
+
+
+def block_report(con: duckdb.DuckDBPyConnection, selection: Selection, now: datetime) -> dict[str, Any]:
+    """ccusage's ``blocks --json``: the selected calls in 5-hour blocks, as of ``now``."""
+    check_timezone(selection.tz)
+    calls = load_calls(con, CALLS_SQL, calls_parameters(selection))
+    return blocks_report(calls, now, selection.tz, NOT_A_MODEL, since=selection.since, until=selection.until)
