@@ -22,6 +22,15 @@ class DatabaseBusy(Exception):
     """A run holds the database and has published no snapshot yet: try again when it is done."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps a one-paragraph description; keeps text with line breaks (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Reports a command-line mistake in one line that points at --help, not a usage dump."""
 
