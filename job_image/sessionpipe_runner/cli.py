@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 import duckdb
 
@@ -32,12 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sessionpipe",
         description="Run session processors over AI-assistant transcripts into a DuckDB file.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for command in COMMANDS:
         p = commands.add_parser(command.NAME, help=command.HELP)
         command.add_arguments(p)
         p.set_defaults(handler=command.handle)
     return parser
+
+
+def installed_version() -> str:
+    """The installed distribution's version (``pyproject.toml``), or ``unknown`` when run from a bare tree."""
+    try:
+        return metadata.version("sessionpipe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _log_to_stderr() -> None:

@@ -1,7 +1,8 @@
 """``sessionpipe quickstart``: run ``usage`` on the embedded default and print a monthly report.
 
-The README's first command: with no ``~/.claude/projects`` and no ``SESSIONPIPE_SESSIONS``, it runs
-on demo transcripts it generates once under ``.sessionpipe/demo-sessions``.
+The README's first command: with no ``SESSIONPIPE_SESSIONS`` and no transcript in ``~/.claude/projects``
+(missing, or empty on a fresh install), it runs on demo transcripts it generates once under
+``.sessionpipe/demo-sessions``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sessionpipe_contract import ENV_SESSIONS, EXIT_OK
 from sessionpipe_runner.settings import CLAUDE_PROJECTS
 
 NAME = "quickstart"
-HELP = "run usage on the default sessions (or demo data) and report"
+HELP = "run usage on your Claude Code transcripts (or demo data) and print a monthly report"
 DEMO_SESSIONS = Path(".sessionpipe/demo-sessions")
 
 
@@ -27,9 +28,12 @@ def handle(args: argparse.Namespace) -> int:
 
     environ = dict(os.environ)
     sessions_arg: list[str] = []
-    if not environ.get(ENV_SESSIONS) and not CLAUDE_PROJECTS.expanduser().is_dir():
+    projects = CLAUDE_PROJECTS.expanduser()
+    if not environ.get(ENV_SESSIONS) and not has_transcripts(projects):
         from sessionpipe_demo import generate_corpus
 
+        if projects.is_dir():  # a fresh Claude Code install: a table of zeros would say nothing
+            print(f"note: {CLAUDE_PROJECTS} has no transcripts yet; showing the demo data instead")
         if not DEMO_SESSIONS.is_dir():
             stats = generate_corpus(DEMO_SESSIONS, users=3, target_bytes=4 * 1024 * 1024, seed=7)
             print(f"no ~/.claude/projects here: generated demo transcripts ({stats}) in {DEMO_SESSIONS}")
@@ -39,3 +43,8 @@ def handle(args: argparse.Namespace) -> int:
         return code
     print()
     return main(["report", "usage", "--by", "month"])
+
+
+def has_transcripts(root: Path) -> bool:
+    """Whether ``root`` is a directory with at least one ``*.jsonl`` file below it (stops at the first)."""
+    return root.is_dir() and next(root.rglob("*.jsonl"), None) is not None
