@@ -19,7 +19,7 @@ from sessionpipe_contract import EXIT_DATABASE_BUSY, EXIT_FAILED, EXIT_OK, EXIT_
 from sessionpipe_runner import signals, store
 from sessionpipe_runner.commands import demo, forget, pricing, processors, quickstart, report, reset, run_now, status
 from sessionpipe_runner.commands import run as run_command
-from sessionpipe_runner.commands.common import CommandParser, DatabaseBusy, OneLineParser
+from sessionpipe_runner.commands.common import CommandParser, DatabaseBusy, HelpFormatter, OneLineParser
 from sessionpipe_runner.lease.factory import LeaseBusy
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.settings import UsageError
@@ -28,15 +28,32 @@ from sessionpipe_runner.settings import UsageError
 COMMANDS = (run_command, status, report, reset, forget, processors, pricing, demo, quickstart, run_now)
 
 
+EXAMPLES = """examples:
+  sessionpipe quickstart
+  sessionpipe run --processor usage
+  sessionpipe report usage --by month
+  sessionpipe COMMAND --help"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="sessionpipe",
         description="Run session processors over AI-assistant transcripts into a DuckDB file.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser, help="what to do"
+    )
     for command in COMMANDS:
-        p = commands.add_parser(command.NAME, help=command.HELP)
+        p = commands.add_parser(
+            command.NAME,
+            help=command.HELP,
+            description=command.DESCRIPTION,
+            epilog=command.EXAMPLES,
+            formatter_class=HelpFormatter,
+        )
         command.add_arguments(p)
         p.set_defaults(handler=command.handle)
     return parser
@@ -65,7 +82,7 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(report.processor_as_report(sys.argv[1:] if argv is None else argv))
     _log_to_stderr()
     if args.handler is not run_command.handle:
         signals.stop_recording()  # only a run turns SIGTERM into a summary

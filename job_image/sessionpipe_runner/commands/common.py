@@ -10,11 +10,17 @@ from typing import Any, NoReturn
 
 import duckdb
 
-from sessionpipe_contract import EXIT_USAGE
+from sessionpipe_contract import ENV_DB, ENV_LEASE_WAIT, EXIT_USAGE
 from sessionpipe_runner import store
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.processors.base import Processor
-from sessionpipe_runner.settings import UsageError
+from sessionpipe_runner.settings import (
+    DEFAULT_DATABASE,
+    MAINTENANCE_LEASE_WAIT_SECONDS,
+    UsageError,
+    arg_type,
+    non_negative_float,
+)
 from sessionpipe_runner.snapshot import snapshot_path
 
 
@@ -64,6 +70,22 @@ class CommandParser(OneLineParser):
     def format_help(self) -> str:
         self._complete()
         return super().format_help()
+
+
+def add_db_flag(p: argparse.ArgumentParser) -> None:
+    """``--db FILE``, the same in every command."""
+    p.add_argument("--db", type=Path, metavar="FILE", help=f"DuckDB file (env {ENV_DB}; default ./{DEFAULT_DATABASE})")
+
+
+def add_lease_wait_flag(p: argparse.ArgumentParser, default: float = MAINTENANCE_LEASE_WAIT_SECONDS) -> None:
+    """``--lease-wait SECONDS``: ``run``'s default is longer than that of the other commands that write."""
+    p.add_argument(
+        "--lease-wait",
+        type=arg_type(non_negative_float),
+        metavar="SECONDS",
+        help=f"how long to wait while another writer holds the database's lease (env {ENV_LEASE_WAIT}; "
+        f"default {default:g})",
+    )
 
 
 def load_processor(name: str) -> Processor:

@@ -34,7 +34,7 @@ DESCRIPTION = (
     f"the price comes from: the shipped {SHIPPED_PRICING} or the file named by {ENV_PRICING} "
     "(whose models replace or add to the shipped ones)."
 )
-EPILOG = """examples:
+EXAMPLES = """examples:
   sessionpipe pricing
   sessionpipe pricing --json
   sessionpipe pricing import model_prices_and_context_window.json -o prices.json
@@ -51,13 +51,11 @@ PER_MILLION = 1_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description, p.epilog = DESCRIPTION, EPILOG
-    p.formatter_class = HelpFormatter
     p.add_argument(
         "--pricing", type=Path, metavar="FILE", help=f"a price file over the shipped one (env {ENV_PRICING})"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", help="without one: list the prices in use")
     importing = actions.add_parser(
         "import",
         help="build a price file from a LiteLLM JSON file",

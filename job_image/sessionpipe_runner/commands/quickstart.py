@@ -16,6 +16,13 @@ from sessionpipe_runner.settings import CLAUDE_PROJECTS
 
 NAME = "quickstart"
 HELP = "run usage on your Claude Code transcripts (or demo data) and print a monthly report"
+DESCRIPTION = (
+    "Run the usage processor on ~/.claude/projects into ./sessionpipe.duckdb and print a monthly report; "
+    "without transcripts there (or with SESSIONPIPE_SESSIONS unset and no such folder), on demo data it "
+    "generates once under .sessionpipe/demo-sessions. `make run` runs it."
+)
+EXAMPLES = """example:
+  sessionpipe quickstart"""
 DEMO_SESSIONS = Path(".sessionpipe/demo-sessions")
 
 
