@@ -109,13 +109,20 @@ def test_quickstart_with_an_empty_claude_projects_directory_uses_the_demo_data_a
     usage_line = next(line for line in SNIFFLY_FILE.read_bytes().splitlines() if b'"usage"' in line)
     (demo / "s1.jsonl").write_bytes(usage_line + b"\n")
     monkeypatch.setenv("HOME", str(home))
-    for variable in ("SESSIONPIPE_SESSIONS", "SESSIONPIPE_DB", "SESSIONPIPE_PROCESSOR", "SESSIONPIPE_USER"):
+    for variable in (
+        "SESSIONPIPE_SESSIONS",
+        "SESSIONPIPE_DB",
+        "SESSIONPIPE_PROCESSOR",
+        "SESSIONPIPE_USER",
+        "XDG_CONFIG_HOME",
+    ):
         monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
     monkeypatch.chdir(work)
 
     assert main(["quickstart"]) == EXIT_OK
     out = capsys.readouterr().out
-    assert "note: ~/.claude/projects has no transcripts yet; showing the demo data instead" in out
+    assert "note: no transcripts in ~/.claude/projects yet; showing the demo data instead" in out
     output_tokens = json.loads(usage_line)["message"]["usage"]["output_tokens"]
     total = re.search(r"^Total\s.*$", out, re.MULTILINE)
     assert total and f"{output_tokens:,}" in total.group(0).split(), out

@@ -57,7 +57,13 @@ EXAMPLES = """examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processor", metavar="NAME", help=f"processor name (env {ENV_PROCESSOR})")
     p.add_argument(
-        "--sessions", type=Path, metavar="DIR", help=f"sessions root (env {ENV_SESSIONS}; default ~/.claude/projects)"
+        "--sessions",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help=f"sessions root; repeat to read several in one run (env {ENV_SESSIONS}, one DIR; default: the Claude "
+        "projects folders ccusage reads: each of CLAUDE_CONFIG_DIR's, else ~/.config/claude/projects and "
+        "~/.claude/projects)",
     )
     p.add_argument(
         "--user", metavar="NAME", help=f"read --sessions as this one user's Claude projects/ directory (env {ENV_USER})"
