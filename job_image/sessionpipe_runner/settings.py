@@ -175,7 +175,7 @@ def claude_projects_dirs(environ: Mapping[str, str]) -> list[Path]:
     """The Claude Code ``projects`` folders that exist here, where ccusage looks for them.
 
     ``CLAUDE_CONFIG_DIR`` (a comma-separated list of Claude config folders) names them; without it,
-    ``$XDG_CONFIG_HOME/claude`` (``~/.config/claude``, where Claude Code writes since 1.0.30) and
+    ``$XDG_CONFIG_HOME/claude`` (``~/.config/claude``, the newer default) and
     ``~/.claude`` (before), each with ``projects/`` below.
     """
     configured = [part.strip() for part in environ.get(ENV_CLAUDE_CONFIG_DIR, "").split(",") if part.strip()]
