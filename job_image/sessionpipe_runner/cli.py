@@ -11,33 +11,60 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 import duckdb
 
 from sessionpipe_contract import EXIT_DATABASE_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from sessionpipe_runner import signals, store
-from sessionpipe_runner.commands import demo, forget, processors, quickstart, report, reset, run_now, status
+from sessionpipe_runner.commands import demo, forget, pricing, processors, quickstart, report, reset, run_now, status
 from sessionpipe_runner.commands import run as run_command
-from sessionpipe_runner.commands.common import CommandParser, DatabaseBusy, OneLineParser
+from sessionpipe_runner.commands.common import CommandParser, DatabaseBusy, HelpFormatter, OneLineParser
 from sessionpipe_runner.lease.factory import LeaseBusy
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.settings import UsageError
 
 #: The commands in the order ``sessionpipe --help`` lists them.
-COMMANDS = (run_command, status, report, reset, forget, processors, demo, quickstart, run_now)
+COMMANDS = (run_command, status, report, reset, forget, processors, pricing, demo, quickstart, run_now)
+
+
+EXAMPLES = """examples:
+  sessionpipe quickstart
+  sessionpipe run --processor usage
+  sessionpipe report usage --by month
+  sessionpipe COMMAND --help"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="sessionpipe",
         description="Run session processors over AI-assistant transcripts into a DuckDB file.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser, help="what to do"
+    )
     for command in COMMANDS:
-        p = commands.add_parser(command.NAME, help=command.HELP)
+        p = commands.add_parser(
+            command.NAME,
+            help=command.HELP,
+            description=command.DESCRIPTION,
+            epilog=command.EXAMPLES,
+            formatter_class=HelpFormatter,
+        )
         command.add_arguments(p)
         p.set_defaults(handler=command.handle)
     return parser
+
+
+def installed_version() -> str:
+    """The installed distribution's version (``pyproject.toml``), or ``unknown`` when run from a bare tree."""
+    try:
+        return metadata.version("sessionpipe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _log_to_stderr() -> None:
@@ -55,7 +82,7 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(report.processor_as_report(sys.argv[1:] if argv is None else argv))
     _log_to_stderr()
     if args.handler is not run_command.handle:
         signals.stop_recording()  # only a run turns SIGTERM into a summary

@@ -25,6 +25,9 @@ class Report:
 
     #: One line for ``sessionpipe report --help``.
     help: ClassVar[str] = ""
+    #: Example command lines for ``sessionpipe report <processor> --help``, one a line; default: one
+    #: with ``--json``.
+    examples: ClassVar[str] = ""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the report's own flags (``--db`` and ``--json`` are added for every report)."""

@@ -27,6 +27,7 @@ from sessionpipe_contract import (
     EXIT_LEASE_NOT_ACQUIRED,
     EXIT_OK,
     EXIT_TERMINATED,
+    EXIT_USAGE,
     OUTCOME_FAILED,
     OUTCOME_LEASE_LOST,
     OUTCOME_LEASE_NOT_ACQUIRED,
@@ -39,8 +40,8 @@ from sessionpipe_runner import batches, signals, snapshot, store, work
 from sessionpipe_runner.batches import Batch, BatchWriter
 from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
-from sessionpipe_runner.processors.base import FailRun, Processor, RunContext, SessionFile, StopRun
-from sessionpipe_runner.scan import Decision, plan, scan_sessions
+from sessionpipe_runner.processors.base import BadSettings, FailRun, Processor, RunContext, SessionFile, StopRun
+from sessionpipe_runner.scan import Decision, plan, scan_roots
 from sessionpipe_runner.settings import RunSettings
 from sessionpipe_runner.signals import Sigterm, Terminated, sigterm_raises
 from sessionpipe_runner.snapshot import snapshot_path
@@ -144,7 +145,7 @@ class Run:
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, str | None]]:
         """Scan the volume and decide: the candidates, each with the hash its content had, if known."""
-        scan = scan_sessions(self.settings.sessions, self.settings.user)
+        scan = scan_roots(self.settings.session_roots, self.settings.user)
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan.files)
         version = self.processor.version
@@ -323,7 +324,8 @@ def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary
             except Terminated:
                 _terminated(job)
             except FailRun as error:
-                summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_FAILED
+                bad_settings = isinstance(error, BadSettings)
+                summary.outcome, summary.exit_code = OUTCOME_FAILED, EXIT_USAGE if bad_settings else EXIT_FAILED
                 summary.message = str(error)
                 _close_after_failure(job)
             except Exception as error:

@@ -91,6 +91,32 @@ def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
     return result
 
 
+def scan_roots(roots: Sequence[Path], user: str | None = None) -> ScanResult:
+    """:func:`scan_sessions` of each root, as one scan whose keys are unique.
+
+    Keys do not name the root: a file has the key a scan of its root alone gives it, so adding or
+    removing a root changes no other file's key. The same key in several roots is one session file
+    copied (Claude Code's move from ``~/.claude`` to ``~/.config/claude`` leaves such copies): the
+    largest copy is read (it holds the most lines; on a tie the root listed first), and each other
+    copy is counted ``duplicate_in_other_root``.
+    """
+    merged = ScanResult()
+    chosen: dict[str, int] = {}
+    for root in roots:
+        scan = scan_sessions(root, user)
+        merged.issues.update(scan.issues)
+        for file in scan.files:
+            index = chosen.get(file.key)
+            if index is None:
+                chosen[file.key] = len(merged.files)
+                merged.files.append(file)
+                continue
+            merged.issues["duplicate_in_other_root"] += 1
+            if file.size > merged.files[index].size:
+                merged.files[index] = file
+    return merged
+
+
 class _Kind(Enum):
     DIRECTORY = "directory"
     FILE = "file"  # anything that is neither a directory nor a symlink

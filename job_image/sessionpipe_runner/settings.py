@@ -42,6 +42,8 @@ LEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 MIN_LEASE_DURATION_SECONDS = 3
 #: How long ``reset`` and ``forget`` wait for the database's lease by default.
 MAINTENANCE_LEASE_WAIT_SECONDS = 10.0
+#: Claude Code's config folders, comma-separated, as ccusage reads them (each has a ``projects/``).
+ENV_CLAUDE_CONFIG_DIR = "CLAUDE_CONFIG_DIR"
 
 DEFAULT_DATABASE = Path("sessionpipe.duckdb")
 CLAUDE_PROJECTS = Path("~/.claude/projects")
@@ -60,6 +62,9 @@ class RunSettings:
     processor: str
     sessions: Path
     database: Path
+    #: Further sessions roots read in the same run (``--sessions`` given more than once, or the
+    #: default's several Claude folders); keys stay unique as :func:`~sessionpipe_runner.scan.scan_roots` says.
+    more_sessions: tuple[Path, ...] = ()
     user: str | None = None
     lease_wait_seconds: float = 600.0
     max_sessions: int = 0  # 0: no cap
@@ -69,6 +74,11 @@ class RunSettings:
     environ: Mapping[str, str] = field(default_factory=dict)
     workers: int = 0  # worker processes: 0 lets the runner choose, 1 processes in the runner itself
     db_memory: str = DEFAULT_DB_MEMORY  # DuckDB's memory_limit for this run's connection
+
+    @property
+    def session_roots(self) -> tuple[Path, ...]:
+        """Every sessions root of the run, in the order given."""
+        return (self.sessions, *self.more_sessions)
 
 
 @dataclass(frozen=True)
@@ -161,12 +171,32 @@ def parse_config(text: str) -> dict[str, Any]:
 
 
 # --- paths ----------------------------------------------------------------------------------------
-def default_sessions(environ: Mapping[str, str]) -> tuple[Path, str | None]:
-    """The embedded default: this laptop user's Claude projects, read as that one user's sessions."""
-    projects = CLAUDE_PROJECTS.expanduser()
-    if projects.is_dir():
-        return projects, environ.get("USER") or getpass.getuser()
-    raise UsageError(f"no sessions directory: {projects} does not exist; pass --sessions DIR or set {ENV_SESSIONS}")
+def claude_projects_dirs(environ: Mapping[str, str]) -> list[Path]:
+    """The Claude Code ``projects`` folders that exist here, where ccusage looks for them.
+
+    ``CLAUDE_CONFIG_DIR`` (a comma-separated list of Claude config folders) names them; without it,
+    ``$XDG_CONFIG_HOME/claude`` (``~/.config/claude``, the newer default) and
+    ``~/.claude`` (before), each with ``projects/`` below.
+    """
+    configured = [part.strip() for part in environ.get(ENV_CLAUDE_CONFIG_DIR, "").split(",") if part.strip()]
+    if configured:
+        candidates = [Path(folder).expanduser() / "projects" for folder in configured]
+    else:
+        config_home = Path(environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser()
+        candidates = [config_home / "claude" / "projects", CLAUDE_PROJECTS.expanduser()]
+    return [folder for folder in dict.fromkeys(candidates) if folder.is_dir()]
+
+
+def default_sessions(environ: Mapping[str, str]) -> tuple[list[Path], str | None]:
+    """The embedded default: this laptop user's Claude projects folders, read as that one user's sessions."""
+    found = claude_projects_dirs(environ)
+    if found:
+        return found, environ.get("USER") or getpass.getuser()
+    if environ.get(ENV_CLAUDE_CONFIG_DIR):
+        where = f"no projects/ folder in {ENV_CLAUDE_CONFIG_DIR}={environ[ENV_CLAUDE_CONFIG_DIR]!r}"
+    else:
+        where = f"neither ~/.config/claude/projects nor {CLAUDE_PROJECTS} exists"
+    raise UsageError(f"no sessions directory: {where}; pass --sessions DIR or set {ENV_SESSIONS}")
 
 
 def database_path(flag: Path | None, environ: Mapping[str, str], *, writing: bool) -> Path:
@@ -191,21 +221,23 @@ def run_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> RunSet
     processor = resolve(args.processor, ENV_PROCESSOR, "", str, environ)
     if not processor:
         raise UsageError(f"which processor? pass --processor NAME or set {ENV_PROCESSOR}")
-    sessions_flag = resolve(args.sessions, ENV_SESSIONS, None, Path, environ)
+    given: list[Path] | None = resolve(args.sessions or None, ENV_SESSIONS, None, lambda text: [Path(text)], environ)
     user = resolve(args.user, ENV_USER, None, str, environ)
-    if sessions_flag is None:
-        sessions, default_user = default_sessions(environ)
+    if given is None:
+        roots, default_user = default_sessions(environ)
         user = user or default_user
     else:
-        sessions = sessions_flag
-    if not sessions.is_dir():
-        raise UsageError(f"sessions directory {sessions} does not exist or is not a directory")
+        roots = list(dict.fromkeys(given))
+    for root in roots:
+        if not root.is_dir():
+            raise UsageError(f"sessions directory {root} does not exist or is not a directory")
     if user is not None and (not user or "/" in user or user in {".", ".."}):
         raise UsageError(f"--user {user!r} is not a valid user name")
     lease_spec(args, environ)  # a bad --lease is a mistake before anything else is done
     return RunSettings(
         processor=processor,
-        sessions=sessions,
+        sessions=roots[0],
+        more_sessions=tuple(roots[1:]),
         user=user,
         database=database_path(args.db, environ, writing=True),
         lease_wait_seconds=resolve(

@@ -42,6 +42,7 @@ DEFAULT_TIMEOUT_SECONDS = 900
 DEFAULT_STARTING_DEADLINE_SECONDS = 300
 DEFAULT_HISTORY_LIMIT = 3
 DEFAULT_API_KEY_SECRET_KEY = "ANTHROPIC_API_KEY"
+DEFAULT_PRICING_CONFIGMAP_KEY = "pricing.json"
 
 #: The shapes of ``spec.schedule`` the API server accepts: five cron fields, an ``@hourly``-style
 #: macro, or an ``every N{m,h,d}`` shorthand. Whether a shorthand maps exactly onto cron, and whether
@@ -223,17 +224,21 @@ class HistoryLimits(_Model):
     )
 
 
+def _object_name(kind: str) -> Any:
+    """The ``name`` field of a reference to a Secret or ConfigMap in the SessionProcessor's namespace."""
+    return Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description=f"Name of the {kind}.")
+
+
+def _object_key(default: str, description: str) -> Any:
+    """The ``key`` field of such a reference: a data key, with a default."""
+    return Field(default=default, min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description=description)
+
+
 class SecretKeyRef(_Model):
     """A key of a Secret in the SessionProcessor's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the Secret.")
-    key: str = Field(
-        default=DEFAULT_API_KEY_SECRET_KEY,
-        min_length=1,
-        max_length=253,
-        pattern=r"^[-._a-zA-Z0-9]+$",
-        description="Key inside the Secret whose value is the API key.",
-    )
+    name: str = _object_name("Secret")
+    key: str = _object_key(DEFAULT_API_KEY_SECRET_KEY, "Key inside the Secret whose value is the API key.")
 
 
 class LlmSettings(_Model):
@@ -268,6 +273,25 @@ LLM_RULES = _cel(
     "!has(self.model) || has(self.apiKeySecretRef)",
     "llm.model needs llm.apiKeySecretRef: the API key only ever comes from a Secret",
 )
+
+
+class ConfigMapKeyRef(_Model):
+    """A key of a ConfigMap in the SessionProcessor's namespace."""
+
+    name: str = _object_name("ConfigMap")
+    key: str = _object_key(DEFAULT_PRICING_CONFIGMAP_KEY, "Key inside the ConfigMap whose value is the price file.")
+
+
+class PricingSettings(_Model):
+    """Model prices over the job image's shipped ones (the usage processor's SESSIONPIPE_PRICING)."""
+
+    config_map_ref: ConfigMapKeyRef = Field(
+        description=(
+            "The ConfigMap key holding a price file (this project's format, as `sessionpipe pricing import` "
+            "writes it, or a LiteLLM table); mounted read-only into job pods and named by SESSIONPIPE_PRICING."
+        )
+    )
+
 
 QuantityValue = int | str
 
@@ -352,6 +376,9 @@ class SessionProcessorSpec(_Model):
         default=None,
         description="Model, API key Secret and token budget for LLM processors.",
         json_schema_extra=LLM_RULES,
+    )
+    pricing: PricingSettings | None = Field(
+        default=None, description="A price file from a ConfigMap, over the prices shipped in the job image."
     )
     config: dict[str, Any] = Field(
         default_factory=dict,

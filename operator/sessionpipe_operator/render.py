@@ -34,6 +34,7 @@ from sessionpipe_contract import (
     ENV_MAX_SESSIONS,
     ENV_POD_NAME,
     ENV_POD_NAMESPACE,
+    ENV_PRICING,
     ENV_PROCESSOR,
     ENV_SESSIONS,
     ENV_TERMINATION_LOG,
@@ -64,6 +65,10 @@ TMP_MOUNT = "/tmp"
 VOLUME_SESSIONS = "sessions"
 VOLUME_DATABASE = "database"
 VOLUME_TMP = "tmp"
+VOLUME_PRICING = "pricing"
+#: Where a spec.pricing ConfigMap key is mounted, as one file the runner reads through SESSIONPIPE_PRICING.
+PRICING_MOUNT = "/etc/sessionpipe/pricing"
+PRICING_FILE = "pricing.json"
 
 # Fields build_cronjob renders only sometimes: when it does not, their presence on the cluster is drift
 # (a spec that dropped ``timeZone`` must drop it from the CronJob too).
@@ -215,6 +220,11 @@ def _pod_spec(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[st
             {"name": VOLUME_TMP, "emptyDir": {}},
         ],
     }
+    if spec.pricing is not None:
+        ref = spec.pricing.config_map_ref
+        pod["volumes"].append(
+            {"name": VOLUME_PRICING, "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": PRICING_FILE}]}}
+        )
     service_account = spec.service_account_name or settings.job_service_account
     if service_account:
         pod["serviceAccountName"] = service_account
@@ -257,16 +267,20 @@ def _container(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[s
     sessions_mount: dict[str, Any] = {"name": VOLUME_SESSIONS, "mountPath": spec.sessions.mount_path, "readOnly": True}
     if spec.sessions.sub_path:
         sessions_mount["subPath"] = spec.sessions.sub_path
+    mounts = [
+        sessions_mount,
+        {"name": VOLUME_DATABASE, "mountPath": DEFAULT_DATABASE_MOUNT},
+        {"name": VOLUME_TMP, "mountPath": TMP_MOUNT},
+    ]
+    if spec.pricing is not None:
+        env.append({"name": ENV_PRICING, "value": f"{PRICING_MOUNT}/{PRICING_FILE}"})
+        mounts.append({"name": VOLUME_PRICING, "mountPath": PRICING_MOUNT, "readOnly": True})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.job_image,
         "command": list(RUNNER_COMMAND),
         "env": env,
-        "volumeMounts": [
-            sessions_mount,
-            {"name": VOLUME_DATABASE, "mountPath": DEFAULT_DATABASE_MOUNT},
-            {"name": VOLUME_TMP, "mountPath": TMP_MOUNT},
-        ],
+        "volumeMounts": mounts,
         "terminationMessagePath": DEFAULT_TERMINATION_LOG,
         # The runner writes its summary there; if it dies before that, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -659,6 +659,62 @@ def test_failed_run_sets_degraded_and_the_next_success_clears_it(
     wait_for(lambda: events(kube, ns, "usage", "RunSucceeded"), CONVERGE_SECONDS, "a RunSucceeded Event")
 
 
+def test_prices_from_a_configmap_price_a_model_the_job_image_does_not_know(
+    control_plane: ControlPlane,
+    ns: str,
+    kube: KubeClient,
+    operator: OperatorProcess,
+    database_dir: Path,
+    tmp_path: Path,
+) -> None:
+    real, made_up = "claude-sonnet-4-20250514", "claude-nova-7-20270401"
+    transcript = SNIFFLY / "projects/-Users-chip-dev-ai-music/ba79134d-b6e9-4867-af0c-6941038c9e4b.jsonl"
+    sessions = tmp_path / "sessions"
+    (sessions / "chip" / "-Users-chip-dev-new").mkdir(parents=True)
+    (sessions / "chip" / "-Users-chip-dev-new" / "s1.jsonl").write_bytes(
+        transcript.read_bytes().replace(real.encode(), made_up.encode())
+    )
+    litellm = tmp_path / "model_prices_and_context_window.json"
+    litellm.write_text(json.dumps({made_up: {"input_cost_per_token": 7e-06, "output_cost_per_token": 3.5e-05}}))
+    prices = tmp_path / "pricing.json"
+    imported = subprocess.run(
+        [str(Path(sys.executable).with_name("sessionpipe")), "pricing", "import", str(litellm), "-o", str(prices)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    control_plane.kubectl("create", "configmap", "model-prices", f"--from-file=pricing.json={prices}", namespace=ns)
+    control_plane.executor.map_claim(ns, "transcripts", sessions)
+    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    spec = usage_spec(pricing={"configMapRef": {"name": "model-prices"}})
+    spec["sessions"] = {"claimName": "transcripts"}
+    apply(control_plane, ns, sessionprocessor("usage", spec))
+
+    job = start_run_now(control_plane, kube, ns, "usage", "priced")
+    status = wait_for_run(kube, ns, "usage", job)
+    log = control_plane.executor.log_path(ns, _pod_of(kube, ns, job))
+    assert status["lastRun"]["outcome"] == "succeeded", f"pod output:\n{log.read_text()}"
+    assert "missing_price" not in (status["lastRun"].get("message") or "")
+    con = duckdb.connect(str(database_dir / "usage.duckdb"), read_only=True)
+    try:
+        found = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE cost_source = 'unpriced'), sum(cost_usd), "
+            "sum(input_tokens * 7e-06 + output_tokens * 3.5e-05 + cache_write_5m_tokens * 8.75e-06 "
+            "+ cache_write_1h_tokens * 1.4e-05 + cache_read_tokens * 7e-07), any_value(pricing_version) "
+            "FROM usage_rows WHERE model = ?",
+            [made_up],
+        ).fetchone()
+    finally:
+        con.close()
+    assert found is not None
+    rows, unpriced, cost, expected, version = found
+    assert rows > 0 and unpriced == 0
+    assert cost == pytest.approx(expected, rel=1e-9)  # LiteLLM's default cache rates: 1.25x and 0.1x input
+    assert version.startswith("ccusage-20.0.24+model_prices_and_context_window-")
+
+
 def test_a_run_whose_container_never_starts_says_why_in_last_run(
     control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess
 ) -> None:

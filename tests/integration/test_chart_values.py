@@ -10,6 +10,9 @@ import pytest
 import yaml
 
 from sessionpipe_kubetest.build import toolset
+from sessionpipe_operator.models import SessionProcessorSpec
+from sessionpipe_operator.render import build_cronjob
+from sessionpipe_operator.settings import OperatorSettings
 from tests.runner_support import REPO
 
 CHART = REPO / "charts" / "sessionpipe"
@@ -42,6 +45,7 @@ def test_helm_lint_strict_passes() -> None:
         (["--set", "jobPolicy.enabled=maybe"], "/jobPolicy/enabled"),
         (["--set", "jobPolicy.allowedServiceAccounts={runner,Not_A_Name}"], "/jobPolicy/allowedServiceAccounts/1"),
         (["--set-json", 'jobPolicy.allowedImages=["ghcr.io/a/b c"]'], "/jobPolicy/allowedImages/0"),
+        (["--set", "pricing.configMap=Not_A_Name"], "/pricing/configMap"),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(values: list[str], message: str) -> None:
@@ -107,3 +111,39 @@ def test_a_disabled_job_policy_renders_no_policy_and_lets_the_operator_allow_any
     assert allowed is None
     assert env["SESSIONPIPE_OPERATOR_ALLOWED_IMAGES"] == "*"
     assert env["SESSIONPIPE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == "*"
+
+
+def _processor_specs(*values: str) -> dict[str, dict[str, Any]]:
+    result = _helm(
+        "template",
+        "t",
+        str(CHART),
+        "--set",
+        "processors.verification.enabled=true",
+        "--set",
+        "anthropic.existingSecret=anthropic",
+        *values,
+    )
+    assert result.returncode == 0, result.stderr
+    return {
+        doc["metadata"]["name"]: doc["spec"]
+        for doc in yaml.safe_load_all(result.stdout)
+        if doc and doc["kind"] == "SessionProcessor"
+    }
+
+
+def test_pricing_configmap_reaches_every_job_pod_as_a_mounted_file_named_by_sessionpipe_pricing() -> None:
+    assert all("pricing" not in spec for spec in _processor_specs().values())
+    specs = _processor_specs("--set", "pricing.configMap=model-prices")
+    assert set(specs) == {"usage", "verification"}
+    owner = {"apiVersion": "sessionpipe.io/v1alpha1", "kind": "SessionProcessor", "name": "usage", "uid": "u1"}
+    for name, spec in specs.items():
+        assert spec["pricing"] == {"configMapRef": {"name": "model-prices", "key": "pricing.json"}}
+        cronjob = build_cronjob(name, "ns", owner, SessionProcessorSpec.model_validate(spec), OperatorSettings())
+        pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert {
+            "name": "pricing",
+            "configMap": {"name": "model-prices", "items": [{"key": "pricing.json", "path": "pricing.json"}]},
+        } in pod["volumes"]
+        env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+        assert env["SESSIONPIPE_PRICING"] == "/etc/sessionpipe/pricing/pricing.json"

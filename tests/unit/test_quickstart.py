@@ -16,9 +16,13 @@ import sysconfig
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from sessionpipe_contract import EXIT_OK
-from tests.runner_support import sessionpipe_env
+from sessionpipe_runner.cli import main
+from tests.runner_support import CORPUS, sessionpipe_env
+
+SNIFFLY_FILE = CORPUS / "sniffly/projects/-Users-chip-dev-ai-music/fed8ce56-bc79-401f-a83e-af084253362f.jsonl"
 
 
 def quickstart(cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
@@ -93,3 +97,32 @@ def test_quickstart_on_a_fresh_machine_prints_a_usage_report(tmp_path: Path) -> 
 def report_of(stdout: str) -> str:
     """The report table quickstart printed after the run's summary line."""
     return stdout[stdout.index("\nmonth ") :]
+
+
+def test_quickstart_with_an_empty_claude_projects_directory_uses_the_demo_data_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / ".claude" / "projects").mkdir(parents=True)  # Claude Code installed, never used
+    demo = work / ".sessionpipe" / "demo-sessions" / "demo" / "-home-demo-app"
+    demo.mkdir(parents=True)  # demo data already generated: the test needs no generator run
+    usage_line = next(line for line in SNIFFLY_FILE.read_bytes().splitlines() if b'"usage"' in line)
+    (demo / "s1.jsonl").write_bytes(usage_line + b"\n")
+    monkeypatch.setenv("HOME", str(home))
+    for variable in (
+        "SESSIONPIPE_SESSIONS",
+        "SESSIONPIPE_DB",
+        "SESSIONPIPE_PROCESSOR",
+        "SESSIONPIPE_USER",
+        "XDG_CONFIG_HOME",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
+    monkeypatch.chdir(work)
+
+    assert main(["quickstart"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "note: no transcripts in ~/.claude/projects yet; showing the demo data instead" in out
+    output_tokens = json.loads(usage_line)["message"]["usage"]["output_tokens"]
+    total = re.search(r"^Total\s.*$", out, re.MULTILINE)
+    assert total and f"{output_tokens:,}" in total.group(0).split(), out

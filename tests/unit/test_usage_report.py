@@ -258,7 +258,7 @@ def test_an_unreadable_price_file_fails_the_run_with_an_explanation(tmp_path: Pa
         processor="usage", sessions=SNIFFLY, database=db, user="chip", environ={ENV_PRICING: str(prices)}
     )
     summary = run(settings, UsageProcessor(), FileLease(db, "usage"))
-    assert summary.exit_code != EXIT_OK
+    assert summary.exit_code == EXIT_USAGE  # a bad setting, not a failure to retry
     assert summary.processed == 0
     assert f"price file {prices} is not JSON" in summary.message
 

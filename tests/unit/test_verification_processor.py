@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import duckdb
+import pytest
 
-from sessionpipe_contract import EXIT_FAILED, EXIT_OK, OUTCOME_FAILED, OUTCOME_STOPPED, OUTCOME_SUCCEEDED
+from sessionpipe_contract import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OUTCOME_FAILED, OUTCOME_STOPPED, OUTCOME_SUCCEEDED
+from sessionpipe_runner.cli import main
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.verification import VerificationProcessor
 from sessionpipe_runner.runner import RunSettings, run
@@ -216,9 +218,20 @@ def test_missing_api_key_fails_the_run_with_an_explanation_and_touches_no_sessio
     replay = AnthropicReplay()
     db = tmp_path / "db.duckdb"
     summary = run_once(SNIFFLY, db, processor_for(replay), user="chip", environ={})
-    assert (summary.outcome, summary.exit_code) == (OUTCOME_FAILED, EXIT_FAILED)
+    assert (summary.outcome, summary.exit_code) == (OUTCOME_FAILED, EXIT_USAGE)  # bad settings, as the README says
     assert "ANTHROPIC_API_KEY is not set" in summary.message
     assert replay.requests == [] and rows(db, "SELECT count(*) FROM session_processor_state") == [(0,)]
+
+
+def test_sessionpipe_run_of_verification_without_an_api_key_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    sessions = tmp_path / "sessions"
+    write_session(sessions / "alice" / "app" / "s1.jsonl", [("Tabs, not spaces.", "OK.")])
+    code = main(["run", "--processor", "verification", "--sessions", str(sessions), "--db", str(tmp_path / "v.duckdb")])
+    assert code == EXIT_USAGE
+    assert "ANTHROPIC_API_KEY is not set" in capsys.readouterr().out
 
 
 def test_rejected_credentials_fail_the_run_without_charging_sessions(tmp_path: Path) -> None:

@@ -10,16 +10,31 @@ from typing import Any, NoReturn
 
 import duckdb
 
-from sessionpipe_contract import EXIT_USAGE
+from sessionpipe_contract import ENV_DB, ENV_LEASE_WAIT, EXIT_USAGE
 from sessionpipe_runner import store
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.processors.base import Processor
-from sessionpipe_runner.settings import UsageError
+from sessionpipe_runner.settings import (
+    DEFAULT_DATABASE,
+    MAINTENANCE_LEASE_WAIT_SECONDS,
+    UsageError,
+    arg_type,
+    non_negative_float,
+)
 from sessionpipe_runner.snapshot import snapshot_path
 
 
 class DatabaseBusy(Exception):
     """A run holds the database and has published no snapshot yet: try again when it is done."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps a one-paragraph description; keeps text with line breaks (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,6 +70,22 @@ class CommandParser(OneLineParser):
     def format_help(self) -> str:
         self._complete()
         return super().format_help()
+
+
+def add_db_flag(p: argparse.ArgumentParser) -> None:
+    """``--db FILE``, the same in every command."""
+    p.add_argument("--db", type=Path, metavar="FILE", help=f"DuckDB file (env {ENV_DB}; default ./{DEFAULT_DATABASE})")
+
+
+def add_lease_wait_flag(p: argparse.ArgumentParser, default: float = MAINTENANCE_LEASE_WAIT_SECONDS) -> None:
+    """``--lease-wait SECONDS``: ``run``'s default is longer than that of the other commands that write."""
+    p.add_argument(
+        "--lease-wait",
+        type=arg_type(non_negative_float),
+        metavar="SECONDS",
+        help=f"how long to wait while another writer holds the database's lease (env {ENV_LEASE_WAIT}; "
+        f"default {default:g})",
+    )
 
 
 def load_processor(name: str) -> Processor:

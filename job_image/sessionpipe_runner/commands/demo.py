@@ -10,13 +10,22 @@ from sessionpipe_runner.settings import arg_type, positive_int
 
 NAME = "demo"
 HELP = "generate realistic demo transcripts"
+DESCRIPTION = (
+    "Write realistic Claude Code transcripts (several users, projects, models and months) under DIR, "
+    "in the <user>/<project>/<session>.jsonl layout the runner reads. The same seed writes the same files."
+)
+EXAMPLES = """examples:
+  sessionpipe demo --out demo-sessions
+  sessionpipe demo --out demo-sessions --users 5 --megabytes 50 --seed 1"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--users", type=arg_type(positive_int), default=3)
-    p.add_argument("--megabytes", type=arg_type(positive_int), default=4)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write the transcripts under")
+    p.add_argument("--users", type=arg_type(positive_int), default=3, metavar="N", help="users (default 3)")
+    p.add_argument(
+        "--megabytes", type=arg_type(positive_int), default=4, metavar="N", help="about how much to write (default 4)"
+    )
+    p.add_argument("--seed", type=int, default=7, metavar="N", help="random seed (default 7)")
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -6,19 +6,31 @@ import argparse
 import os
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
-from sessionpipe_contract import ENV_DB, EXIT_OK
+from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner import store
-from sessionpipe_runner.commands.common import load_processor, open_for_reading
+from sessionpipe_runner.commands.common import (
+    add_db_flag,
+    add_lease_wait_flag,
+    load_processor,
+    open_for_reading,
+)
 from sessionpipe_runner.lease.factory import holding_lease
 from sessionpipe_runner.names import printable
-from sessionpipe_runner.settings import UsageError, arg_type, database_path, non_negative_float
+from sessionpipe_runner.settings import UsageError, database_path
 from sessionpipe_runner.snapshot import publish_snapshot, remove_stale_snapshots
 from sessionpipe_runner.store.queries import forget_sessions, forgettable
 
 NAME = "forget"
 HELP = "delete session files' state and rows for good (vanished files, a user's files)"
+DESCRIPTION = (
+    "Delete session files' state and every processor's rows for them, for good: the files that vanished "
+    "from the volume, one user's files, or one file. --dry-run lists them first."
+)
+EXAMPLES = """examples:
+  sessionpipe forget --vanished --dry-run
+  sessionpipe forget --user alice
+  sessionpipe forget --session alice/-home-alice-app/0b1c.jsonl --db team.duckdb"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--user", metavar="NAME", help="every file of one user")
     which.add_argument("--session", metavar="KEY", help="one session file key (<user>/<project>/<file>.jsonl)")
     p.add_argument("--dry-run", action="store_true", help="list what would be forgotten, change nothing")
-    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
-    p.add_argument("--lease-wait", type=arg_type(non_negative_float), metavar="SECONDS")
+    add_db_flag(p)
+    add_lease_wait_flag(p)
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -11,10 +11,17 @@ from sessionpipe_runner.processors import registry
 
 NAME = "processors"
 HELP = "list the installed processors"
+DESCRIPTION = (
+    "List the installed processors (built-in and plugins registered under the sessionpipe.processors "
+    "entry point), their versions and where they come from; a processor that fails to load says why."
+)
+EXAMPLES = """examples:
+  sessionpipe processors
+  sessionpipe processors --json"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def handle(args: argparse.Namespace) -> int:

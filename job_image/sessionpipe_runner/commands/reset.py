@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-from sessionpipe_contract import ENV_DB, EXIT_OK
+from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner import store
-from sessionpipe_runner.commands.common import load_processor
+from sessionpipe_runner.commands.common import add_db_flag, add_lease_wait_flag, load_processor
 from sessionpipe_runner.lease.factory import holding_lease
-from sessionpipe_runner.settings import UsageError, arg_type, database_path, non_negative_float
+from sessionpipe_runner.settings import UsageError, database_path
 from sessionpipe_runner.store.queries import NoStateToReset, reset_sessions
 
 NAME = "reset"
 HELP = "make sessions be processed again on the next run"
+DESCRIPTION = (
+    "Forget one processor's state and rows for some sessions, so that its next run processes them again: "
+    "one file, the quarantined ones, or all. Other processors' state and rows are left alone."
+)
+EXAMPLES = """examples:
+  sessionpipe reset --processor usage --quarantined
+  sessionpipe reset --processor usage --session alice/-home-alice-app/0b1c.jsonl
+  sessionpipe reset --processor verification --all --db team.duckdb"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--processor", required=True)
+    p.add_argument("--processor", required=True, metavar="NAME", help="the processor whose sessions to reset")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--session", metavar="KEY", help="one session file key (<user>/<project>/<file>.jsonl)")
     which.add_argument("--quarantined", action="store_true", help="every quarantined session")
     which.add_argument("--all", action="store_true", help="every session of the processor")
-    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
-    p.add_argument("--lease-wait", type=arg_type(non_negative_float), metavar="SECONDS")
+    add_db_flag(p)
+    add_lease_wait_flag(p)
 
 
 def handle(args: argparse.Namespace) -> int:

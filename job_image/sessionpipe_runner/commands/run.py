@@ -13,12 +13,10 @@ from sessionpipe_contract import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TERMINATION_LOG,
     ENV_CONFIG,
-    ENV_DB,
     ENV_DB_MEMORY,
     ENV_LEASE,
     ENV_LEASE_DURATION,
     ENV_LEASE_NAMESPACE,
-    ENV_LEASE_WAIT,
     ENV_MAX_ATTEMPTS,
     ENV_MAX_SESSIONS,
     ENV_PROCESSOR,
@@ -28,16 +26,14 @@ from sessionpipe_contract import (
     ENV_WORKERS,
     EXIT_FAILED,
 )
-from sessionpipe_runner.commands.common import load_processor
+from sessionpipe_runner.commands.common import add_db_flag, add_lease_wait_flag, load_processor
 from sessionpipe_runner.lease.factory import make_lease
 from sessionpipe_runner.names import printable
 from sessionpipe_runner.runner import run
 from sessionpipe_runner.settings import (
-    DEFAULT_DATABASE,
     arg_type,
     lease_settings,
     memory_size,
-    non_negative_float,
     non_negative_int,
     parse_config,
     positive_int,
@@ -47,20 +43,38 @@ from sessionpipe_runner.summary import RunSummary
 
 NAME = "run"
 HELP = "run one processor over the sessions once"
+DESCRIPTION = (
+    "Run one processor over the session files once: scan the sessions directory, process the new and "
+    "changed files into the DuckDB file, print a summary. Every flag has a SESSIONPIPE_* variable; the "
+    "flag wins."
+)
+EXAMPLES = """examples:
+  sessionpipe run --processor usage
+  sessionpipe run --processor usage --sessions /data/sessions --db team.duckdb --json
+  sessionpipe run --processor verification --config '{"max_turns": 40}' --max-sessions 10"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--processor", help=f"processor name (env {ENV_PROCESSOR})")
-    p.add_argument("--sessions", type=Path, help=f"sessions root (env {ENV_SESSIONS}; default ~/.claude/projects)")
-    p.add_argument("--user", help=f"read --sessions as this one user's Claude projects/ directory (env {ENV_USER})")
-    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB}; default ./{DEFAULT_DATABASE})")
-    p.add_argument("--lease", help=f"single-writer lease: 'file' or 'k8s:NAME' (env {ENV_LEASE}; default file)")
+    p.add_argument("--processor", metavar="NAME", help=f"processor name (env {ENV_PROCESSOR})")
     p.add_argument(
-        "--lease-wait",
-        type=arg_type(non_negative_float),
-        metavar="SECONDS",
-        help=f"how long to wait for the lease (env {ENV_LEASE_WAIT}; default {DEFAULT_LEASE_WAIT_SECONDS})",
+        "--sessions",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help=f"sessions root; repeat to read several in one run (env {ENV_SESSIONS}, one DIR; default: the Claude "
+        "projects folders ccusage reads: each of CLAUDE_CONFIG_DIR's, else ~/.config/claude/projects and "
+        "~/.claude/projects)",
     )
+    p.add_argument(
+        "--user", metavar="NAME", help=f"read --sessions as this one user's Claude projects/ directory (env {ENV_USER})"
+    )
+    add_db_flag(p)
+    p.add_argument(
+        "--lease",
+        metavar="file|k8s:NAME",
+        help=f"single-writer lease: 'file' or 'k8s:NAME' (env {ENV_LEASE}; default file)",
+    )
+    add_lease_wait_flag(p, DEFAULT_LEASE_WAIT_SECONDS)
     p.add_argument(
         "--lease-namespace",
         metavar="NS",
@@ -102,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         type=arg_type(parse_config),
-        metavar="JSON",
+        metavar="JSON|@FILE",
         help=f"processor settings as a JSON object or @file (env {ENV_CONFIG})",
     )
     p.add_argument(

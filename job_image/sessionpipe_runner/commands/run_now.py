@@ -21,6 +21,13 @@ from sessionpipe_contract import ANNOTATION_RUN_NOW, API_GROUP, API_VERSION, EXI
 
 NAME = "run-now"
 HELP = "ask the operator to run a SessionProcessor now (a cluster)"
+DESCRIPTION = (
+    "Ask the operator to start a run of a SessionProcessor now, by setting the sessionpipe.io/run-now "
+    "annotation to a fresh token; the operator starts a Job from its CronJob, or records a RunSkipped "
+    "Event while a run is going."
+)
+EXAMPLES = """example:
+  sessionpipe run-now usage -n sessionpipe"""
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -29,11 +36,16 @@ class RunNowError(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="the SessionProcessor to run now")
+    parser.add_argument("name", metavar="NAME", help="the SessionProcessor to run now")
     parser.add_argument(
-        "-n", "--namespace", help="its namespace (default: the kubeconfig context's, or the pod's, or 'default')"
+        "-n",
+        "--namespace",
+        metavar="NAMESPACE",
+        help="its namespace (default: the kubeconfig context's, or the pod's, or 'default')",
     )
-    parser.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument(
+        "--kubeconfig", type=Path, metavar="FILE", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
+    )
 
 
 def new_token(now: datetime | None = None) -> str:

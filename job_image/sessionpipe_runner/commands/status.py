@@ -5,20 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
-from sessionpipe_contract import ENV_DB, EXIT_OK
-from sessionpipe_runner.commands.common import open_for_reading
+from sessionpipe_contract import EXIT_OK
+from sessionpipe_runner.commands.common import add_db_flag, open_for_reading
 from sessionpipe_runner.settings import database_path
 from sessionpipe_runner.store.queries import status_data
 
 NAME = "status"
 HELP = "sessions done / failed / quarantined per processor, and the last runs"
+DESCRIPTION = (
+    "Per processor: how many session files are done, failed or quarantined, how many vanished from "
+    "the volume, and its last runs. Reads the snapshot while a run holds the database."
+)
+EXAMPLES = """examples:
+  sessionpipe status
+  sessionpipe status --db team.duckdb --json"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, help=f"DuckDB file (env {ENV_DB})")
-    p.add_argument("--json", action="store_true")
+    add_db_flag(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -117,6 +117,14 @@ class FailRun(Exception):
     """
 
 
+class BadSettings(FailRun):
+    """Raised by a processor when its settings are wrong (a missing API key, an unreadable price file).
+
+    Like :class:`FailRun` the run ends with outcome ``failed`` before any session is charged, but
+    with exit code 2: a user mistake to fix, not a failure to retry.
+    """
+
+
 class Processor:
     """Base class for processors; subclasses set ``name``, ``version`` and implement ``process``."""
 

@@ -186,6 +186,25 @@ def test_sessions_are_mounted_read_only_from_their_sub_path() -> None:
     )
 
 
+def test_a_pricing_configmap_is_mounted_read_only_and_named_by_sessionpipe_pricing() -> None:
+    pod = pod_spec(render({**MINIMAL_SPEC, "pricing": {"configMapRef": {"name": "prices", "key": "litellm.json"}}}))
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount for mount in pod["containers"][0]["volumeMounts"]}
+    assert volumes["pricing"]["configMap"] == {
+        "name": "prices",
+        "items": [{"key": "litellm.json", "path": "pricing.json"}],
+    }
+    assert mounts["pricing"] == {"name": "pricing", "mountPath": "/etc/sessionpipe/pricing", "readOnly": True}
+    env = {variable["name"]: variable for variable in pod["containers"][0]["env"]}
+    assert env["SESSIONPIPE_PRICING"]["value"] == "/etc/sessionpipe/pricing/pricing.json"
+    default_key = pod_spec(render({**MINIMAL_SPEC, "pricing": {"configMapRef": {"name": "prices"}}}))
+    assert {v["name"]: v for v in default_key["volumes"]}["pricing"]["configMap"]["items"][0]["key"] == "pricing.json"
+    # without spec.pricing the job image's shipped prices apply: no volume, no variable
+    plain = pod_spec(render(MINIMAL_SPEC))
+    assert "pricing" not in {volume["name"] for volume in plain["volumes"]}
+    assert "SESSIONPIPE_PRICING" not in {variable["name"] for variable in plain["containers"][0]["env"]}
+
+
 def test_cronjob_is_owned_by_the_sessionprocessor_and_labelled_for_watches_and_dashboards() -> None:
     cronjob = render(FULL_SPEC)
     assert cronjob["metadata"]["ownerReferences"] == [{**OWNER, "controller": True, "blockOwnerDeletion": True}]

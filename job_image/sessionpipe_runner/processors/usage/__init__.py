@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sessionpipe_contract import ENV_PRICING
-from sessionpipe_runner.processors.base import Migration, Output, Processor, RunContext, SessionFile
+from sessionpipe_runner.processors.base import BadSettings, Migration, Output, Processor, RunContext, SessionFile
 from sessionpipe_runner.processors.usage.parse import UsageLine, parse_usage_lines
 from sessionpipe_runner.processors.usage.pricing import (
     PriceTable,
@@ -169,8 +169,11 @@ class UsageProcessor(Processor):
         """Load the prices: the shipped file, with the user's ``pricing`` file (setting or env) over it."""
         configured = context.config.get("pricing") or context.environ.get(ENV_PRICING) or None
         if configured is not None and not isinstance(configured, str):
-            raise PricingError(f"the 'pricing' setting must be a file path, not {configured!r}")
-        self.prices = load_prices(Path(configured) if configured else None)
+            raise BadSettings(f"the 'pricing' setting must be a file path, not {configured!r}")
+        try:
+            self.prices = load_prices(Path(configured) if configured else None)
+        except PricingError as error:
+            raise BadSettings(str(error)) from None
 
     @staticmethod
     def _priced(prices: PriceTable, line: UsageLine) -> tuple[float, str, bool]:

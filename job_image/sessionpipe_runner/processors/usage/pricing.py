@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +29,19 @@ CACHE_WRITE_INPUT_MULTIPLIER = 1.25  # LiteLLM entries without a cache-write rat
 CACHE_READ_INPUT_MULTIPLIER = 0.1  # LiteLLM entries without a cache-read rate
 CACHE_WRITE_1H_INPUT_MULTIPLIER = 2.0
 DATE_SUFFIX = re.compile(r"-\d{8}$")
+PRICE_FILE_FORMAT = 1
+#: The LiteLLM fields a price entry keeps (the ones :func:`model_price` reads, and the context size).
+LITELLM_PRICE_FIELDS = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_creation_input_token_cost",
+    "cache_read_input_token_cost",
+    "input_cost_per_token_above_200k_tokens",
+    "output_cost_per_token_above_200k_tokens",
+    "cache_creation_input_token_cost_above_200k_tokens",
+    "cache_read_input_token_cost_above_200k_tokens",
+    "max_input_tokens",
+)
 
 
 class PricingError(ValueError):
@@ -174,17 +188,65 @@ def shipped_version() -> str:
 
 def load_prices(user_file: Path | None = None) -> PriceTable:
     """The shipped prices, with a user's file's entries replacing or adding models."""
+    return load_prices_with_sources(user_file)[0]
+
+
+def load_prices_with_sources(user_file: Path | None = None) -> tuple[PriceTable, dict[str, str]]:
+    """:func:`load_prices`, and where each model's price comes from: ``pricing.json`` or the user's file."""
     version, models, overrides = parse_price_file(shipped_content(), SHIPPED_PRICING)
+    sources = dict.fromkeys(models, SHIPPED_PRICING)
     if user_file is not None:
         user_version, user_models, user_overrides = parse_price_file(_read_json(user_file), user_file.name)
         if not user_models:
             raise PricingError(f"price file {user_file} holds no model with input and output prices")
         models = {**models, **user_models}
+        sources.update(dict.fromkeys(user_models, str(user_file)))
         overrides = {
             kind: {**overrides.get(kind, {}), **user_overrides.get(kind, {})} for kind in ("exact", "normalized_prefix")
         }
         version = f"{version}+{user_version}"
-    return PriceTable(version, {name: model_price(name, entry, overrides) for name, entry in models.items()})
+    table = PriceTable(version, {name: model_price(name, entry, overrides) for name, entry in models.items()})
+    return table, sources
+
+
+def import_litellm(content: Any, version: str, match: str = "claude") -> tuple[dict[str, Any], Counter[str]]:
+    """A price file in this project's format from a LiteLLM ``model_prices_and_context_window.json``.
+
+    Keeps the models whose name contains ``match`` (case-insensitive; ``""`` keeps all) and that
+    have per-token input and output prices, with only the fields :func:`model_price` reads. Entries
+    left out are counted by reason: ``not_matching``, ``no_token_prices`` (image, audio or
+    per-second models, LiteLLM's ``sample_spec``), ``bad_price`` (a rate that is not a number).
+    """
+    if not isinstance(content, dict):
+        raise PricingError("a LiteLLM price file must be a JSON object of models")
+    models: dict[str, dict[str, Any]] = {}
+    skipped: Counter[str] = Counter()
+    for name, entry in sorted(content.items()):
+        if match.lower() not in str(name).lower():
+            skipped["not_matching"] += 1
+        elif not isinstance(entry, dict) or "input_cost_per_token" not in entry or "output_cost_per_token" not in entry:
+            skipped["no_token_prices"] += 1
+        else:
+            kept = {key: entry[key] for key in LITELLM_PRICE_FIELDS if entry.get(key) is not None}
+            provider = entry.get("provider_specific_entry")
+            if isinstance(provider, dict) and "fast" in provider:
+                kept["provider_specific_entry"] = {"fast": provider["fast"]}
+            try:
+                model_price(str(name), kept, {})
+            except PricingError:
+                skipped["bad_price"] += 1
+                continue
+            models[str(name)] = kept
+    if not models:
+        raise PricingError(f"no model{f' matching {match!r}' if match else ''} has input and output token prices")
+    price_file = {
+        "format": PRICE_FILE_FORMAT,
+        "version": version,
+        "source": "imported from a LiteLLM model_prices_and_context_window.json by `sessionpipe pricing import`",
+        "fast_multiplier_overrides": {"exact": {}, "normalized_prefix": {}},
+        "models": models,
+    }
+    return price_file, skipped
 
 
 def tiered(tokens: int, rate: float, above: float | None) -> float:

@@ -45,7 +45,16 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from sessionpipe_contract import ENV_ANTHROPIC_API_KEY, ENV_LLM_MAX_TOKENS_PER_RUN, ENV_LLM_MODEL
-from sessionpipe_runner.processors.base import FailRun, Migration, Output, Processor, RunContext, SessionFile, StopRun
+from sessionpipe_runner.processors.base import (
+    BadSettings,
+    FailRun,
+    Migration,
+    Output,
+    Processor,
+    RunContext,
+    SessionFile,
+    StopRun,
+)
 from sessionpipe_runner.processors.verification import conversation, llm, redaction, store
 from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
 
@@ -210,7 +219,10 @@ class VerificationProcessor(Processor):
 
     def start(self, context: RunContext) -> None:
         """Validate the settings and build the client; a missing key fails the run with an explanation."""
-        settings, api_key = VerificationSettings.resolve(context.config, context.environ)
+        try:
+            settings, api_key = VerificationSettings.resolve(context.config, context.environ)
+        except VerificationConfigError as error:
+            raise BadSettings(str(error)) from None
         client = llm.make_client(
             api_key, base_url=settings.base_url, timeout=settings.timeout_seconds, http_client=self._http_client
         )
