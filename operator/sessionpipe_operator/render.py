@@ -30,6 +30,7 @@ from sessionpipe_contract import (
     ENV_LEASE_WAIT,
     ENV_LLM_MAX_TOKENS_PER_RUN,
     ENV_LLM_MODEL,
+    ENV_LOG_FORMAT,
     ENV_MAX_ATTEMPTS,
     ENV_MAX_SESSIONS,
     ENV_POD_NAME,
@@ -238,6 +239,7 @@ def _container(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[s
         {"name": ENV_MAX_ATTEMPTS, "value": str(spec.run.max_attempts_per_session)},
         {"name": ENV_CONFIG, "value": config_json(spec.config)},
         {"name": ENV_TERMINATION_LOG, "value": DEFAULT_TERMINATION_LOG},
+        {"name": ENV_LOG_FORMAT, "value": settings.log_format},  # the runner's lines match the operator's
         {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": ENV_POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "TMPDIR", "value": TMP_MOUNT},
@@ -267,6 +269,7 @@ def _container(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[s
             {"name": VOLUME_DATABASE, "mountPath": DEFAULT_DATABASE_MOUNT},
             {"name": VOLUME_TMP, "mountPath": TMP_MOUNT},
         ],
+        **({"imagePullPolicy": settings.job_image_pull_policy} if settings.job_image_pull_policy else {}),
         "terminationMessagePath": DEFAULT_TERMINATION_LOG,
         # The runner writes its summary there; if it dies before that, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -107,3 +107,71 @@ def test_a_disabled_job_policy_renders_no_policy_and_lets_the_operator_allow_any
     assert allowed is None
     assert env["SESSIONPIPE_OPERATOR_ALLOWED_IMAGES"] == "*"
     assert env["SESSIONPIPE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == "*"
+
+
+def _documents(*values: str) -> list[dict[str, Any]]:
+    result = _helm("template", "rel", str(CHART), "-n", "ns", *values)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _deployment(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(doc for doc in documents if doc["kind"] == "Deployment")
+
+
+def test_name_overrides_rename_every_resource_and_the_name_label() -> None:
+    default = {doc["metadata"]["name"] for doc in _documents() if doc["kind"] != "SessionProcessor"}
+    assert "rel-sessionpipe-operator" in default
+    renamed = _documents("--set", "nameOverride=pipe")
+    names = {doc["metadata"]["name"] for doc in renamed if doc["kind"] != "SessionProcessor"}
+    assert "rel-pipe-operator" in names and not any("sessionpipe" in name for name in names)
+    deployment = _deployment(renamed)
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/name"] == "pipe"
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "pipe"
+    full = {
+        doc["metadata"]["name"]
+        for doc in _documents("--set", "fullnameOverride=sp")
+        if doc["kind"] != "SessionProcessor"
+    }
+    assert {"sp-operator", "sp-job", "sp-operator-leader"} <= full
+    assert not any(name.startswith("rel-") for name in full)
+
+
+def test_global_values_of_a_parent_chart_are_accepted() -> None:
+    assert _documents("--set", "global.imageRegistry=registry.example", "--set", "global.storageClass=fast")
+
+
+def test_operator_pods_take_labels_annotations_priority_and_pull_secrets() -> None:
+    documents = _documents(
+        "--set",
+        "operator.podLabels.team=data",
+        "--set",
+        "operator.podAnnotations.note=hi",
+        "--set",
+        "operator.priorityClassName=important",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+    )
+    template = _deployment(documents)["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "data"
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    assert template["metadata"]["annotations"]["note"] == "hi"
+    assert template["spec"]["priorityClassName"] == "important"
+    assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    # Job pods run under the jobs' service account, which lends them the pull secrets.
+    job_account = next(
+        doc for doc in documents if doc["kind"] == "ServiceAccount" and doc["metadata"]["name"] == "rel-sessionpipe-job"
+    )
+    assert job_account["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "priorityClassName" not in _deployment(_documents())["spec"]["template"]["spec"]
+
+
+def test_the_job_images_pull_policy_reaches_the_operator() -> None:
+    def env(*values: str) -> dict[str, str]:
+        container = _deployment(_documents(*values))["spec"]["template"]["spec"]["containers"][0]
+        return {item["name"]: item.get("value", "") for item in container["env"]}
+
+    assert env()["SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    assert env("--set", "image.job.pullPolicy=Always")["SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY"] == "Always"
+    refused = _helm("template", "t", str(CHART), "--set", "image.job.pullPolicy=Sometimes")
+    assert refused.returncode != 0 and "/image/job/pullPolicy" in refused.stderr
