@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,3 +177,29 @@ def test_the_job_images_pull_policy_reaches_the_operator() -> None:
     assert env("--set", "image.job.pullPolicy=Always")["SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY"] == "Always"
     refused = _helm("template", "t", str(CHART), "--set", "image.job.pullPolicy=Sometimes")
     assert refused.returncode != 0 and "/image/job/pullPolicy" in refused.stderr
+
+
+def _notes(tmp_path: Path, *values: str) -> str:
+    """NOTES.txt as ``helm install`` prints it (``helm template`` skips it: a copy renders it as a value)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    preview = (
+        '{{- define "notes.preview" -}}\n' + notes + '{{- end -}}\nnotes: {{ include "notes.preview" . | toJson }}\n'
+    )
+    (chart / "templates" / "notes-preview.yaml").write_text(preview)
+    result = _helm("template", "rel", str(chart), "-n", "team", "--show-only", "templates/notes-preview.yaml", *values)
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["notes"])
+
+
+def test_notes_follow_the_enabled_processors_and_say_how_to_see_results(tmp_path: Path) -> None:
+    both = _notes(tmp_path, "--set", "processors.verification.enabled=true", "--set", "anthropic.existingSecret=k")
+    for name in ("usage", "verification"):
+        assert f"kubectl annotate sproc {name} -n team sessionpipe.io/run-now=" in both
+        assert f"kubectl describe sproc {name} -n team" in both
+    assert "sessionpipe report" in both and '"claimName":"sessionpipe-db"' in both
+
+    none = _notes(tmp_path / "none", "--set", "processors.usage.enabled=false")
+    assert "sproc usage" not in none and "made none" in none
+    assert "sessionpipe report" in none
