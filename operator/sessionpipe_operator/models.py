@@ -290,6 +290,12 @@ class PodTemplate(_Model):
         default=None, description="Extra labels on job pods; the operator's own sessionpipe.io labels win."
     )
     annotations: dict[str, str] | None = Field(default=None, description="Extra annotations on job pods.")
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="The job pod's PriorityClass; unset: the cluster's default.",
+    )
     node_selector: dict[str, str] | None = Field(default=None, description="The job pod's nodeSelector.")
     tolerations: list[dict[str, Any]] | None = Field(
         default=None,

@@ -219,6 +219,8 @@ def _pod_spec(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[st
     service_account = spec.service_account_name or settings.job_service_account
     if service_account:
         pod["serviceAccountName"] = service_account
+    if template and template.priority_class_name:
+        pod["priorityClassName"] = template.priority_class_name
     if template and template.node_selector:
         pod["nodeSelector"] = dict(template.node_selector)
     if template and template.tolerations:

@@ -49,6 +49,7 @@ FULL_SPEC: dict[str, Any] = {
     "podTemplate": {
         "labels": {"team": "a", LABEL_PROCESSOR: "spoofed"},
         "annotations": {"example.com/owner": "team-a"},
+        "priorityClassName": "batch-low",
         "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
@@ -211,8 +212,9 @@ def test_pod_placement_and_sizing_come_from_the_spec() -> None:
     assert pod["tolerations"] == FULL_SPEC["podTemplate"]["tolerations"]
     assert pod["affinity"] == FULL_SPEC["podTemplate"]["affinity"]
     assert pod["containers"][0]["resources"] == FULL_SPEC["resources"]
+    assert pod["priorityClassName"] == "batch-low"
     minimal = pod_spec(render(MINIMAL_SPEC))
-    assert not {"nodeSelector", "tolerations", "affinity"} & set(minimal)
+    assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName"} & set(minimal)
     assert "resources" not in minimal["containers"][0]
 
 
