@@ -28,6 +28,9 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "sessionpipe-operator"
 ANNOTATION_RUN_NOW: Final = "sessionpipe.io/run-now"
 ANNOTATION_RUN_NOW_TOKEN: Final = "sessionpipe.io/run-now-token"  # on a run-now Job: the token it served
+#: On the database Lease while a run holds it: how far the run got, as compact JSON
+#: ``{"processor", "filesDone", "filesTotal", "bytesDone", "bytesTotal"}``; gone once it releases.
+ANNOTATION_PROGRESS: Final = "sessionpipe.io/progress"
 
 # --- Environment the runner reads (flags override these; these override defaults) -------------
 ENV_PREFIX: Final = "SESSIONPIPE_"
@@ -46,6 +49,7 @@ ENV_DB_MEMORY: Final = "SESSIONPIPE_DB_MEMORY"  # DuckDB memory_limit of the wri
 ENV_CONFIG: Final = "SESSIONPIPE_CONFIG"  # processor settings as a JSON object
 ENV_PRICING: Final = "SESSIONPIPE_PRICING"  # a user's price file overriding the shipped one
 ENV_TERMINATION_LOG: Final = "SESSIONPIPE_TERMINATION_LOG"
+ENV_LOG_FORMAT: Final = "SESSIONPIPE_LOG_FORMAT"  # the runner's stderr lines: "plain" or "json"
 ENV_LLM_MODEL: Final = "SESSIONPIPE_LLM_MODEL"
 ENV_LLM_MAX_TOKENS_PER_RUN: Final = "SESSIONPIPE_LLM_MAX_TOKENS_PER_RUN"
 ENV_ANTHROPIC_API_KEY: Final = "ANTHROPIC_API_KEY"

@@ -8,14 +8,17 @@ code 2, a database that cannot be read or written with one line and exit code 1,
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 
 import duckdb
 
-from sessionpipe_contract import EXIT_DATABASE_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from sessionpipe_contract import ENV_LOG_FORMAT, EXIT_DATABASE_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from sessionpipe_runner import signals, store
 from sessionpipe_runner.commands import demo, forget, pricing, processors, quickstart, report, reset, run_now, status
 from sessionpipe_runner.commands import run as run_command
@@ -67,15 +70,48 @@ def installed_version() -> str:
         return "unknown"
 
 
-def _log_to_stderr() -> None:
-    """The runner's own notices (a lease wait, a failed lease renewal) as plain lines on stderr.
+LOG_FORMATS = ("plain", "json")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger and message, and a progress line's numbers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + "Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        progress = getattr(record, "progress", None)
+        if isinstance(progress, dict):
+            line.update(progress)
+        return json.dumps(line, default=str)
+
+
+JsonLogFormatter.converter = time.gmtime  # log times in UTC, as the Z says
+
+
+def log_format(environ: Mapping[str, str]) -> str:
+    """The format of the runner's stderr lines, from ``SESSIONPIPE_LOG_FORMAT`` (default plain)."""
+    chosen = environ.get(ENV_LOG_FORMAT, "").strip().lower() or "plain"
+    if chosen not in LOG_FORMATS:
+        raise UsageError(f"{ENV_LOG_FORMAT}={chosen!r}: use one of {', '.join(LOG_FORMATS)}")
+    return chosen
+
+
+def _log_to_stderr(chosen: str = "plain") -> None:
+    """The runner's own notices (a lease wait, a failed lease renewal, progress) as lines on stderr.
 
     Only sessionpipe's loggers: libraries' INFO lines (an HTTP client's per request) stay quiet.
+    ``chosen`` is ``plain`` (``sessionpipe: message``) or ``json`` (one object per line, for a
+    cluster's log collector).
     """
     logger = logging.getLogger("sessionpipe_runner")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("sessionpipe: %(message)s"))
+        formatter = JsonLogFormatter() if chosen == "json" else logging.Formatter("sessionpipe: %(message)s")
+        handler.setFormatter(formatter)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -83,7 +119,11 @@ def _log_to_stderr() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(report.processor_as_report(sys.argv[1:] if argv is None else argv))
-    _log_to_stderr()
+    try:
+        _log_to_stderr(log_format(os.environ))
+    except UsageError as error:
+        print(f"sessionpipe: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     if args.handler is not run_command.handle:
         signals.stop_recording()  # only a run turns SIGTERM into a summary
     try:

@@ -14,9 +14,10 @@ it: the fence in :mod:`.fencing`, batches and their split-retry in :mod:`.batche
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import duckdb
@@ -41,6 +42,7 @@ from sessionpipe_runner.batches import Batch, BatchWriter
 from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
 from sessionpipe_runner.processors.base import BadSettings, FailRun, Processor, RunContext, SessionFile, StopRun
+from sessionpipe_runner.progress import Progress
 from sessionpipe_runner.scan import Decision, plan, scan_roots
 from sessionpipe_runner.settings import RunSettings
 from sessionpipe_runner.signals import Sigterm, Terminated, sigterm_raises
@@ -49,6 +51,8 @@ from sessionpipe_runner.store import runs
 from sessionpipe_runner.store.state import StateRow
 from sessionpipe_runner.summary import RunSummary, write_termination_message
 from sessionpipe_runner.work import Examined, Outcome
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Phase", "Run", "RunSettings", "Terminated", "run", "snapshot_path"]
 
@@ -72,8 +76,15 @@ def _now() -> datetime:
 class Run:
     """The state of one run in progress; :func:`run` is the way to use it."""
 
-    def __init__(self, settings: RunSettings, processor: Processor, lease: Lease) -> None:
+    def __init__(
+        self,
+        settings: RunSettings,
+        processor: Processor,
+        lease: Lease,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.on_progress = on_progress
         self.processor = processor
         self.lease = lease
         self.fence = Fence(lease)
@@ -88,6 +99,7 @@ class Run:
         self.sigterm = Sigterm()
         self.states: dict[str, StateRow] = {}
         self.phase = Phase.STARTING
+        self.progress: Progress | None = None
 
     # --- phases ---------------------------------------------------------------------------
     def open(self, lease_deadline: float) -> duckdb.DuckDBPyConnection:
@@ -130,6 +142,13 @@ class Run:
             )
         )
         candidates = self._plan(con)
+        self.progress = Progress(
+            processor=self.processor.name,
+            files_total=len(candidates),
+            bytes_total=sum(file.size for file, _ in candidates),
+            started=time.monotonic(),
+        )
+        self._report_progress()
         workers = 0
         if not settings.max_sessions:  # a cap counts attempts one by one, in order
             workers = work.worker_count(settings.workers, self.processor, sum(f.size for f, _ in candidates))
@@ -208,6 +227,9 @@ class Run:
         pending = Batch()
         for examined in results:
             self.sigterm.check()  # a processor may have caught the handler's exception
+            if self.progress is not None:
+                self.progress.advance(examined.file.size if examined is not None else 0)
+                self._report_progress()
             if examined is None or summary.stopped_early is not None:
                 summary.skipped += 1
                 summary.issues["left_for_next_run"] += 1
@@ -251,6 +273,17 @@ class Run:
         if summary.stopped_early is not None:
             summary.message = f"stopped early: {summary.stopped_early}"
 
+    def _report_progress(self) -> None:
+        """Tell the watcher (a bar, a log, the Lease) how far the run got; never fails the run."""
+        if self.on_progress is None or self.progress is None:
+            return
+        try:
+            self.on_progress(self.progress)
+        except Exception as error:  # a closed terminal must not cost the run its results
+            self.summary.issues["progress_not_shown"] += 1
+            self.on_progress = None
+            log.warning("progress display failed and was turned off: %s", work.error_text(error))
+
     def finish(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record the run, checkpoint, close."""
         self.summary.finished = _now()
@@ -287,13 +320,21 @@ def _settle(summary: RunSummary) -> None:
     summary.exit_code = EXIT_OK
 
 
-def run(settings: RunSettings, processor: Processor, lease: Lease) -> RunSummary:
+def run(
+    settings: RunSettings,
+    processor: Processor,
+    lease: Lease,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
     """Run ``processor`` once under ``lease``; every ending is a summary with an exit code.
+
+    ``on_progress`` is called with the run's :class:`Progress` once the candidates are known and
+    after each one is dealt with (it throttles itself).
 
     Raises nothing for run-level problems: they become the summary's outcome. (Bad settings are
     the caller's to reject before calling.)
     """
-    job = Run(settings, processor, lease)
+    job = Run(settings, processor, lease, on_progress)
     summary = job.summary
     holding = False
     try:

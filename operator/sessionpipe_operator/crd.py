@@ -37,9 +37,20 @@ HEADER = (
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Processor", "type": "string", "jsonPath": ".spec.processor", "description": "The processor run."},
-    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule", "description": "When it runs."},
+    {
+        "name": "Schedule",
+        "type": "string",
+        "jsonPath": ".status.schedule",
+        "description": "The cron expression it runs on (spec.schedule with shorthands spelled out).",
+    },
     {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend", "description": "Scheduling stopped."},
     {"name": "Active", "type": "integer", "jsonPath": ".status.activeCount", "description": "Jobs running now."},
+    {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.progress",
+        "description": "Files the running Job has done of those it reads.",
+    },
     {
         "name": "Last Success",
         "type": "date",
@@ -73,7 +84,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {
         "name": "Jobs",
         "type": "string",
-        "jsonPath": ".status.active",
+        "jsonPath": ".status.activeJobs",
         "priority": 1,  # -o wide
         "description": "Names of the Jobs running now.",
     },

@@ -8,6 +8,7 @@ Registrations only; each use case lives in its own module:
 - :mod:`.outcomes`: a finished Job becomes a run in the status.
 - :mod:`.drift`: a CronJob edited or deleted by someone else is put back; its status is mirrored.
 - :mod:`.stale`: one operator-wide loop re-evaluates time-based conditions.
+- :mod:`.progress`: one operator-wide loop shows running Jobs' progress (read from their Lease).
 - :mod:`.status_writer`: every status write is a read-modify-write that retries on conflicts.
 
 The CR never carries a finalizer: there is no deletion handler, no daemon and no kopf timer (kopf
@@ -38,7 +39,7 @@ from sessionpipe_contract import (
     MANAGED_BY,
     PLURAL,
 )
-from sessionpipe_operator import drift, metrics, outcomes, reconcile, run_now, stale, writers
+from sessionpipe_operator import drift, metrics, outcomes, progress, reconcile, run_now, stale, writers
 from sessionpipe_operator.k8s import ApiError, KubeClient
 from sessionpipe_operator.objects import SessionProcessor
 from sessionpipe_operator.settings import OperatorSettings
@@ -113,11 +114,12 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup(id="startup")
 async def startup(memo: Any, **kwargs: Any) -> None:
-    """Create the API client and start the operator-wide stale check."""
+    """Create the API client and start the operator-wide loops: the stale check and running Jobs' progress."""
     state = _state(memo)
     state.kube = KubeClient.from_environment(on_request=metrics.count_request)
     state.bodies = kwargs["sessionprocessor_bodies"]
     state.stale_task = asyncio.create_task(stale.stale_loop(state), name="sessionpipe-stale-check")
+    state.progress_task = asyncio.create_task(progress.progress_loop(state), name="sessionpipe-progress")
 
 
 def _exit_now() -> None:
@@ -131,8 +133,9 @@ async def cleanup(memo: Any, **_: Any) -> None:
     watchdog.daemon = True
     watchdog.start()
     state = _state(memo)
-    if state.stale_task is not None:
-        state.stale_task.cancel()
+    for task in (state.stale_task, state.progress_task):
+        if task is not None:
+            task.cancel()
     if state.kube is not None:
         state.kube.close()
 

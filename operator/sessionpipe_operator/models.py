@@ -314,6 +314,12 @@ class PodTemplate(_Model):
         default=None, description="Extra labels on job pods; the operator's own sessionpipe.io labels win."
     )
     annotations: dict[str, str] | None = Field(default=None, description="Extra annotations on job pods.")
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="The job pod's PriorityClass; unset: the cluster's default.",
+    )
     node_selector: dict[str, str] | None = Field(default=None, description="The job pod's nodeSelector.")
     tolerations: list[dict[str, Any]] | None = Field(
         default=None,
@@ -477,9 +483,26 @@ class SessionProcessorStatus(_Model):
     )
     cron_job_name: str | None = Field(default=None, max_length=253, description="Name of the CronJob.")
     conditions: list[Condition] | None = Field(
-        default=None, max_length=16, description="Ready, Stale, Degraded and InvalidSpec."
+        default=None,
+        max_length=16,
+        description="Ready, Stale, Degraded and InvalidSpec.",
+        # One entry per type: server-side apply and strategic merges key on it, as for built-in conditions.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    schedule: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The cron the CronJob runs on: spec.schedule with a shorthand such as @daily spelled out.",
     )
     active: list[str] | None = Field(default=None, max_length=64, description="Names of the Jobs running now.")
+    active_jobs: str | None = Field(
+        default=None, max_length=4096, description="The names in active, comma-separated, for the JOBS column."
+    )
+    progress: str | None = Field(
+        default=None,
+        max_length=64,
+        description="How far the running Job got, as files done/total (1,234/5,000); unset when no Job runs.",
+    )
     active_count: int | None = Field(default=None, ge=0, description="How many Jobs are running now.")
     last_schedule_time: str | None = Field(
         default=None, description="When the CronJob last started a Job.", json_schema_extra=_TIME

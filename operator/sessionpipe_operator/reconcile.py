@@ -127,6 +127,7 @@ def _reconciled_status(
     processor = SessionProcessor.parse(cr)
     status["observedGeneration"] = processor.meta.generation
     status["cronJobName"] = cronjob["metadata"]["name"]
+    status["schedule"] = schedule.effective_cron(spec.schedule)
     status["nextScheduleTime"] = status_rules.next_schedule_time(spec, now)
     return status_rules.with_conditions(status, processor.created, spec, now, None)
 
@@ -135,4 +136,5 @@ def _invalid_status(cr: dict[str, Any], status: dict[str, Any], message: str) ->
     processor = SessionProcessor.parse(cr)
     status["observedGeneration"] = processor.meta.generation
     status["nextScheduleTime"] = None
+    status["schedule"] = None
     return status_rules.with_conditions(status, processor.created, processor.spec, datetime.now(UTC), message)

@@ -30,6 +30,7 @@ from sessionpipe_contract import (
     ENV_LEASE_WAIT,
     ENV_LLM_MAX_TOKENS_PER_RUN,
     ENV_LLM_MODEL,
+    ENV_LOG_FORMAT,
     ENV_MAX_ATTEMPTS,
     ENV_MAX_SESSIONS,
     ENV_POD_NAME,
@@ -228,6 +229,8 @@ def _pod_spec(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[st
     service_account = spec.service_account_name or settings.job_service_account
     if service_account:
         pod["serviceAccountName"] = service_account
+    if template and template.priority_class_name:
+        pod["priorityClassName"] = template.priority_class_name
     if template and template.node_selector:
         pod["nodeSelector"] = dict(template.node_selector)
     if template and template.tolerations:
@@ -248,6 +251,7 @@ def _container(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[s
         {"name": ENV_MAX_ATTEMPTS, "value": str(spec.run.max_attempts_per_session)},
         {"name": ENV_CONFIG, "value": config_json(spec.config)},
         {"name": ENV_TERMINATION_LOG, "value": DEFAULT_TERMINATION_LOG},
+        {"name": ENV_LOG_FORMAT, "value": settings.log_format},  # the runner's lines match the operator's
         {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": ENV_POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "TMPDIR", "value": TMP_MOUNT},
@@ -281,6 +285,7 @@ def _container(spec: SessionProcessorSpec, settings: OperatorSettings) -> dict[s
         "command": list(RUNNER_COMMAND),
         "env": env,
         "volumeMounts": mounts,
+        **({"imagePullPolicy": settings.job_image_pull_policy} if settings.job_image_pull_policy else {}),
         "terminationMessagePath": DEFAULT_TERMINATION_LOG,
         # The runner writes its summary there; if it dies before that, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -83,6 +83,15 @@ class CronFields:
         return sorted(hour * 60 + minute for hour in self.hours for minute in self.minutes)
 
 
+def effective_cron(text: str) -> str:
+    """The five-field cron ``text`` runs on: :func:`normalize_schedule`, with a macro spelled out.
+
+    ``status.schedule`` shows it, so ``every 2h`` or ``@daily`` reads as the times it fires.
+    """
+    normalized = normalize_schedule(text)
+    return MACROS.get(normalized, normalized)
+
+
 def normalize_schedule(text: str) -> str:
     """The cron schedule ``text`` means, for the CronJob: a 5-field expression or a macro.
 

@@ -9,6 +9,7 @@ from typing import Literal, cast
 
 ENV_JOB_IMAGE = "SESSIONPIPE_OPERATOR_JOB_IMAGE"
 ENV_JOB_SERVICE_ACCOUNT = "SESSIONPIPE_OPERATOR_JOB_SERVICE_ACCOUNT"
+ENV_JOB_IMAGE_PULL_POLICY = "SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY"
 ENV_NAMESPACES = "SESSIONPIPE_OPERATOR_NAMESPACES"
 ENV_LOG_FORMAT = "SESSIONPIPE_OPERATOR_LOG_FORMAT"
 ENV_HEALTH_PORT = "SESSIONPIPE_OPERATOR_HEALTH_PORT"
@@ -20,6 +21,7 @@ DEFAULT_JOB_IMAGE = "ghcr.io/sessionpipe/sessionpipe-job:0.1.0"
 DEFAULT_HEALTH_PORT = 8080
 DEFAULT_METRICS_PORT = 9090
 LOG_FORMATS = ("plain", "json")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 LogFormat = Literal["plain", "json"]
 
@@ -49,6 +51,8 @@ class OperatorSettings:
     metrics_port: int = DEFAULT_METRICS_PORT
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()
+    #: The job containers' imagePullPolicy; ``None`` leaves it to Kubernetes (Always for :latest).
+    job_image_pull_policy: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
@@ -62,6 +66,9 @@ class OperatorSettings:
         account = environ.get(ENV_JOB_SERVICE_ACCOUNT, "").strip() or None
         if account is not None and not _DNS_SUBDOMAIN.match(account):
             raise InvalidSettings(f"{ENV_JOB_SERVICE_ACCOUNT}={account!r}: not a valid service account name")
+        pull_policy = environ.get(ENV_JOB_IMAGE_PULL_POLICY, "").strip() or None
+        if pull_policy is not None and pull_policy not in PULL_POLICIES:
+            raise InvalidSettings(f"{ENV_JOB_IMAGE_PULL_POLICY}={pull_policy!r}: use one of {', '.join(PULL_POLICIES)}")
         namespaces = _entries(environ, ENV_NAMESPACES)
         for namespace in namespaces:
             if not _DNS_LABEL.match(namespace):
@@ -84,6 +91,7 @@ class OperatorSettings:
         return cls(
             job_image=job_image,
             job_service_account=account,
+            job_image_pull_policy=pull_policy,
             namespaces=namespaces,
             log_format=cast(LogFormat, log_format),
             health_port=health_port,

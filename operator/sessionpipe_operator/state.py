@@ -32,6 +32,7 @@ class OperatorState:
     applied_versions: dict[Key, str] = field(default_factory=dict)
     bodies: Any = None  # the kopf index of SessionProcessor bodies, set at start-up
     stale_task: asyncio.Task[None] | None = None
+    progress_task: asyncio.Task[None] | None = None
     _locks: dict[Key, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 

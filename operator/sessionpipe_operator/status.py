@@ -36,10 +36,22 @@ _RECORD_COUNTS = ("scanned", "processed", "skipped", "errors", "quarantined", "i
 
 
 def cronjob_mirror(cronjob: Mapping[str, Any]) -> dict[str, Any]:
-    """The status fields copied from the CronJob: its running Jobs (names and count), its last tick."""
+    """The status fields copied from the CronJob: its running Jobs (names and count), its last tick.
+
+    ``activeJobs`` spells the names out for the ``-o wide`` JOBS column (a printer column shows a
+    list as JSON). With no Job running, the progress of the last one goes too.
+    """
     cron_status = cronjob.get("status") or {}
     names = sorted(ref.get("name", "") for ref in cron_status.get("active") or [])
-    return {"active": names or None, "activeCount": len(names), "lastScheduleTime": cron_status.get("lastScheduleTime")}
+    mirrored: dict[str, Any] = {
+        "active": names or None,
+        "activeJobs": ", ".join(names) or None,
+        "activeCount": len(names),
+        "lastScheduleTime": cron_status.get("lastScheduleTime"),
+    }
+    if not names:
+        mirrored["progress"] = None
+    return mirrored
 
 
 # --- finished Jobs ---------------------------------------------------------------------------------

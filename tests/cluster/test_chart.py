@@ -233,6 +233,9 @@ def test_rbac_is_least_privilege(control_plane: ControlPlane, namespace: str) ->
             (limited, "list", "pods", namespace),
             (limited, "create", "events", namespace),
             (limited, "list", "customresourcedefinitions.apiextensions.k8s.io", ""),
+            # The PROGRESS column: a running Job's database Lease, read by name.
+            (limited, "get", "leases.coordination.k8s.io", namespace),
+            (wide, "get", "leases.coordination.k8s.io", namespace),
             (wide, "create", "cronjobs.batch", namespace),
             (wide, "list", "sessionprocessors.sessionpipe.io", "kube-system"),
             (job, "get", "leases.coordination.k8s.io", namespace),
@@ -248,6 +251,13 @@ def test_rbac_is_least_privilege(control_plane: ControlPlane, namespace: str) ->
             (limited, "create", "pods", namespace),
             (limited, "list", "namespaces", ""),
             (limited, "delete", "customresourcedefinitions.apiextensions.k8s.io", ""),
+            # Reading a Lease by name is all the progress needs: no listing, watching or writing the
+            # database Leases (the leader Role allows update on the operator's own Lease only).
+            (limited, "list", "leases.coordination.k8s.io", namespace),
+            (limited, "watch", "leases.coordination.k8s.io", namespace),
+            (limited, "update", "leases.coordination.k8s.io", namespace),
+            (limited, "get", "leases.coordination.k8s.io", other),
+            (wide, "update", "leases.coordination.k8s.io", namespace),
             (wide, "get", "secrets", namespace),
             (wide, "list", "secrets", "kube-system"),
             (wide, "update", "clusterroles.rbac.authorization.k8s.io", ""),

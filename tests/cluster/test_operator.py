@@ -9,10 +9,13 @@ active for as long as they need.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +39,7 @@ from sessionpipe_operator import render
 from sessionpipe_operator.k8s import KubeClient, cronjob_path, job_path, sessionprocessor_path
 from sessionpipe_operator.models import CONFIG_MAX_BYTES, SessionProcessorSpec
 from sessionpipe_operator.settings import OperatorSettings
+from tests.anthropic_replay import ReplayServer, tool_reply
 from tests.cluster.operator_support import (
     CONVERGE_SECONDS,
     CORPUS,
@@ -377,6 +381,74 @@ def _pod_of(kube: KubeClient, namespace: str, job_name: str) -> str:
     pods = kube.list(f"/api/v1/namespaces/{namespace}/pods", label_selector=f"batch.kubernetes.io/job-name={job_name}")
     assert pods, f"no pod for Job {job_name}"
     return str(pods[0]["metadata"]["name"])
+
+
+# --- 2b. progress while a run goes on ------------------------------------------------------------------
+def _column(listing: str, name: str) -> str:
+    """The cell of column ``name`` in the first row of a ``kubectl get`` table ("" when empty).
+
+    Cells are cut at the header's column starts: values may hold spaces (a cron) or be blank.
+    """
+    header, row = listing.splitlines()[:2]
+    start = header.index(name)
+    following = re.search(r"\s{2,}\S", header[start + len(name) :])
+    end = start + len(name) + following.end() - 1 if following else len(row)
+    return row[start:end].strip()
+
+
+def test_a_running_job_shows_its_progress_and_the_effective_schedule_in_kubectl_get(
+    control_plane: ControlPlane, ns: str, kube: KubeClient, database_dir: Path
+) -> None:
+    """A slowed run (its LLM calls after the first wait for the test) shows PROGRESS; the end clears it."""
+    progress_seen = threading.Event()
+    calls = itertools.count()
+
+    def answer(_: dict[str, Any]) -> Any:
+        if next(calls) >= 1:
+            progress_seen.wait(100)  # under the processor's 120 s request timeout
+        return tool_reply([])
+
+    control_plane.executor.map_claim(ns, "transcripts", CORPUS)
+    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    control_plane.kubectl(
+        "create", "secret", "generic", "anthropic", "--from-literal=key=sk-ant-test-key", namespace=ns
+    )
+    server = ReplayServer(responder=answer)
+    with server.running():
+        spec = usage_spec(
+            processor="verification",
+            schedule="@yearly",  # spelled out in the SCHEDULE column
+            llm={"model": "claude-sonnet-4-6", "apiKeySecretRef": {"name": "anthropic", "key": "key"}},
+            config={"base_url": server.url},
+        )
+        apply(control_plane, ns, sessionprocessor("slow", spec))
+        wait_for(lambda: kube.get(cronjob_path(ns, "slow")), CONVERGE_SECONDS, "the CronJob")
+        job_name = start_run_now(control_plane, kube, ns, "slow", "watched")
+        try:
+            status = wait_for(
+                lambda: (cr(kube, ns, "slow").get("status") or {}).get("progress") and cr(kube, ns, "slow")["status"],
+                90,
+                "PROGRESS of the running Job",
+                interval=0.5,
+            )
+            listing = control_plane.kubectl("get", "sproc", namespace=ns).stdout
+            wide = control_plane.kubectl("get", "sproc", "-o", "wide", namespace=ns).stdout
+        finally:
+            progress_seen.set()
+        print(f"\n$ kubectl get sproc   (while the run goes on)\n{listing}\n$ kubectl get sproc -o wide\n{wide}")
+        done, total = (int(part.replace(",", "")) for part in status["progress"].split("/"))
+        assert total == len(session_files(SNIFFLY)) and 0 <= done < total
+        assert _column(listing, "PROGRESS") == status["progress"]
+        assert _column(listing, "SCHEDULE") == "0 0 1 1 *"  # the cron @yearly means
+        assert cr(kube, ns, "slow")["spec"]["schedule"] == "@yearly"  # what the user wrote stays
+        assert _column(wide, "JOBS") == job_name  # a name, not a JSON array
+
+        finished = wait_for_run(kube, ns, "slow", job_name, timeout=180)
+    assert finished["lastRun"]["outcome"] == "succeeded", finished["lastRun"]
+    wait_for(lambda: "progress" not in (cr(kube, ns, "slow").get("status") or {}), CONVERGE_SECONDS, "PROGRESS cleared")
+    after = control_plane.kubectl("get", "sproc", namespace=ns).stdout
+    print(f"\n$ kubectl get sproc   (after the run)\n{after}")
+    assert _column(after, "PROGRESS") == ""
 
 
 # --- 3. never two Jobs at once ---------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,3 +149,97 @@ def test_pricing_configmap_reaches_every_job_pod_as_a_mounted_file_named_by_sess
         } in pod["volumes"]
         env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
         assert env["SESSIONPIPE_PRICING"] == "/etc/sessionpipe/pricing/pricing.json"
+
+
+def _documents(*values: str) -> list[dict[str, Any]]:
+    result = _helm("template", "rel", str(CHART), "-n", "ns", *values)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _deployment(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(doc for doc in documents if doc["kind"] == "Deployment")
+
+
+def test_name_overrides_rename_every_resource_and_the_name_label() -> None:
+    default = {doc["metadata"]["name"] for doc in _documents() if doc["kind"] != "SessionProcessor"}
+    assert "rel-sessionpipe-operator" in default
+    renamed = _documents("--set", "nameOverride=pipe")
+    names = {doc["metadata"]["name"] for doc in renamed if doc["kind"] != "SessionProcessor"}
+    assert "rel-pipe-operator" in names and not any("sessionpipe" in name for name in names)
+    deployment = _deployment(renamed)
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/name"] == "pipe"
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "pipe"
+    full = {
+        doc["metadata"]["name"]
+        for doc in _documents("--set", "fullnameOverride=sp")
+        if doc["kind"] != "SessionProcessor"
+    }
+    assert {"sp-operator", "sp-job", "sp-operator-leader"} <= full
+    assert not any(name.startswith("rel-") for name in full)
+
+
+def test_global_values_of_a_parent_chart_are_accepted() -> None:
+    assert _documents("--set", "global.imageRegistry=registry.example", "--set", "global.storageClass=fast")
+
+
+def test_operator_pods_take_labels_annotations_priority_and_pull_secrets() -> None:
+    documents = _documents(
+        "--set",
+        "operator.podLabels.team=data",
+        "--set",
+        "operator.podAnnotations.note=hi",
+        "--set",
+        "operator.priorityClassName=important",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+    )
+    template = _deployment(documents)["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "data"
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    assert template["metadata"]["annotations"]["note"] == "hi"
+    assert template["spec"]["priorityClassName"] == "important"
+    assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    # Job pods run under the jobs' service account, which lends them the pull secrets.
+    job_account = next(
+        doc for doc in documents if doc["kind"] == "ServiceAccount" and doc["metadata"]["name"] == "rel-sessionpipe-job"
+    )
+    assert job_account["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "priorityClassName" not in _deployment(_documents())["spec"]["template"]["spec"]
+
+
+def test_the_job_images_pull_policy_reaches_the_operator() -> None:
+    def env(*values: str) -> dict[str, str]:
+        container = _deployment(_documents(*values))["spec"]["template"]["spec"]["containers"][0]
+        return {item["name"]: item.get("value", "") for item in container["env"]}
+
+    assert env()["SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    assert env("--set", "image.job.pullPolicy=Always")["SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY"] == "Always"
+    refused = _helm("template", "t", str(CHART), "--set", "image.job.pullPolicy=Sometimes")
+    assert refused.returncode != 0 and "/image/job/pullPolicy" in refused.stderr
+
+
+def _notes(tmp_path: Path, *values: str) -> str:
+    """NOTES.txt as ``helm install`` prints it (``helm template`` skips it: a copy renders it as a value)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    preview = (
+        '{{- define "notes.preview" -}}\n' + notes + '{{- end -}}\nnotes: {{ include "notes.preview" . | toJson }}\n'
+    )
+    (chart / "templates" / "notes-preview.yaml").write_text(preview)
+    result = _helm("template", "rel", str(chart), "-n", "team", "--show-only", "templates/notes-preview.yaml", *values)
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["notes"])
+
+
+def test_notes_follow_the_enabled_processors_and_say_how_to_see_results(tmp_path: Path) -> None:
+    both = _notes(tmp_path, "--set", "processors.verification.enabled=true", "--set", "anthropic.existingSecret=k")
+    for name in ("usage", "verification"):
+        assert f"kubectl annotate sproc {name} -n team sessionpipe.io/run-now=" in both
+        assert f"kubectl describe sproc {name} -n team" in both
+    assert "sessionpipe report" in both and '"claimName":"sessionpipe-db"' in both
+
+    none = _notes(tmp_path / "none", "--set", "processors.usage.enabled=false")
+    assert "sproc usage" not in none and "made none" in none
+    assert "sessionpipe report" in none

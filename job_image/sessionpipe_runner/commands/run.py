@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sessionpipe_contract import (
@@ -27,8 +29,11 @@ from sessionpipe_contract import (
     EXIT_FAILED,
 )
 from sessionpipe_runner.commands.common import add_db_flag, add_lease_wait_flag, load_processor
+from sessionpipe_runner.lease import Lease
 from sessionpipe_runner.lease.factory import make_lease
+from sessionpipe_runner.lease.k8s import KubernetesLease
 from sessionpipe_runner.names import printable
+from sessionpipe_runner.progress import Progress, ProgressLog, TerminalBar
 from sessionpipe_runner.runner import run
 from sessionpipe_runner.settings import (
     arg_type,
@@ -133,9 +138,25 @@ def handle(args: argparse.Namespace) -> int:
     settings = run_settings(args, os.environ)
     processor = load_processor(settings.processor)
     lease = make_lease(lease_settings(args, settings.environ), settings)
-    summary = run(settings, processor, lease)
+    shown = TerminalBar(sys.stderr) if sys.stderr.isatty() else ProgressLog()
+    try:
+        summary = run(settings, processor, lease, progress_reporter(shown, lease))
+    finally:
+        shown.close()
     print_summary(summary, as_json=args.json)
     return summary.exit_code if summary.exit_code is not None else EXIT_FAILED
+
+
+def progress_reporter(shown: Callable[[Progress], None], lease: Lease) -> Callable[[Progress], None]:
+    """Show progress (a bar on a terminal, else log lines) and, on a cluster lease, publish it there."""
+    publish = lease.publish_progress if isinstance(lease, KubernetesLease) else None
+
+    def report(progress: Progress) -> None:
+        if publish is not None:
+            publish(progress.annotation())
+        shown(progress)
+
+    return report
 
 
 def print_summary(summary: RunSummary, *, as_json: bool) -> None:

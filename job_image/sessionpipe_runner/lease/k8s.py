@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sessionpipe_contract import DEFAULT_LEASE_DURATION_SECONDS
+from sessionpipe_contract import ANNOTATION_PROGRESS, DEFAULT_LEASE_DURATION_SECONDS
 from sessionpipe_runner.lease import LeaseLost, LeaseNotAcquired, announce_wait
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class KubernetesLease:
         self._transitions = 0
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        self._progress: str | None = None
 
     @property
     def holder(self) -> str:
@@ -225,6 +226,15 @@ class KubernetesLease:
         return f"Lease {self._name} in namespace {self._namespace}: {error.status} {error.reason}"
 
     # --- holding -----------------------------------------------------------------------------
+    def publish_progress(self, value: str) -> None:
+        """Carry ``value`` in the Lease's progress annotation from the next renewal on.
+
+        No request of its own: the renewals the Lease needs anyway (every third of its duration)
+        carry it, and the release drops it.
+        """
+        with self._lock:
+            self._progress = value
+
     def _start_renewing(self) -> None:
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{self._name}", daemon=True)
@@ -242,7 +252,10 @@ class KubernetesLease:
         started = self._clock()
         with self._lock:
             version, acquired, transitions = self._resource_version, self._acquired, self._transitions
+            progress = self._progress
         body = self._body(transitions=transitions, resource_version=version, acquired=acquired)
+        if progress is not None:
+            body["metadata"]["annotations"] = {ANNOTATION_PROGRESS: progress}
         try:
             renewed = self._api.replace_namespaced_lease(
                 self._name, self._namespace, body, _request_timeout=self._request_timeout
@@ -293,9 +306,11 @@ class KubernetesLease:
             version, lost = self._resource_version, self._lost
             self._valid_until = 0.0
             self._resource_version = None
+            self._progress = None
         if version is None or lost is not None:
             return
-        # No holder: the next writer takes it at once instead of waiting out the duration.
+        # No holder: the next writer takes it at once instead of waiting out the duration. The body
+        # has no annotations, so the finished run's progress goes with it.
         body = self._body(transitions=self._transitions, resource_version=version)
         try:
             self._api.replace_namespaced_lease(

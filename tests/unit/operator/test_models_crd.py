@@ -150,6 +150,7 @@ def test_crd_identity_subresource_and_printer_columns() -> None:
         "Schedule",
         "Suspend",
         "Active",
+        "Progress",
         "Last Success",
         "Last Outcome",
         "Processed",
@@ -235,3 +236,19 @@ def test_status_model_accepts_what_the_schema_describes() -> None:
         field.alias for field in SessionProcessorStatus.model_fields.values() if field.alias
     }
     assert status_schema["properties"]["recentRuns"]["maxItems"] == 10
+
+
+def test_conditions_are_a_map_keyed_on_type() -> None:
+    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]  # a map key must be required
+
+
+def test_printer_columns_show_the_effective_schedule_progress_and_job_names_as_text() -> None:
+    columns = {column["name"]: column for column in crd.build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Schedule"]["jsonPath"] == ".status.schedule"  # spec.schedule keeps what the user wrote
+    assert columns["Progress"]["jsonPath"] == ".status.progress"
+    assert (columns["Jobs"]["jsonPath"], columns["Jobs"]["priority"]) == (".status.activeJobs", 1)
+    status = schema()["properties"]["status"]["properties"]
+    assert status["activeJobs"]["type"] == status["progress"]["type"] == status["schedule"]["type"] == "string"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from sessionpipe_operator import render
 from sessionpipe_operator.k8s import cronjob_path, sessionprocessor_path
 from sessionpipe_operator.state import OperatorState
@@ -105,3 +107,27 @@ def test_a_cronjob_the_api_server_rejects_is_invalid_spec(
     reconcile_named(state, kube, "daily", logger)
     assert "the API server rejects the CronJob: " in condition(read(kube, "daily"), "InvalidSpec")["message"]
     assert [e.reason for e in posted] == ["InvalidSpec"]
+
+
+@pytest.mark.parametrize(
+    ("written", "effective"),
+    [("@daily", "0 0 * * *"), ("every 2h", "0 */2 * * *"), ("*/15  * * * *", "*/15 * * * *")],
+)
+def test_the_status_shows_the_effective_cron_and_the_spec_keeps_what_was_written(
+    state: OperatorState, kube: FakeKube, logger: logging.Logger, written: str, effective: str
+) -> None:
+    create(kube, "timed", spec(schedule=written))
+    reconcile_named(state, kube, "timed", logger)
+    processor = read(kube, "timed")
+    assert processor.status["schedule"] == effective
+    assert processor.body["spec"]["schedule"] == written
+
+
+def test_an_invalid_schedule_shows_no_effective_cron(
+    state: OperatorState, kube: FakeKube, logger: logging.Logger
+) -> None:
+    create(kube, "timed", spec(schedule="@daily"))
+    reconcile_named(state, kube, "timed", logger)
+    kube.edit(sessionprocessor_path(NS, "timed"), lambda body: body["spec"].update(schedule="every 7m"))
+    reconcile_named(state, kube, "timed", logger)
+    assert "schedule" not in read(kube, "timed").status

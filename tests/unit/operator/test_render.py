@@ -49,6 +49,7 @@ FULL_SPEC: dict[str, Any] = {
     "podTemplate": {
         "labels": {"team": "a", LABEL_PROCESSOR: "spoofed"},
         "annotations": {"example.com/owner": "team-a"},
+        "priorityClassName": "batch-low",
         "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
@@ -230,8 +231,9 @@ def test_pod_placement_and_sizing_come_from_the_spec() -> None:
     assert pod["tolerations"] == FULL_SPEC["podTemplate"]["tolerations"]
     assert pod["affinity"] == FULL_SPEC["podTemplate"]["affinity"]
     assert pod["containers"][0]["resources"] == FULL_SPEC["resources"]
+    assert pod["priorityClassName"] == "batch-low"
     minimal = pod_spec(render(MINIMAL_SPEC))
-    assert not {"nodeSelector", "tolerations", "affinity"} & set(minimal)
+    assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName"} & set(minimal)
     assert "resources" not in minimal["containers"][0]
 
 
@@ -432,8 +434,21 @@ def test_operator_settings_come_from_the_environment_with_defaults() -> None:
         ("SESSIONPIPE_OPERATOR_NAMESPACES", "team-a,Team_B"),
         ("SESSIONPIPE_OPERATOR_JOB_SERVICE_ACCOUNT", "Not A Name"),
         ("SESSIONPIPE_OPERATOR_JOB_IMAGE", "two words"),
+        ("SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY", "Sometimes"),
     ],
 )
 def test_a_bad_operator_setting_is_refused_naming_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ValueError, match=variable):
         OperatorSettings.from_env({variable: value})
+
+
+def test_the_job_containers_pull_policy_and_log_format_follow_the_operators_settings() -> None:
+    settings = OperatorSettings.from_env(
+        {"SESSIONPIPE_OPERATOR_JOB_IMAGE_PULL_POLICY": "Always", "SESSIONPIPE_OPERATOR_LOG_FORMAT": "json"}
+    )
+    container = pod_spec(render(MINIMAL_SPEC, settings))["containers"][0]
+    assert container["imagePullPolicy"] == "Always"
+    assert env_of(render(MINIMAL_SPEC, settings))["SESSIONPIPE_LOG_FORMAT"]["value"] == "json"
+    plain = render(MINIMAL_SPEC, OperatorSettings())
+    assert "imagePullPolicy" not in pod_spec(plain)["containers"][0]  # Kubernetes' own default
+    assert env_of(plain)["SESSIONPIPE_LOG_FORMAT"]["value"] == "plain"

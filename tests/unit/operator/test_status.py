@@ -136,9 +136,20 @@ def test_a_summary_keeps_a_bounded_number_of_counters() -> None:
 
 def test_the_cronjob_mirror_counts_running_jobs_and_names_them() -> None:
     running = {"status": {"active": [{"name": "usage-2"}, {"name": "usage-1"}], "lastScheduleTime": "T"}}
-    assert cronjob_mirror(running) == {"active": ["usage-1", "usage-2"], "activeCount": 2, "lastScheduleTime": "T"}
-    # none running: the names go (a merge patch with null removes them), the count says 0
-    assert cronjob_mirror({"status": {}}) == {"active": None, "activeCount": 0, "lastScheduleTime": None}
+    assert cronjob_mirror(running) == {
+        "active": ["usage-1", "usage-2"],
+        "activeJobs": "usage-1, usage-2",  # the JOBS column prints names, not a JSON array
+        "activeCount": 2,
+        "lastScheduleTime": "T",
+    }
+    # none running: the names and the last run's progress go (null removes them), the count says 0
+    assert cronjob_mirror({"status": {}}) == {
+        "active": None,
+        "activeJobs": None,
+        "activeCount": 0,
+        "lastScheduleTime": None,
+        "progress": None,
+    }
 
 
 def test_a_summary_is_found_at_the_end_of_a_log_tail() -> None:
