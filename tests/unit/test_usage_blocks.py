@@ -99,3 +99,12 @@ def test_the_blocks_table_shows_the_active_blocks_burn_rate_and_projection() -> 
     assert "ACTIVE" in text and "50 tok/min" in text and "$0.90/h" in text
     projected = next(line for line in text.splitlines() if "PROJECTED" in line)
     assert "223 min left" in projected and f"{1500 + 50 * 223:,}" in projected
+
+
+def test_the_blocks_table_shows_start_times_in_the_reports_time_zone() -> None:
+    calls = [call(0, (600, 300, 100, 0), 0.30)]
+    data = blocks_report(calls, T0 + timedelta(days=1), "Asia/Tokyo", NO_MODELS)
+    text = render_blocks(data, tz="Asia/Tokyo")
+    # The block starts at 10:00 UTC, 19:00 in Tokyo; the header names the zone.
+    assert "2026-01-09 19:00" in text and "2026-01-09 10:00" not in text
+    assert "block start (Asia/Tokyo)" in text

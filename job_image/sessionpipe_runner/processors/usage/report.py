@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,7 @@ def render_text(
     breakdown: bool = False,
     width: int | None = None,
     project_names: Mapping[str, str] | None = None,
+    tz: str = "UTC",
 ) -> str:
     """The report as a table: a row per group (and per model under it with ``breakdown``) and a total line.
 
@@ -301,7 +302,7 @@ def render_text(
     ``project_names`` knows it; the table fits ``width`` columns (None: no limit).
     """
     if by == "block":
-        return render_blocks(data, width)
+        return render_blocks(data, width, tz)
     _, list_name, names = GROUPINGS[by]
     entries = [e for e in data[list_name] if e["totalTokens"] or e["totalCost"]]
     known = project_names or {}
@@ -334,7 +335,7 @@ def _duration(delta_minutes: int) -> str:
 
 
 BLOCK_COLUMNS = (
-    Column("block start (UTC)", text=True),
+    Column("block start", text=True),  # named with the zone when drawn
     Column("duration/status", text=True),
     Column("models", text=True),
     Column("tokens"),
@@ -342,11 +343,12 @@ BLOCK_COLUMNS = (
 )
 
 
-def render_blocks(data: dict[str, Any], width: int | None = None) -> str:
-    """Blocks as a table: start (UTC), duration or status, models, tokens, cost; the active block's projection."""
+def render_blocks(data: dict[str, Any], width: int | None = None, tz: str = "UTC") -> str:
+    """Blocks as a table: start (in ``tz``), duration or status, models, tokens, cost; the active block's projection."""
+    zone = ZoneInfo(tz)
     rows: list[list[str]] = []
     for block in data["blocks"]:
-        start = block["startTime"][:16].replace("T", " ")
+        start = _moment(block["startTime"]).astimezone(zone).strftime("%Y-%m-%d %H:%M")
         if block["isGap"]:
             hours = (_moment(block["endTime"]) - _moment(block["startTime"])).total_seconds() // 3600
             rows.append([f"{start} ({int(hours)}h gap)", "(inactive)", "-", "-", "-"])
@@ -377,7 +379,8 @@ def render_blocks(data: dict[str, Any], width: int | None = None) -> str:
     tokens, cost = sum(b["totalTokens"] for b in blocks), sum(b["costUSD"] for b in blocks)
     count = f"{len(blocks)} block" + ("" if len(blocks) == 1 else "s")
     total = ["Total", count, "", f"{tokens:,}", f"${cost:,.2f}"]
-    text = render_table(BLOCK_COLUMNS, rows, total, width)
+    columns = (replace(BLOCK_COLUMNS[0], header=f"block start ({tz})"), *BLOCK_COLUMNS[1:])
+    text = render_table(columns, rows, total, width)
     return text if blocks else "no usage in this period\n" + text
 
 
@@ -484,7 +487,9 @@ class UsageReport(Report):
             data[UNPRICED_KEY] = unpriced
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
         names = project_names(con) if args.by in ("session", "project") else {}
-        return data, render_text(data, args.by, breakdown=args.breakdown, width=width, project_names=names)
+        return data, render_text(
+            data, args.by, breakdown=args.breakdown, width=width, project_names=names, tz=selection.tz
+        )
 
     def notes(self, data: dict[str, Any]) -> list[str]:
         """The models left unpriced, named with their tokens."""
