@@ -243,3 +243,26 @@ def test_notes_follow_the_enabled_processors_and_say_how_to_see_results(tmp_path
     none = _notes(tmp_path / "none", "--set", "processors.usage.enabled=false")
     assert "sproc usage" not in none and "made none" in none
     assert "sessionpipe report" in none
+
+
+def test_job_pods_of_the_charts_processors_take_labels_annotations_and_priority() -> None:
+    specs = _processor_specs(
+        "--set",
+        "jobs.podLabels.team=data",
+        "--set",
+        "jobs.podAnnotations.note=hi",
+        "--set",
+        "jobs.priorityClassName=batch-low",
+        "--set-json",
+        'processors.usage.podTemplate={"labels": {"team": "usage-team", "tier": "x"}}',
+    )
+    owner = {"apiVersion": "sessionpipe.io/v1alpha1", "kind": "SessionProcessor", "name": "usage", "uid": "u1"}
+    for name, spec in specs.items():
+        cronjob = build_cronjob(name, "ns", owner, SessionProcessorSpec.model_validate(spec), OperatorSettings())
+        template = cronjob["spec"]["jobTemplate"]["spec"]["template"]
+        assert template["metadata"]["annotations"]["note"] == "hi"
+        assert template["spec"]["priorityClassName"] == "batch-low"
+    # A processor's own podTemplate wins over the chart-wide job values, key by key.
+    assert specs["usage"]["podTemplate"]["labels"] == {"team": "usage-team", "tier": "x"}
+    assert specs["verification"]["podTemplate"]["labels"] == {"team": "data"}
+    assert all("podTemplate" not in spec for spec in _processor_specs().values())
