@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit controlplane ccusage crd cluster-up cluster-down bench clean
+.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke crd cluster-up cluster-down bench clean
 
 # The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
 $(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
@@ -24,6 +24,17 @@ crd: $(STAMP)
 
 controlplane: $(STAMP)
 	$(BIN)/python -m sessionpipe_kubetest build
+
+# The job and operator images, built from the Dockerfiles with buildah (installed when missing) into
+# the local store as localhost/sessionpipe-{job,operator}:<version>; unchanged inputs rebuild nothing.
+images: $(STAMP)
+	scripts/ensure-image-tools.sh
+	$(BIN)/python -m sessionpipe_kubetest images
+
+# A usage run in the job image: make image-smoke SESSIONS=~/.claude/projects OUT=/tmp/out
+image-smoke: images
+	@test -n "$(SESSIONS)" -a -n "$(OUT)" || { echo "usage: make image-smoke SESSIONS=DIR OUT=DIR" >&2; exit 2; }
+	$(BIN)/python -m sessionpipe_kubetest image-smoke "$(SESSIONS)" "$(OUT)"
 
 ccusage: $(STAMP)
 	$(BIN)/python -m tests.ccusage
