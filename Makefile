@@ -52,9 +52,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit kubetest/tests
 
-# Set up everything (the venv, the control plane built from Go modules, ccusage from npm) and run
+# Set up everything (the venv, the control plane built from Go modules, ccusage from npm, the images
+# built with buildah) and run
 # every test, control-plane tests included.
-test: $(STAMP) controlplane ccusage lint typecheck
+test: $(STAMP) controlplane ccusage images lint typecheck
 	$(BIN)/python -m pytest
 
 cluster-up: controlplane
