@@ -287,6 +287,7 @@ def build_image(kind: str, base: str, wheels: Path, repository: Path = REPOSITOR
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ImageError(f"building {tag} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    _remove_rootfs_containers(tag)  # they hold the replaced image; the next run mounts the new one
     _buildah("rmi", "--prune", check=False)  # the untagged build stage and the replaced image
     return Built(tag, rebuilt=True, size=image_size(tag), seconds=time.monotonic() - started)
 
@@ -378,6 +379,17 @@ def resolve_user(rootfs: Path, user: str) -> tuple[int, int]:
     return uid, found
 
 
+def _rootfs_container_prefix(tag: str) -> str:
+    return f"sessionpipe-rootfs-{re.sub(r'[^a-zA-Z0-9_.-]', '-', tag.rsplit('/', 1)[-1])}-"
+
+
+def _remove_rootfs_containers(tag: str) -> None:
+    names = _buildah("containers", "--format", "{{.ContainerName}}", check=False).stdout.split()
+    for name in names:
+        if name.startswith(_rootfs_container_prefix(tag)):
+            _buildah("rm", name, check=False)
+
+
 def mounted_rootfs(tag: str) -> tuple[Path, ImageRuntime]:
     """The image's root filesystem (a buildah working container kept mounted, one per image ID, so
     later runs reuse it) and its run configuration; :class:`ImageNotPresent` when the store lacks it."""
@@ -387,7 +399,7 @@ def mounted_rootfs(tag: str) -> tuple[Path, ImageRuntime]:
     details = json.loads(inspected.stdout)
     image_id = str(details.get("FromImageID") or details.get("FromImageDigest") or "")[:12]
     runtime = ImageRuntime.of(details["OCIv1"].get("config") or {})
-    name = f"sessionpipe-rootfs-{re.sub(r'[^a-zA-Z0-9_.-]', '-', tag.rsplit('/', 1)[-1])}-{image_id}"
+    name = _rootfs_container_prefix(tag) + image_id
     for _attempt in range(3):
         mounted = _buildah("mount", name, check=False)
         if mounted.returncode == 0:
@@ -434,6 +446,32 @@ except OSError as error:
 """
 
 
+def resolve_in_root(rootfs: Path, target: str) -> str:
+    """``target`` with the image's symlinks followed inside ``rootfs`` (as a runtime does): Debian's
+    ``/var/run -> /run`` must not lead a mount point out of the image onto the host's ``/run``."""
+    resolved: list[str] = []
+    pending = [part for part in Path(target).parts if part != "/"]
+    for _hop in range(256):
+        if not pending:
+            return "/" + "/".join(resolved)
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = rootfs.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            link = str(candidate.readlink())
+            if link.startswith("/"):
+                resolved = []
+            pending = [piece for piece in Path(link).parts if piece != "/"] + pending
+            continue
+        resolved.append(part)
+    raise ImageError(f"too many symbolic links under {target} in the image")
+
+
 def image_prelude(rootfs: Path, binds: Iterable[Bind], tmpfs: Iterable[str], read_only_root: bool) -> str:
     """The shell script (run in a private mount namespace) that assembles the container's file
     system: the image root bound at :data:`ASSEMBLY`, /proc, a /dev of the usual device nodes, tmpfs
@@ -451,7 +489,8 @@ def image_prelude(rootfs: Path, binds: Iterable[Bind], tmpfs: Iterable[str], rea
     for device in DEVICES:
         node = f"{root}/dev/{device}"
         lines.append(f"[ ! -e /dev/{device} ] || {{ : > {node} && mount --bind /dev/{device} {node}; }}")
-    mounts: list[tuple[str, Bind | None]] = [(path, None) for path in tmpfs] + [(bind.target, bind) for bind in binds]
+    mounts: list[tuple[str, Bind | None]] = [(resolve_in_root(rootfs, path), None) for path in tmpfs]
+    mounts += [(resolve_in_root(rootfs, bind.target), bind) for bind in binds]
     mounts.sort(key=lambda item: len(Path(item[0]).parts))
     for target, bind in mounts:
         inside = shlex.quote(root + target)
@@ -493,20 +532,42 @@ class ImageRun:
         """The host command line: ``unshare`` a mount namespace, assemble the root, launch in it."""
         rootfs, runtime = mounted_rootfs(self.image)
         uid, gid = resolve_user(rootfs, self.user or runtime.user)
-        spec = {
-            "root": f"{ASSEMBLY}/root",
-            "uid": uid,
-            "gid": gid,
-            "workdir": self.working_dir or runtime.working_dir,
-            "env": {**runtime.env, **self.env},
-            "argv": runtime.argv(self.command, self.args),
-        }
-        if not spec["argv"]:
+        process = Process(
+            argv=runtime.argv(self.command, self.args),
+            env={**runtime.env, **self.env},
+            uid=uid,
+            gid=gid,
+            working_dir=self.working_dir or runtime.working_dir,
+        )
+        if not process.argv:
             raise ImageError(f"{self.image} has no entrypoint or command, and none was given")
         script = image_prelude(rootfs, self.binds, self.tmpfs, self.read_only_root)
         unshare = shutil.which("unshare") or "/usr/bin/unshare"
-        namespace = [unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
-        return [*namespace, sys.executable, "-I", "-c", _LAUNCHER, json.dumps(spec)]
+        return [unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh", *process.launcher()]
+
+
+@dataclass(frozen=True)
+class Process:
+    """The container's first process, as the launcher starts it inside the assembled root."""
+
+    argv: list[str]
+    env: dict[str, str]
+    uid: int
+    gid: int
+    working_dir: str
+
+    def launcher(self) -> list[str]:
+        """The command the prelude execs last: the host's Python, which chroots into the assembled
+        root, drops to ``uid``/``gid``, enters ``working_dir`` and execs ``argv``."""
+        spec = {
+            "root": f"{ASSEMBLY}/root",
+            "uid": self.uid,
+            "gid": self.gid,
+            "workdir": self.working_dir,
+            "env": self.env,
+            "argv": self.argv,
+        }
+        return [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(spec)]
 
 
 def run_in_image(run: ImageRun, timeout: float | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sessionpipe_kubetest.images import ImageError, ImageRuntime, inputs_hash, resolve_user
+from sessionpipe_kubetest.images import ImageError, ImageRuntime, inputs_hash, resolve_in_root, resolve_user
 
 RUNTIME = ImageRuntime(user="10001:10001", env={}, entrypoint=["sessionpipe"], cmd=["run"], working_dir="/tmp")
 
@@ -69,3 +69,16 @@ def test_the_inputs_hash_follows_the_sources_and_ignores_bytecode(tmp_path: Path
     assert inputs_hash(tmp_path, "Dockerfile.job", {"PYTHON_IMAGE": "other"}) != first
     (tmp_path / "job_image" / "module.py").write_text("x = 2\n")
     assert inputs_hash(tmp_path, "Dockerfile.job", args) != first
+
+
+def test_mount_points_follow_the_image_symlinks_inside_the_image(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "run").symlink_to("/run")  # absolute: Debian's /var/run
+    (tmp_path / "opt").symlink_to("var/../usr")
+    (tmp_path / "loop").symlink_to("loop")
+    assert resolve_in_root(tmp_path, "/var/run/secrets/token") == "/run/secrets/token"
+    assert resolve_in_root(tmp_path, "/opt/venv") == "/usr/venv"
+    assert resolve_in_root(tmp_path, "/../../etc") == "/etc"
+    with pytest.raises(ImageError, match="symbolic links"):
+        resolve_in_root(tmp_path, "/loop/x")

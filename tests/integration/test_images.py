@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sessionpipe_kubetest import images
-from tests.runner_support import CORPUS, REPO, run_summary, sessionpipe
+from tests.runner_support import CORPUS, REPO, assert_same, run_summary, sessionpipe
 
 BIN = Path(sys.executable).parent
 DOCKERFILES = ("Dockerfile.job", "Dockerfile.operator")
@@ -127,4 +127,4 @@ def test_job_image_on_the_sniffly_corpus_gives_the_host_cli_totals(
     image_report = _in_image(built["job"].tag, args=["report", "usage", "--by", "day", "--json", *db], binds=binds)
     host_report = sessionpipe("report", "usage", "--by", "day", "--json", "--db", tmp_path / "host.duckdb")
     assert image_report.returncode == 0 and host_report.returncode == 0, image_report.stderr + host_report.stderr
-    assert json.loads(image_report.stdout) == json.loads(host_report.stdout)
+    assert_same(json.loads(image_report.stdout), json.loads(host_report.stdout))
