@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit controlplane ccusage crd cluster-up cluster-down bench clean
+.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke crd cluster-up cluster-down bench clean
 
 # The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
 $(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
@@ -26,6 +26,17 @@ crd: $(STAMP)
 controlplane: $(STAMP)
 	$(BIN)/python -m sessionpipe_kubetest build
 
+# The job and operator images, built from the Dockerfiles with buildah (installed when missing) into
+# the local store as localhost/sessionpipe-{job,operator}:<version>; unchanged inputs rebuild nothing.
+images: $(STAMP)
+	scripts/ensure-image-tools.sh
+	$(BIN)/python -m sessionpipe_kubetest images
+
+# A usage run in the job image: make image-smoke SESSIONS=~/.claude/projects OUT=/tmp/out
+image-smoke: images
+	@test -n "$(SESSIONS)" -a -n "$(OUT)" || { echo "usage: make image-smoke SESSIONS=DIR OUT=DIR" >&2; exit 2; }
+	$(BIN)/python -m sessionpipe_kubetest image-smoke "$(SESSIONS)" "$(OUT)"
+
 ccusage: $(STAMP)
 	$(BIN)/python -m tests.ccusage
 
@@ -42,9 +53,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit kubetest/tests
 
-# Set up everything (the venv, the control plane built from Go modules, ccusage from npm) and run
+# Set up everything (the venv, the control plane built from Go modules, ccusage from npm, the images
+# built with buildah) and run
 # every test, control-plane tests included.
-test: $(STAMP) controlplane ccusage lint typecheck
+test: $(STAMP) controlplane ccusage images lint typecheck
 	$(BIN)/python -m pytest
 
 cluster-up: controlplane

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -71,3 +73,19 @@ def run_summary(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert lines, f"no JSON summary (exit {result.returncode}); stderr:\n{result.stderr}\nstdout:\n{result.stdout}"
     summary: dict[str, Any] = json.loads(lines[-1])
     return summary
+
+
+def assert_same(ours: Any, theirs: Any, where: str = "report") -> None:
+    """Equal, costs up to float summation order (DuckDB sums floats in no fixed order)."""
+    if isinstance(ours, float) or isinstance(theirs, float):
+        assert ours == pytest.approx(theirs, rel=1e-12), where
+    elif isinstance(ours, dict) and isinstance(theirs, dict):
+        assert list(ours) == list(theirs), where
+        for key in ours:
+            assert_same(ours[key], theirs[key], f"{where}.{key}")
+    elif isinstance(ours, list) and isinstance(theirs, list):
+        assert len(ours) == len(theirs), where
+        for index, (mine, other) in enumerate(zip(ours, theirs, strict=True)):
+            assert_same(mine, other, f"{where}[{index}]")
+    else:
+        assert ours == theirs, where

@@ -6,6 +6,8 @@ From a shell::
     python -m sessionpipe_kubetest up      # starts in the background, writes .cluster/kubeconfig
     kubectl --kubeconfig .cluster/kubeconfig get ns
     python -m sessionpipe_kubetest down
+    python -m sessionpipe_kubetest images  # build the job and operator images with buildah
+    python -m sessionpipe_kubetest image-smoke SESSIONS OUT  # a usage run in the job image
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from sessionpipe_kubetest import build
+from sessionpipe_kubetest import build, images
 from sessionpipe_kubetest.build import toolset
 from sessionpipe_kubetest.cluster import MISSING_BINARIES_HINT, ControlPlane, log_tail
 from sessionpipe_kubetest.paths import REPOSITORY
@@ -120,13 +122,43 @@ def _down() -> int:
     return 0
 
 
+def _image_smoke(sessions: Path, out: Path) -> int:
+    """The job image's ``sessionpipe run --processor usage`` on ``sessions`` (bound read-only),
+    with the database in ``out/sessionpipe.duckdb``, as the image's user on a read-only root."""
+    if not out.exists():
+        # The image's user (not root) writes the database: a folder made here is writable for it;
+        # an existing one is left as it is (the run then says if it cannot write there).
+        out.mkdir(parents=True)
+        out.chmod(0o777)
+    run = images.ImageRun(
+        image=images.image_tag("job"),
+        args=["run", "--processor", "usage", "--sessions", "/sessions", "--db", "/out/sessionpipe.duckdb"],
+        binds=[images.Bind(sessions.resolve(), "/sessions"), images.Bind(out.resolve(), "/out", read_only=False)],
+    )
+    try:
+        result = subprocess.run(run.launch(), check=False)
+    except images.ImageError as error:
+        print(f"image-smoke: {error}", file=sys.stderr)
+        return 1
+    return result.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sessionpipe_kubetest", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "command", choices=["build", "up", "down", "serve"], help="serve runs a control plane in the foreground"
+        "command",
+        choices=["build", "up", "down", "serve", "images", "image-smoke"],
+        help="serve runs a control plane in the foreground",
     )
+    parser.add_argument("paths", nargs="*", type=Path, help="image-smoke: SESSIONS OUT")
     args = parser.parse_args(argv)
-    commands = {"build": build.main, "up": _up, "down": _down, "serve": _serve}
+    if args.command == "image-smoke":
+        if len(args.paths) != 2:
+            parser.error("image-smoke takes SESSIONS and OUT")
+        return _image_smoke(args.paths[0], args.paths[1])
+    if args.paths:
+        parser.error(f"{args.command} takes no paths")
+    commands = {"build": build.main, "up": _up, "down": _down, "serve": _serve, "images": images.main}
     return commands[args.command]()
 
 

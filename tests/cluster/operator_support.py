@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionpipe_contract import API_GROUP, API_VERSION, KIND, LABEL_INSTANCE
+from sessionpipe_kubetest import images
 from sessionpipe_kubetest.cluster import ControlPlane, free_port
 from sessionpipe_kubetest.waiting import wait_for
 
@@ -30,14 +31,16 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus"
 JOB_SERVICE_ACCOUNT = "sessionpipe-job"
-JOB_IMAGE = "sessionpipe-job:test"
+#: The real job image from the local store (``make images``): the operator's Jobs run inside it.
+JOB_IMAGE = images.image_tag("job")
 #: How long a test waits for the cluster to converge on what it was told (a CronJob to appear, an
 #: Event to be posted). Generous on purpose: on a busy two-core machine a step that takes 0.2 s when
 #: idle can take many seconds. How fast these steps are is measured in bench/, not asserted here.
 CONVERGE_SECONDS = 60.0
-#: Images SessionProcessors of these tests may name: the test image's repository, and the registry
-#: the update tests switch to (the operator refuses any other image with InvalidSpec).
-ALLOWED_IMAGES = "sessionpipe-job,registry.example/"
+#: Images SessionProcessors of these tests may name: the job image's repository, the name the
+#: admission tests switch to, and the registry the update tests switch to (the operator refuses any
+#: other image with InvalidSpec).
+ALLOWED_IMAGES = f"{JOB_IMAGE.rsplit(':', 1)[0]},sessionpipe-job,registry.example/"
 
 
 def install_crd(control_plane: ControlPlane) -> None:
@@ -126,6 +129,7 @@ class OperatorProcess:
         return env
 
     def start(self, timeout: float = 60) -> None:
+        images.build_all()  # the Jobs' image: built once, then only checked (under a second)
         executable = Path(sys.executable).with_name("sessionpipe-operator")
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start #{self.starts + 1} at {time.strftime('%H:%M:%S')} =====\n".encode())

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 import yaml
 
+from sessionpipe_kubetest import images
 from sessionpipe_kubetest.cluster import ControlPlane
 from sessionpipe_kubetest.waiting import wait_for
 from tests.runner_support import CORPUS, REPO
@@ -104,11 +105,25 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
+@pytest.fixture(scope="module")
+def local_images() -> list[str]:
+    """The chart's image values for the real images in the local store (built when missing)."""
+    images.build_all()
+    values: list[str] = []
+    for kind in images.KINDS:
+        repository, tag = images.image_tag(kind).rsplit(":", 1)
+        values += ["--set", f"image.{kind}.repository={repository}", "--set", f"image.{kind}.tag={tag}"]
+    return values
+
+
+@pytest.mark.images
 def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_leaves_nothing(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, local_images: list[str]
 ) -> None:
+    """The operator and the run-now Job run in the real images (``make images``)."""
     database = tmp_path / "db"
     database.mkdir()
+    database.chmod(0o777)  # the job image's user (10001) writes the database
     control_plane.executor.map_claim(namespace, "transcripts", CORPUS)
     control_plane.executor.map_claim(namespace, "results", database)
     _helm(
@@ -132,6 +147,7 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
         "anthropic.existingSecret=anthropic",
         "--set",
         "processors.verification.suspend=true",
+        *local_images,
     )
     try:
 
@@ -163,6 +179,11 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
             if p.namespace == namespace and p.name.startswith("sp-sessionpipe-operator")
         ]
         assert operator_logs, "no operator pod ran"
+        # Both ran in their images: the job as the job image's user, the operator in its root.
+        assert (database / "sessionpipe.duckdb").stat().st_uid == 10001
+        operators = [p for p in control_plane.executor.processes() if p.name.startswith("sp-sessionpipe-operator")]
+        preludes = [control_plane.executor.pod_directory(namespace, p.name) / p.uid / "prelude.sh" for p in operators]
+        assert all(images.ASSEMBLY in prelude.read_text() for prelude in preludes), "the operator ran outside its image"
         refusals = [line for log in operator_logs for line in log.splitlines() if "Forbidden" in line or " 403" in line]
         assert not refusals, "\n".join(refusals[:5])
     finally:

@@ -80,6 +80,7 @@ def database_dir(tmp_path: Path) -> Path:
     """A host folder for the database claim (the executor stages mount sources, so /tmp is fine)."""
     folder = tmp_path / "warehouse"
     folder.mkdir()
+    folder.chmod(0o777)  # the job image's user (10001) writes the database
     return folder
 
 
@@ -346,6 +347,8 @@ def test_usage_run_now_end_to_end_fills_the_database_and_the_status(
     assert status.get("lastSuccessfulTime")
     assert condition_true(status, "Ready")
     assert not condition_true(status, "Degraded")
+    # The Job ran in the real job image, as its user (JOB_IMAGE is the local tag).
+    assert (database_dir / "usage.duckdb").stat().st_uid == 10001
 
     con = duckdb.connect(str(database_dir / "usage.duckdb"), read_only=True)
     try:

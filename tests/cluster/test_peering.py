@@ -100,6 +100,7 @@ def test_two_operators_act_once_and_the_standby_takes_over_when_the_leader_dies(
     a, b = peers["peer-a"], peers["peer-b"]
     database_dir = tmp_path / "warehouse"
     database_dir.mkdir()
+    database_dir.chmod(0o777)  # the job image's user (10001) writes the database
     control_plane.executor.map_claim(ns, "transcripts", CORPUS)
     control_plane.executor.map_claim(ns, "warehouse", database_dir)
 

@@ -56,6 +56,7 @@ def test_usage_and_verification_on_one_database_both_complete_one_after_the_othe
 ) -> None:
     database_dir = tmp_path / "warehouse"
     database_dir.mkdir()
+    database_dir.chmod(0o777)  # the job image's user (10001) writes the database
     install_crd(control_plane)
     prepare_namespace(control_plane, namespace)
     control_plane.executor.map_claim(namespace, "transcripts", CORPUS)

@@ -17,7 +17,7 @@ import pytest
 
 from sessionpipe_contract import EXIT_OK, EXIT_USAGE
 from sessionpipe_runner.runner import snapshot_path
-from tests.runner_support import CORPUS, sessionpipe
+from tests.runner_support import CORPUS, assert_same, sessionpipe
 
 SNIFFLY = CORPUS / "sniffly/projects/-Users-chip-dev-ai-music"
 SESSION = "d3ad4cdc-5657-435d-98fa-0035d53e383d"
@@ -51,22 +51,6 @@ def report(db: Path, by: str = "session") -> dict[str, Any]:
     assert result.returncode == EXIT_OK, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
-
-
-def assert_same(ours: Any, theirs: Any, where: str = "report") -> None:
-    """Equal, costs up to float summation order (DuckDB sums floats in no fixed order)."""
-    if isinstance(ours, float) or isinstance(theirs, float):
-        assert ours == pytest.approx(theirs, rel=1e-12), where
-    elif isinstance(ours, dict) and isinstance(theirs, dict):
-        assert list(ours) == list(theirs), where
-        for key in ours:
-            assert_same(ours[key], theirs[key], f"{where}.{key}")
-    elif isinstance(ours, list) and isinstance(theirs, list):
-        assert len(ours) == len(theirs), where
-        for index, (mine, other) in enumerate(zip(ours, theirs, strict=True)):
-            assert_same(mine, other, f"{where}[{index}]")
-    else:
-        assert ours == theirs, where
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 It watches every pod outside ``kube-system``. An unbound pod is bound to the node ``local-executor``
 (the executor plays the scheduler too); a pod bound to that node has its first container's
-``command`` + ``args`` run as a local process (the image is ignored), and its status is reported the
+``command`` + ``args`` run as a local process (on this machine's Python, the image only selecting a
+registered entry point; an image under ``localhost/`` runs inside its root filesystem from buildah's
+local store instead, see :mod:`sessionpipe_kubetest.images`), and its status is reported the
 way a kubelet reports it: Pending/ContainerCreating, Running, then Succeeded/Failed with the exit
 code, reason and termination message. Deleting a pod sends SIGTERM, waits the grace period, sends
 SIGKILL, reports the terminal phase, and removes the pod for good.

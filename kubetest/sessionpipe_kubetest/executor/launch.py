@@ -25,6 +25,11 @@ from sessionpipe_kubetest.executor.kubelet import (
 )
 from sessionpipe_kubetest.executor.mounts import Mount
 from sessionpipe_kubetest.executor.rest import ApiError
+from sessionpipe_kubetest.images import ImageError, ImageNotPresent, ImageRuntime, mounted_rootfs, resolve_user
+
+#: Images under this registry run from buildah's local store (``make images``), inside their own
+#: root filesystem; any other image runs on this machine's Python and checkout (the emulation).
+LOCAL_REGISTRY = "localhost/"
 
 if TYPE_CHECKING:
     from sessionpipe_kubetest.executor.loop import PodExecutor
@@ -48,6 +53,17 @@ class CannotRun(Exception):
         self.message = message
 
 
+@dataclass(frozen=True)
+class ImageRoot:
+    """How a container of a local image runs: in the image's root, as ``uid``/``gid``."""
+
+    rootfs: Path
+    uid: int
+    gid: int
+    working_dir: str
+    read_only: bool
+
+
 @dataclass
 class Launch:
     """Everything needed to start the pod's process: what :meth:`PodSetup.prepare` resolved."""
@@ -58,6 +74,8 @@ class Launch:
     working_dir: str | None
     message_file: Path
     policy: str | None
+    #: Set for a local image (:data:`LOCAL_REGISTRY`): the command runs inside its root filesystem.
+    image: ImageRoot | None = None
 
 
 class PodSetup:
@@ -85,8 +103,15 @@ class PodSetup:
             raise CannotRun("CreateContainerConfigError", "the test pod executor does not run init containers")
         if len(spec["containers"]) > 1:
             self._log.warning("%s/%s: only the first container runs", self.namespace, self.pod_name)
-        env = self._environment()
-        command = [expand(part, env) for part in self._command()]
+        image = self.container.get("image", "")
+        runtime = self._local_image(image) if image.startswith(LOCAL_REGISTRY) else None
+        env = self._environment(runtime)
+        if runtime is None:
+            command = [expand(part, env) for part in self._command()]
+        else:
+            command = [expand(part, env) for part in runtime[1].argv(self.container.get("command"), self._args())]
+            if not command:
+                raise CannotRun("CreateContainerError", f"image {image!r} has no entrypoint and the pod no command")
         mounts = self._mounts(env)
         if not any(mount.target == SERVICE_ACCOUNT_MOUNT for mount in mounts) and self._automount_token():
             mounts.append(Mount(self._service_account_files(), SERVICE_ACCOUNT_MOUNT, read_only=True))
@@ -96,6 +121,16 @@ class PodSetup:
         message_file.chmod(0o666)
         message_target = self.container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
         mounts.append(Mount(message_file, message_target, read_only=False))
+        if runtime is not None:
+            return Launch(
+                command=command,
+                env=env,
+                mounts=mounts,
+                working_dir=None,
+                message_file=message_file,
+                policy=self.container.get("terminationMessagePolicy"),
+                image=self._image_root(*runtime),
+            )
         # The "image" is this machine's Python and the repository: bind them back over any volume
         # that would hide them (an emptyDir at /tmp hides a checkout or virtualenv below /tmp).
         mounts += [Mount(path, str(path), read_only=False) for path in self.executor.image_paths]
@@ -106,6 +141,46 @@ class PodSetup:
             working_dir=self.container.get("workingDir"),
             message_file=message_file,
             policy=self.container.get("terminationMessagePolicy"),
+        )
+
+    def _args(self) -> list[str] | None:
+        args = self.container.get("args")
+        return None if args is None else list(args)
+
+    def _local_image(self, image: str) -> tuple[Path, ImageRuntime]:
+        """The image's root and run configuration; a missing image waits as a kubelet's pull does."""
+        try:
+            return mounted_rootfs(image)
+        except ImageNotPresent as missing:
+            raise NotReadyYet("ErrImagePull", f'Failed to pull image "{image}": {missing}') from missing
+        except ImageError as error:
+            raise CannotRun("CreateContainerError", str(error)) from error
+
+    def _security(self, key: str) -> object:
+        """A securityContext field, the container's over the pod's (as the kubelet merges them)."""
+        container = self.container.get("securityContext") or {}
+        if key in container:
+            return container[key]
+        return (self.pod["spec"].get("securityContext") or {}).get(key)
+
+    def _image_root(self, rootfs: Path, runtime: ImageRuntime) -> ImageRoot:
+        try:
+            uid, gid = resolve_user(rootfs, runtime.user)
+        except ImageError as error:
+            raise CannotRun("CreateContainerConfigError", str(error)) from error
+        run_as_user, run_as_group = self._security("runAsUser"), self._security("runAsGroup")
+        if isinstance(run_as_user, int):
+            uid = run_as_user
+        if isinstance(run_as_group, int):
+            gid = run_as_group
+        if uid == 0 and self._security("runAsNonRoot") is True:
+            raise CannotRun("CreateContainerConfigError", "container has runAsNonRoot and image will run as root")
+        return ImageRoot(
+            rootfs=rootfs,
+            uid=uid,
+            gid=gid,
+            working_dir=self.container.get("workingDir") or runtime.working_dir,
+            read_only=self._security("readOnlyRootFilesystem") is True,
         )
 
     def _command(self) -> list[str]:
@@ -122,13 +197,18 @@ class PodSetup:
             command = entrypoint
         return command + args
 
-    def _environment(self) -> dict[str, str]:
-        home = self.directory / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        home.chmod(0o777)
+    def _environment(self, image: tuple[Path, ImageRuntime] | None = None) -> dict[str, str]:
+        """The container's environment: the image's ``ENV`` (a local image's; this machine's Python
+        and a pod folder as ``HOME`` otherwise), the service variables, then ``envFrom`` and ``env``."""
+        if image is None:
+            home = self.directory / "home"
+            home.mkdir(parents=True, exist_ok=True)
+            home.chmod(0o777)
+            base = {"PATH": f"{self.executor.python_bin_dir}:{SYSTEM_PATH}", "HOME": str(home)}
+        else:
+            base = {"PATH": SYSTEM_PATH, **image[1].env}
         env: dict[str, str] = {
-            "PATH": f"{self.executor.python_bin_dir}:{SYSTEM_PATH}",
-            "HOME": str(home),
+            **base,
             "HOSTNAME": self.pod_name,
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.executor.apiserver_port),

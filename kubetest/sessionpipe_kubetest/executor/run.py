@@ -22,6 +22,7 @@ from sessionpipe_kubetest.executor.kubelet import (
     JSON,
     MAX_TERMINATION_MESSAGE_BYTES,
     OWNED_CONDITIONS,
+    SYSTEM_PATH,
     exit_code_of,
     now_rfc3339,
     termination_message,
@@ -29,6 +30,7 @@ from sessionpipe_kubetest.executor.kubelet import (
 from sessionpipe_kubetest.executor.launch import CannotRun, Launch, NotReadyYet, PodSetup
 from sessionpipe_kubetest.executor.mounts import prelude
 from sessionpipe_kubetest.executor.rest import PodGone
+from sessionpipe_kubetest.images import Bind, Process, image_prelude
 
 if TYPE_CHECKING:
     from sessionpipe_kubetest.executor.loop import PodExecutor
@@ -151,7 +153,14 @@ class PodRun(threading.Thread):
     def _start(self, launch: Launch) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         script = self.directory / "prelude.sh"
-        script.write_text(prelude(launch.mounts, launch.working_dir))
+        if launch.image is None:
+            script.write_text(prelude(launch.mounts, launch.working_dir))
+            process_command = launch.command
+            process_env = launch.env
+        else:
+            script.write_text(self._image_prelude(launch))
+            process_command = self._image_launcher(launch)
+            process_env = {"PATH": SYSTEM_PATH}  # the launcher passes the container's own environment
         self.command = launch.command
         with self.log_path.open("ab") as log:
             # setpriv --pdeathsig: the pod's process dies with the test session even if it is killed.
@@ -168,16 +177,29 @@ class PodRun(threading.Thread):
                     "--",
                     "/bin/sh",
                     str(script),
-                    *launch.command,
+                    *process_command,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=launch.env,
+                env=process_env,
                 cwd=self.directory,
                 start_new_session=True,
             )
         self._log.info("%s/%s: started pid %d: %s", self.namespace, self.pod_name, self.process.pid, launch.command)
+
+    @staticmethod
+    def _image_prelude(launch: Launch) -> str:
+        """The mounts of a local image's container: its root, then the pod's volumes inside it."""
+        assert launch.image is not None
+        binds = [Bind(mount.source, mount.target, mount.read_only) for mount in launch.mounts]
+        return image_prelude(launch.image.rootfs, binds, (), launch.image.read_only)
+
+    @staticmethod
+    def _image_launcher(launch: Launch) -> list[str]:
+        assert launch.image is not None
+        root = launch.image
+        return Process(launch.command, launch.env, root.uid, root.gid, root.working_dir).launcher()
 
     def _wait(self) -> int:
         process = self.process
