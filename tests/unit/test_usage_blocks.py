@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from sessionpipe_runner.processors.usage.blocks import Call, blocks_report, identify_blocks
-from sessionpipe_runner.processors.usage.report import render_blocks
+from sessionpipe_runner.processors.usage.text import render_blocks
 
 T0 = datetime(2026, 1, 9, 10, 17, 30, tzinfo=UTC)
 NO_MODELS: frozenset[str] = frozenset({"<synthetic>"})

@@ -23,10 +23,10 @@ from sessionpipe_runner.processors.usage.report import (
     Selection,
     UsageReport,
     local_timezone,
-    render_text,
     usage_report,
     week_day,
 )
+from sessionpipe_runner.processors.usage.text import render_text
 from sessionpipe_runner.reports import iso_date
 from sessionpipe_runner.runner import RunSettings, run
 from tests.runner_support import CORPUS, sessionpipe

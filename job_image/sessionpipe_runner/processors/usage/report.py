@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -27,34 +27,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
-from sessionpipe_contract import ENV_PRICING
-from sessionpipe_runner.names import printable
 from sessionpipe_runner.processors.usage import COST_UNPRICED
 from sessionpipe_runner.processors.usage.blocks import blocks_report, load_calls
-from sessionpipe_runner.processors.usage.table import Column, folder_of, readable_path, render_table
+from sessionpipe_runner.processors.usage.groupings import (
+    BY_TIME,
+    GROUPINGS,
+    NOT_A_MODEL,
+    TOKEN_FIELDS,
+    UNPRICED_KEY,
+    WEEK_DAYS,
+    token_fields,
+)
+from sessionpipe_runner.processors.usage.table import folder_of, readable_path
+from sessionpipe_runner.processors.usage.text import render_text, unpriced_notes
 from sessionpipe_runner.reports import Report, ReportError, iso_date, require_table
 
 # TIMESTAMPTZ values are fetched as naive UTC TIMESTAMPs: fetching TIMESTAMPTZ needs pytz.
-#: For each grouping: the key's SQL expressions (over the call's local time ``lt``), the JSON list
-#: name, and the JSON names of the key's parts.
-GROUPINGS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
-    "day": (("strftime(lt, '%Y-%m-%d')",), "daily", ("date",)),
-    "week": (("week_start",), "weekly", ("week",)),
-    "month": (("strftime(lt, '%Y-%m')",), "monthly", ("month",)),
-    "session": (("session_id", "project", "user_name"), "sessions", ("sessionId", "projectPath", "user")),
-    "user": (("user_name",), "users", ("user",)),
-    "project": (("project",), "projects", ("project",)),
-    "model": (("model_label",), "models", ("model",)),
-}
-#: Models that are not models: Claude Code's local placeholder for calls it never made.
-NOT_A_MODEL = frozenset({"<synthetic>"})
-#: Week days as ``--start-of-week`` names them, in DuckDB's ``dayofweek`` numbering (Sunday is 0).
-WEEK_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
-#: The JSON key listing models counted at $0 for want of a price (present only when there are some).
-UNPRICED_KEY = "unpricedModels"
-#: Groupings listed in time order rather than by cost.
-BY_TIME = ("day", "week", "month")
-TOKEN_FIELDS = ("inputTokens", "outputTokens", "cacheCreationTokens", "cacheReadTokens")
 
 
 def check_timezone(tz: str) -> str:
@@ -90,19 +78,13 @@ class _Group:
             self.models.append((first, model, tokens, cost))
 
 
-def _token_fields(tokens: list[int]) -> dict[str, int]:
-    values = dict(zip(TOKEN_FIELDS, tokens, strict=True))
-    values["totalTokens"] = sum(tokens)
-    return values
-
-
 def _entry(group: _Group, by: str) -> dict[str, Any]:
     names = GROUPINGS[by][2]
     entry: dict[str, Any] = dict(zip(names, group.key, strict=True))
     if by == "session" and group.first is not None and group.last is not None:
         entry["firstActivity"] = iso_utc(group.first)
         entry["lastActivity"] = iso_utc(group.last)
-    entry.update(_token_fields(group.tokens))
+    entry.update(token_fields(group.tokens))
     entry["totalCost"] = group.cost
     if by != "model":
         entry["modelsUsed"] = [model for _, model, _, _ in sorted(group.models, key=lambda m: (m[0], m[1]))]
@@ -206,7 +188,7 @@ def usage_report(
         total_cost += group.cost
     return {
         list_name: [_entry(group, by) for group in ordered],
-        "totals": {**_token_fields(totals), "totalCost": total_cost},
+        "totals": {**token_fields(totals), "totalCost": total_cost},
     }
 
 
@@ -232,7 +214,7 @@ def unpriced_usage(con: duckdb.DuckDBPyConnection, selection: Selection) -> list
         },
     ).fetchall()
     return [
-        {"model": model, "calls": int(calls), **_token_fields([int(value) for value in tokens])}
+        {"model": model, "calls": int(calls), **token_fields([int(value) for value in tokens])}
         for model, calls, *tokens in rows
     ]
 
@@ -260,145 +242,6 @@ def project_folder(name: str) -> str:
     if name.startswith(("/", "~")):
         return folder_of(str(Path(name).expanduser()))
     return name
-
-
-def unpriced_notes(data: dict[str, Any]) -> list[str]:
-    """One stderr line per model the report counted at $0 for want of a price."""
-    return [
-        f"warning: no price for model {printable(str(entry['model']))}: {entry['totalTokens']:,} tokens in "
-        f"{entry['calls']:,} calls are counted at $0 (set {ENV_PRICING} to a price file that has it)"
-        for entry in data.get(UNPRICED_KEY, [])
-    ]
-
-
-def _short_model(name: str) -> str:
-    return name.removeprefix("claude-")
-
-
-#: The grouped reports' columns: the group, its models, then the numbers (cache columns go first when narrow).
-USAGE_COLUMNS = (
-    Column("models", text=True),
-    Column("input"),
-    Column("output"),
-    Column("cache create", optional=True),
-    Column("cache read", optional=True),
-    Column("total tokens"),
-    Column("cost (USD)"),
-)
-
-
-def render_text(
-    data: dict[str, Any],
-    by: str,
-    breakdown: bool = False,
-    width: int | None = None,
-    project_names: Mapping[str, str] | None = None,
-    tz: str = "UTC",
-) -> str:
-    """The report as a table: a row per group (and per model under it with ``breakdown``) and a total line.
-
-    Groups without tokens or cost (a day of ``<synthetic>`` placeholders only) are left out of the
-    table, not of the JSON. Project folders are shown as the working directory they stand for when
-    ``project_names`` knows it; the table fits ``width`` columns (None: no limit).
-    """
-    if by == "block":
-        return render_blocks(data, width, tz)
-    _, list_name, names = GROUPINGS[by]
-    entries = [e for e in data[list_name] if e["totalTokens"] or e["totalCost"]]
-    known = project_names or {}
-    rows: list[list[str]] = []
-    for entry in entries:
-        label = str(entry[names[0]])
-        if by == "project":
-            label = known.get(label, label)
-        elif by == "session" and entry["projectPath"]:
-            label = f"{known.get(entry['projectPath'], entry['projectPath'])}/{label}"
-        models = _models_cell(entry.get("modelsUsed", [])) if by != "model" else ""
-        rows.append(_line(printable(label), models, entry))  # a name's newline stays in its cell
-        if breakdown:
-            for model in entry.get("modelBreakdowns", []):
-                values = {**_token_fields([model[name] for name in TOKEN_FIELDS]), "totalCost": model["cost"]}
-                rows.append(_line(f"  - {printable(_short_model(model['modelName']))}", "", values))
-    header = names[0] if by != "session" else "session"
-    text = render_table((Column(header, text=True), *USAGE_COLUMNS), rows, _line("Total", "", data["totals"]), width)
-    return text if entries else "no usage in this period\n" + text
-
-
-def _models_cell(models: list[str]) -> str:
-    """Models one per line, shortened; a newline inside a name is shown escaped, not as a line break."""
-    return "\n".join(printable(_short_model(model)) for model in models)
-
-
-def _duration(delta_minutes: int) -> str:
-    hours, minutes = divmod(delta_minutes, 60)
-    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
-
-
-BLOCK_COLUMNS = (
-    Column("block start", text=True),  # named with the zone when drawn
-    Column("duration/status", text=True),
-    Column("models", text=True),
-    Column("tokens"),
-    Column("cost (USD)"),
-)
-
-
-def render_blocks(data: dict[str, Any], width: int | None = None, tz: str = "UTC") -> str:
-    """Blocks as a table: start (in ``tz``), duration or status, models, tokens, cost; the active block's projection."""
-    zone = ZoneInfo(tz)
-    rows: list[list[str]] = []
-    for block in data["blocks"]:
-        start = _moment(block["startTime"]).astimezone(zone).strftime("%Y-%m-%d %H:%M")
-        if block["isGap"]:
-            hours = (_moment(block["endTime"]) - _moment(block["startTime"])).total_seconds() // 3600
-            rows.append([f"{start} ({int(hours)}h gap)", "(inactive)", "-", "-", "-"])
-            continue
-        minutes = int((_moment(block["actualEndTime"]) - _moment(block["startTime"])).total_seconds() // 60)
-        status = _duration(minutes)
-        if block["isActive"]:
-            rate = block["burnRate"]
-            status = (
-                "ACTIVE"
-                if rate is None
-                else f"ACTIVE\n{rate['tokensPerMinute']:,.0f} tok/min\n${rate['costPerHour']:,.2f}/h"
-            )
-        models = _models_cell(block["models"]) or "-"
-        rows.append([start, status, models, f"{block['totalTokens']:,}", f"${block['costUSD']:,.2f}"])
-        if block["projection"] is not None:
-            projected = block["projection"]
-            rows.append(
-                [
-                    "  (at the current burn rate)",
-                    "PROJECTED",
-                    f"{projected['remainingMinutes']} min left",
-                    f"{projected['totalTokens']:,}",
-                    f"${projected['totalCost']:,.2f}",
-                ]
-            )
-    blocks = [b for b in data["blocks"] if not b["isGap"]]
-    tokens, cost = sum(b["totalTokens"] for b in blocks), sum(b["costUSD"] for b in blocks)
-    count = f"{len(blocks)} block" + ("" if len(blocks) == 1 else "s")
-    total = ["Total", count, "", f"{tokens:,}", f"${cost:,.2f}"]
-    columns = (replace(BLOCK_COLUMNS[0], header=f"block start ({tz})"), *BLOCK_COLUMNS[1:])
-    text = render_table(columns, rows, total, width)
-    return text if blocks else "no usage in this period\n" + text
-
-
-def _moment(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _line(label: str, models: str, values: dict[str, Any]) -> list[str]:
-    return [
-        label,
-        models,
-        f"{values['inputTokens']:,}",
-        f"{values['outputTokens']:,}",
-        f"{values['cacheCreationTokens']:,}",
-        f"{values['cacheReadTokens']:,}",
-        f"{values['totalTokens']:,}",
-        f"${values['totalCost']:,.2f}",
-    ]
 
 
 def local_timezone(environ: Mapping[str, str] | None = None, localtime: Path = Path("/etc/localtime")) -> str:
