@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke crd cluster-up cluster-down bench clean
+.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke crd cluster-up cluster-down clean
 
 # The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
 $(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
@@ -54,8 +54,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit kubetest/tests
 
 # Set up everything (the venv, the control plane built from Go modules, ccusage from npm, the images
-# built with buildah) and run
-# every test, control-plane tests included.
+# built with buildah) and run every test, control-plane tests included.
 test: $(STAMP) controlplane ccusage images lint typecheck
 	$(BIN)/python -m pytest
 
