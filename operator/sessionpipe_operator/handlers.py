@@ -39,7 +39,7 @@ from sessionpipe_contract import (
     MANAGED_BY,
     PLURAL,
 )
-from sessionpipe_operator import drift, metrics, outcomes, progress, reconcile, run_now, stale, writers
+from sessionpipe_operator import drift, metrics, outcomes, periodic, progress, reconcile, run_now, stale, writers
 from sessionpipe_operator.k8s import ApiError, KubeClient
 from sessionpipe_operator.objects import SessionProcessor
 from sessionpipe_operator.settings import OperatorSettings
@@ -118,8 +118,14 @@ async def startup(memo: Any, **kwargs: Any) -> None:
     state = _state(memo)
     state.kube = KubeClient.from_environment(on_request=metrics.count_request)
     state.bodies = kwargs["sessionprocessor_bodies"]
-    state.stale_task = asyncio.create_task(stale.stale_loop(state), name="sessionpipe-stale-check")
-    state.progress_task = asyncio.create_task(progress.progress_loop(state), name="sessionpipe-progress")
+    state.stale_task = asyncio.create_task(
+        periodic.every(stale.STALE_CHECK_SECONDS, stale.check_time_based_conditions, state, "stale-check"),
+        name="sessionpipe-stale-check",
+    )
+    state.progress_task = asyncio.create_task(
+        periodic.every(progress.PROGRESS_CHECK_SECONDS, progress.refresh_progress, state, "progress"),
+        name="sessionpipe-progress",
+    )
 
 
 def _exit_now() -> None:

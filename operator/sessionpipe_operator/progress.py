@@ -14,14 +14,13 @@ the CronJob mirror clears it too, at once, when the last Job ends.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sessionpipe_contract import ANNOTATION_PROGRESS
-from sessionpipe_operator import metrics, render
+from sessionpipe_operator import render
 from sessionpipe_operator.k8s import ApiError
 from sessionpipe_operator.leader import lease_path
 from sessionpipe_operator.objects import SessionProcessor
@@ -57,17 +56,6 @@ def progress_text(lease: Mapping[str, Any] | None, processor: str, active: Seque
     if not (isinstance(done, int) and isinstance(total, int) and 0 <= done <= total):
         return None
     return f"{done:,}/{total:,}"
-
-
-async def progress_loop(state: OperatorState) -> None:
-    """Every few seconds, refresh the progress of processors with running Jobs."""
-    while True:
-        await asyncio.sleep(PROGRESS_CHECK_SECONDS)
-        try:
-            await asyncio.to_thread(refresh_progress, state)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(handler="progress").inc()
-            log.exception("reading the runs' progress failed; trying again in %gs", PROGRESS_CHECK_SECONDS)
 
 
 def refresh_progress(state: OperatorState) -> None:

@@ -8,9 +8,7 @@ a finalizer to every SessionProcessor.
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,17 +21,6 @@ from sessionpipe_operator.status_writer import strip_nulls, update_status
 #: How often the loop re-evaluates time-based conditions (Stale). The shortest schedule is one
 #: minute and Stale needs two periods, so a minute is precise enough.
 STALE_CHECK_SECONDS = 60.0
-
-
-async def stale_loop(state: OperatorState) -> None:
-    """Every minute, re-evaluate time-based conditions of every processor from memory; write changes."""
-    while True:
-        await asyncio.sleep(STALE_CHECK_SECONDS)
-        try:
-            await asyncio.to_thread(check_time_based_conditions, state)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(handler="stale-check").inc()
-            logging.getLogger(__name__).exception("the stale check failed; trying again in a minute")
 
 
 def check_time_based_conditions(state: OperatorState) -> None:
