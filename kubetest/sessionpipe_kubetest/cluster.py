@@ -32,7 +32,10 @@ SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # What docs/testing.md ("The control plane") describes, plus the service-account controller so that every
 # namespace gets its `default` ServiceAccount (the pod executor requests pod tokens for it), and the
-# Deployment and ReplicaSet controllers so that a Helm release's operator Deployment gets its pod.
+# Deployment and ReplicaSet controllers so that a Helm release's operator Deployment gets its pod, and
+# the PersistentVolume binder (with the two protection controllers, which remove the finalizers the
+# API server's StorageObjectInUseProtection admission puts on every PV and PVC) so that claims bind
+# to the PVs of sessionpipe_kubetest.volumes.
 CONTROLLERS = (
     "job-controller",
     "cronjob-controller",
@@ -43,6 +46,9 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "deployment-controller",
     "replicaset-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
 )
 MISSING_BINARIES_HINT = (
     "the control-plane binaries are not built: run `make controlplane` (python -m sessionpipe_kubetest build)"
@@ -58,6 +64,35 @@ class KubectlError(subprocess.CalledProcessError):
 
     def __str__(self) -> str:
         return f"{' '.join(map(str, self.cmd))} exited {self.returncode}: {(self.stderr or self.stdout or '').strip()}"
+
+
+class KubeconfigKubectl:
+    """kubectl with one kubeconfig; also for a cluster this process did not start (``up``)."""
+
+    def __init__(self, kubectl_binary: Path, kubeconfig: Path) -> None:
+        self.kubectl_binary = kubectl_binary
+        self.kubeconfig = kubeconfig
+
+    def kubectl(
+        self,
+        *args: str,
+        namespace: str | None = None,
+        input: str | None = None,
+        check: bool = True,
+        as_user: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl (impersonating ``as_user`` if given); raise :class:`KubectlError` if it fails
+        and ``check`` is true."""
+        command = [str(self.kubectl_binary), f"--kubeconfig={self.kubeconfig}"]
+        if namespace:
+            command.append(f"--namespace={namespace}")
+        if as_user:
+            command.append(f"--as={as_user}")
+        command += args
+        result = subprocess.run(command, input=input, capture_output=True, text=True, check=False, timeout=120)
+        if check and result.returncode != 0:
+            raise KubectlError(result.returncode, command, result.stdout, result.stderr)
+        return result
 
 
 def free_port() -> int:
@@ -143,6 +178,9 @@ class ControlPlane:
         self.executor = PodExecutor(
             self.server, self.pki.ca_cert, self.pki.admin_cert, self.pki.admin_key, workdir / "executor", self.port
         )
+        #: Run the real kubectl as admin (``as_user`` impersonates); a failure raises :class:`KubectlError`
+        #: unless ``check=False``.
+        self.kubectl = KubeconfigKubectl(self.tools.path("kubectl"), self.kubeconfig).kubectl
         self.startup_seconds: float | None = None
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
@@ -293,6 +331,9 @@ class ControlPlane:
                 "--secure-port=0",
                 f"--controllers={','.join(CONTROLLERS)}",
                 "--concurrent-job-syncs=5",
+                # The binder syncs a claim at once when it is created; a PV made for a claim that
+                # already waits is found on the next periodic sync (15 s by default).
+                "--pvclaimbinder-sync-period=2s",
                 "--v=1",
             ],
             self.workdir / "kube-controller-manager.log",
@@ -356,27 +397,6 @@ class ControlPlane:
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["PATH"] = os.pathsep.join([str(self.bin_dir), env.get("PATH", "")])
         return env
-
-    def kubectl(
-        self,
-        *args: str,
-        namespace: str | None = None,
-        input: str | None = None,
-        check: bool = True,
-        as_user: str | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the real kubectl as admin (or impersonating ``as_user``); raise :class:`KubectlError` if
-        it fails and ``check`` is true."""
-        command = [str(self.tools.path("kubectl")), f"--kubeconfig={self.kubeconfig}"]
-        if namespace:
-            command.append(f"--namespace={namespace}")
-        if as_user:
-            command.append(f"--as={as_user}")
-        command += args
-        result = subprocess.run(command, input=input, capture_output=True, text=True, check=False, timeout=120)
-        if check and result.returncode != 0:
-            raise KubectlError(result.returncode, command, result.stdout, result.stderr)
-        return result
 
     def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
         """A token for ``namespace/name`` from the TokenRequest API (the service account must exist)."""

@@ -14,6 +14,7 @@ import yaml
 
 from sessionpipe_kubetest import images
 from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.volumes import bind_directory
 from sessionpipe_kubetest.waiting import wait_for
 from tests.runner_support import CORPUS, REPO
 
@@ -124,8 +125,8 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
     database = tmp_path / "db"
     database.mkdir()
     database.chmod(0o777)  # the job image's user (10001) writes the database
-    control_plane.executor.map_claim(namespace, "transcripts", CORPUS)
-    control_plane.executor.map_claim(namespace, "results", database)
+    bind_directory(control_plane, namespace, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, namespace, "results", database)
     _helm(
         control_plane,
         "install",

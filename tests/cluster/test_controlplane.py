@@ -20,6 +20,7 @@ import pytest
 from kubernetes import client
 
 from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.volumes import bind_directory, persistent_volume_claim
 from sessionpipe_kubetest.waiting import wait_for
 from tests.kube_plugin import SaApiFactory
 from tests.support.kubectl import apply
@@ -323,7 +324,7 @@ def test_pods_see_their_spec_and_report_exit_code_and_message(
     claim_dir = tmp_path / "claim"
     (claim_dir / "inputs").mkdir(parents=True)
     (claim_dir / "inputs" / "hello.txt").write_text("hello from the host")
-    control_plane.executor.map_claim(namespace, "shared", claim_dir)
+    bind_directory(control_plane, namespace, "shared", claim_dir)
     control_plane.kubectl("create", "secret", "generic", "api", "--from-literal=token=s3cret", namespace=namespace)
     control_plane.kubectl("create", "serviceaccount", "prober", namespace=namespace)
 
@@ -400,3 +401,49 @@ def test_pods_see_their_spec_and_report_exit_code_and_message(
         "whoami": f"system:serviceaccount:{namespace}:prober",
     }
     assert not (claim_dir / "inputs" / "new.txt").exists()
+
+
+def described_pods(control_plane: ControlPlane, namespace: str, job: str) -> str:
+    """``kubectl describe pod`` of the Job's pods: what a person reads to learn why a pod waits."""
+    return control_plane.kubectl("describe", "pod", "-l", f"job-name={job}", namespace=namespace).stdout
+
+
+@pytest.mark.cluster
+def test_a_pod_of_an_unbound_claim_stays_pending_until_a_persistent_volume_binds_it(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """Claims get their directory the Kubernetes way: from the PersistentVolume bound to them.
+
+    A pod naming a claim that does not exist, then one that no volume is bound to, stays Pending and
+    unscheduled, with a ``FailedScheduling`` event that ``kubectl describe pod`` shows. Once a
+    ``local`` PV reserved for the claim binds it, the pod runs with the PV's directory, read-only
+    as the pod's claim source says.
+    """
+    folder = tmp_path / "late"
+    folder.mkdir()
+    (folder / "greeting").write_text("bound at last")
+    script = "cat /late/greeting > /dev/termination-log; if touch /late/written 2>/dev/null; then exit 1; fi"
+    pod_spec = {
+        "containers": [container(["sh", "-c", script], volumeMounts=[{"name": "data", "mountPath": "/late"}])],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "late", "readOnly": True}}],
+    }
+    apply(control_plane, namespace, job_manifest("late", pod_spec))
+
+    def described_with(*texts: str) -> Callable[[], bool]:
+        return lambda: all(text in described_pods(control_plane, namespace, "late") for text in texts)
+
+    wait_for(described_with("FailedScheduling", 'persistentvolumeclaim "late" not found'), 60, "no-claim event")
+    apply(control_plane, namespace, persistent_volume_claim("late"))
+    wait_for(described_with("unbound immediate PersistentVolumeClaims"), 60, "an unbound-claim event", interval=0.5)
+    [waiting] = job_pods(control_plane, namespace, "late")
+    assert waiting["status"]["phase"] == "Pending"
+    assert not waiting["spec"].get("nodeName"), "a pod of an unbound claim was scheduled"
+
+    bind_directory(control_plane, namespace, "late", folder, kind="local")
+    pod = terminated_pod(control_plane, namespace, "late", timeout=90)
+    log = control_plane.executor.log_path(namespace, pod["metadata"]["name"])
+    assert pod["status"]["phase"] == "Succeeded", log.read_text()
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "bound at last"
+    assert not (folder / "written").exists()
+    pv = get(control_plane, None, "pv", f"{namespace}-late")
+    assert pv["status"]["phase"] == "Bound" and pv["spec"]["local"]["path"] == str(folder.resolve())

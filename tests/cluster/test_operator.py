@@ -2,9 +2,10 @@
 
 One ``sessionpipe-operator`` process serves the whole module (restarted in place by the restart
 test); every test has its own namespace. Job pods run through the test pod executor, which runs
-the real ``sessionpipe run`` command of the rendered pod, with volumes mapped onto host folders.
-A pod whose claim is not mapped waits in ContainerCreating, which is how these tests hold a Job
-active for as long as they need.
+the real ``sessionpipe run`` command of the rendered pod, with claims bound to PersistentVolumes of
+host folders (``sessionpipe_kubetest.volumes.bind_directory``). A pod whose claim is missing or
+unbound stays Pending and unscheduled, which is how these tests hold a Job active for as long as
+they need.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sessionpipe_contract import (
     LABEL_INSTANCE,
 )
 from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.volumes import bind_directory
 from sessionpipe_kubetest.waiting import wait_for
 from sessionpipe_operator import render
 from sessionpipe_operator.k8s import KubeClient, cronjob_path, job_path, sessionprocessor_path
@@ -318,8 +320,8 @@ def test_a_deleted_cronjob_is_put_back(
 def test_usage_run_now_end_to_end_fills_the_database_and_the_status(
     control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess, database_dir: Path
 ) -> None:
-    control_plane.executor.map_claim(ns, "transcripts", CORPUS)
-    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    bind_directory(control_plane, ns, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, ns, "warehouse", database_dir)
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
     wait_for(lambda: kube.get(cronjob_path(ns, "usage")), CONVERGE_SECONDS, "the CronJob")
 
@@ -411,8 +413,8 @@ def test_a_running_job_shows_its_progress_and_the_effective_schedule_in_kubectl_
             progress_seen.wait(100)  # under the processor's 120 s request timeout
         return tool_reply([])
 
-    control_plane.executor.map_claim(ns, "transcripts", CORPUS)
-    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    bind_directory(control_plane, ns, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, ns, "warehouse", database_dir)
     control_plane.kubectl(
         "create", "secret", "generic", "anthropic", "--from-literal=key=sk-ant-test-key", namespace=ns
     )
@@ -458,8 +460,8 @@ def test_a_running_job_shows_its_progress_and_the_effective_schedule_in_kubectl_
 def test_run_now_and_schedule_never_start_a_second_job_beside_an_active_one(
     control_plane: ControlPlane, ns: str, kube: KubeClient, operator: OperatorProcess, k8s_api: Any, database_dir: Path
 ) -> None:
-    control_plane.executor.map_claim(ns, "warehouse", database_dir)
-    # Every minute; the sessions claim is not mapped yet, so the first Job's pod waits and stays active.
+    bind_directory(control_plane, ns, "warehouse", database_dir)
+    # Every minute; the sessions claim is not bound yet, so the first Job's pod waits and stays active.
     with JobWatcher(k8s_api, ns) as watcher:
         apply(control_plane, ns, sessionprocessor("usage", usage_spec(schedule="* * * * *")))
         first = start_run_now(control_plane, kube, ns, "usage", "first")
@@ -485,7 +487,7 @@ def test_run_now_and_schedule_never_start_a_second_job_beside_an_active_one(
         assert watcher.names("usage") == [first]
 
         # Let it run; then later ticks start scheduled Jobs again, one at a time.
-        control_plane.executor.map_claim(ns, "transcripts", CORPUS)
+        bind_directory(control_plane, ns, "transcripts", CORPUS, read_only=True)
         wait_for_run(kube, ns, "usage", first)
         scheduled = wait_for(
             lambda: [n for n in watcher.names("usage") if n != first], 75, "a scheduled Job after the run-now Job"
@@ -710,8 +712,8 @@ def test_failed_run_sets_degraded_and_the_next_success_clears_it(
 ) -> None:
     garbage = database_dir / "usage.duckdb"
     garbage.write_bytes(b"this is not a DuckDB database\n" * 100)
-    control_plane.executor.map_claim(ns, "transcripts", CORPUS)
-    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    bind_directory(control_plane, ns, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, ns, "warehouse", database_dir)
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
 
     failed_job = start_run_now(control_plane, kube, ns, "usage", "doomed")
@@ -761,8 +763,8 @@ def test_prices_from_a_configmap_price_a_model_the_job_image_does_not_know(
     )
     assert imported.returncode == 0, imported.stderr
     control_plane.kubectl("create", "configmap", "model-prices", f"--from-file=pricing.json={prices}", namespace=ns)
-    control_plane.executor.map_claim(ns, "transcripts", sessions)
-    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    bind_directory(control_plane, ns, "transcripts", sessions, read_only=True)
+    bind_directory(control_plane, ns, "warehouse", database_dir)
     spec = usage_spec(pricing={"configMapRef": {"name": "model-prices"}})
     spec["sessions"] = {"claimName": "transcripts"}
     apply(control_plane, ns, sessionprocessor("usage", spec))
@@ -813,8 +815,8 @@ def usage_after_one_run(
     control_plane: ControlPlane, kube: KubeClient, ns: str, database_dir: Path
 ) -> tuple[str, dict[str, Any]]:
     """The processor ``usage`` with one run-now run recorded: the run's Job and the status then."""
-    control_plane.executor.map_claim(ns, "transcripts", CORPUS)
-    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    bind_directory(control_plane, ns, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, ns, "warehouse", database_dir)
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
     served = start_run_now(control_plane, kube, ns, "usage", "before-restart")
     return served, wait_for_run(kube, ns, "usage", served)
@@ -877,7 +879,7 @@ def test_deleting_the_sessionprocessor_deletes_its_cronjob_and_jobs(
 ) -> None:
     apply(control_plane, ns, sessionprocessor("usage", usage_spec()))
     wait_for(lambda: kube.get(cronjob_path(ns, "usage")), CONVERGE_SECONDS, "the CronJob")
-    # The pod of this Job waits (no claim is mapped), so the Job is still active when the CR goes.
+    # The pod of this Job waits (no claim exists: it stays Pending), so the Job is still active when the CR goes.
     job_name = start_run_now(control_plane, kube, ns, "usage", "before-delete")
     assert not cr(kube, ns, "usage")["metadata"].get("finalizers"), "the SessionProcessor must carry no finalizer"
     control_plane.kubectl("delete", "sessionprocessor", "usage", "--wait=true", "--timeout=30s", namespace=ns)

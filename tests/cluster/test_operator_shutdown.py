@@ -57,7 +57,7 @@ def _apply_processor(control_plane: ControlPlane, namespace: str, annotations: d
         {
             "processor": "usage",
             "schedule": "0 0 1 1 *",
-            "sessions": {"claimName": "unmapped-sessions"},  # never mapped: the pod waits in ContainerCreating
+            "sessions": {"claimName": "unmapped-sessions"},  # never made: the pod stays Pending, unscheduled
             "database": {"claimName": "unmapped-db"},
         },
         annotations,

@@ -17,6 +17,7 @@ import pytest
 
 from sessionpipe_contract import ANNOTATION_RUN_NOW_TOKEN
 from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.volumes import bind_directory
 from sessionpipe_kubetest.waiting import wait_for
 from sessionpipe_operator.k8s import KubeClient
 from sessionpipe_operator.leader import DEFAULT_LEASE_SECONDS, lease_path
@@ -101,8 +102,8 @@ def test_two_operators_act_once_and_the_standby_takes_over_when_the_leader_dies(
     database_dir = tmp_path / "warehouse"
     database_dir.mkdir()
     database_dir.chmod(0o777)  # the job image's user (10001) writes the database
-    control_plane.executor.map_claim(ns, "transcripts", CORPUS)
-    control_plane.executor.map_claim(ns, "warehouse", database_dir)
+    bind_directory(control_plane, ns, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, ns, "warehouse", database_dir)
 
     a.start()
     wait_for(lambda: holder(kube, ns) == "peer-a", 15, "peer-a to hold the Lease")
@@ -121,7 +122,7 @@ def test_two_operators_act_once_and_the_standby_takes_over_when_the_leader_dies(
     assert [job["metadata"]["name"] for job in jobs_of(kube, ns, "usage")] == [first]
     assert reasons(kube, ns, "usage") == {"RunStarted": 1, "RunSucceeded": 1}
     assert reasons(kube, ns, "broken") == {"InvalidSpec": 1}
-    # A run-now beside a running Job (its pod waits for an unmapped claim): one RunSkipped, not two.
+    # A run-now beside a running Job (its pod waits for a claim that does not exist): one RunSkipped, not two.
     apply(control_plane, ns, sessionprocessor("held", usage_spec(database={"claimName": "unmapped"})))
     annotate_run_now(control_plane, ns, "held", "hold")
     held = start_run_now_wait_only(kube, ns, "held", "hold")

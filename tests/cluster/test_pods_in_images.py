@@ -15,6 +15,7 @@ import pytest
 
 from sessionpipe_kubetest import images
 from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.volumes import bind_directory
 from sessionpipe_kubetest.waiting import wait_for
 from tests.cluster.test_controlplane import get, job_manifest, terminated_pod
 from tests.runner_support import CORPUS, assert_same, sessionpipe
@@ -35,8 +36,8 @@ def test_a_job_pod_of_the_local_job_image_runs_in_it_and_gives_the_host_totals(
     database = tmp_path / "db"
     database.mkdir()
     database.chmod(0o777)  # the image's user (10001) writes the database
-    control_plane.executor.map_claim(namespace, "transcripts", CORPUS)
-    control_plane.executor.map_claim(namespace, "results", database)
+    bind_directory(control_plane, namespace, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, namespace, "results", database)
     volumes = [
         {"name": "sessions", "persistentVolumeClaim": {"claimName": "transcripts", "readOnly": True}},
         {"name": "results", "persistentVolumeClaim": {"claimName": "results"}},

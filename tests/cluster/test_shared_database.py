@@ -17,6 +17,7 @@ import pytest
 
 from sessionpipe_contract import ANNOTATION_RUN_NOW, LABEL_INSTANCE
 from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.volumes import bind_directory
 from sessionpipe_kubetest.waiting import wait_for
 from tests.anthropic_replay import ReplayServer, tool_reply
 from tests.cluster.operator_support import (
@@ -59,8 +60,8 @@ def test_usage_and_verification_on_one_database_both_complete_one_after_the_othe
     database_dir.chmod(0o777)  # the job image's user (10001) writes the database
     install_crd(control_plane)
     prepare_namespace(control_plane, namespace)
-    control_plane.executor.map_claim(namespace, "transcripts", CORPUS)
-    control_plane.executor.map_claim(namespace, "warehouse", database_dir)
+    bind_directory(control_plane, namespace, "transcripts", CORPUS, read_only=True)
+    bind_directory(control_plane, namespace, "warehouse", database_dir)
     control_plane.kubectl(
         "create", "secret", "generic", "anthropic", "--from-literal=key=sk-ant-test-key", namespace=namespace
     )

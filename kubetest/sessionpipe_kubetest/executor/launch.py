@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sessionpipe_kubetest.executor import claims
 from sessionpipe_kubetest.executor.kubelet import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     JSON,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 
 class NotReadyYet(Exception):
-    """The pod cannot start yet (a missing Secret, claim mapping, service account); retried."""
+    """The pod cannot start yet (a missing Secret, an unbound claim, a service account); retried."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -325,14 +326,7 @@ class PodSetup:
         directory = self.directory / "volumes" / name
         if "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]
-            host_dir = self.executor.claim_directory(self.namespace, claim["claimName"])
-            if host_dir is None:
-                raise NotReadyYet(
-                    "ContainerCreating",
-                    f"no host directory is mapped for PersistentVolumeClaim {self.namespace}/{claim['claimName']} "
-                    "(PodExecutor.map_claim)",
-                )
-            return host_dir, bool(claim.get("readOnly"))
+            return self._claim_directory(claim["claimName"]), bool(claim.get("readOnly"))
         if "emptyDir" in volume:
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o777)
@@ -353,6 +347,26 @@ class PodSetup:
             return directory, True
         kinds = sorted(set(volume) - {"name"})
         raise CannotRun("CreateContainerConfigError", f"volume {name!r}: unsupported volume type {kinds}")
+
+    def _claim_directory(self, claim_name: str) -> Path:
+        """The directory of the PV bound to the claim (bound before scheduling; it may have gone since)."""
+        what = f"PersistentVolumeClaim {self.namespace}/{claim_name}"
+        claim = self.executor.get_object(claims.claim_path(self.namespace, claim_name))
+        volume_name = None if claim is None else claims.bound_volume(claim)
+        if volume_name is None:
+            raise NotReadyYet("ContainerCreating", f"{what} is missing or not bound to a PersistentVolume")
+        volume = self.executor.get_object(f"/api/v1/persistentvolumes/{volume_name}")
+        if volume is None:
+            raise NotReadyYet("ContainerCreating", f"{what}: PersistentVolume {volume_name} not found")
+        directory = claims.volume_directory(volume)
+        if directory is None:
+            raise CannotRun(
+                "CreateContainerConfigError",
+                f"{what}: PersistentVolume {volume_name} is neither hostPath nor local, which this executor mounts",
+            )
+        if not directory.is_dir():
+            raise NotReadyYet("ContainerCreating", f"{what}: directory {directory} of {volume_name} does not exist")
+        return directory
 
     @staticmethod
     def _write_files(directory: Path, data: Mapping[str, bytes], source: JSON) -> None:

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import urllib3
 
+from sessionpipe_kubetest.executor import claims
 from sessionpipe_kubetest.executor.kubelet import JSON, NODE_NAME, SKIPPED_NAMESPACES, now_rfc3339
 from sessionpipe_kubetest.executor.mounts import image_paths
 from sessionpipe_kubetest.executor.rest import ApiError, PodGone, Rest
@@ -32,7 +33,8 @@ T = TypeVar("T")
 
 @dataclass
 class _State:
-    claims: dict[tuple[str, str], Path] = field(default_factory=dict)
+    #: Pods the scheduler cannot place yet (a claim missing or unbound), by uid, and why.
+    unschedulable: dict[str, tuple[JSON, str]] = field(default_factory=dict)
     images: dict[str, list[str]] = field(default_factory=dict)
     runs: dict[str, PodRun] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
@@ -76,6 +78,7 @@ class PodExecutor:
         self._stop = threading.Event()
         self._relist = threading.Event()
         self._thread: threading.Thread | None = None
+        self._scheduler: threading.Thread | None = None
         self._rest: Rest | None = None
 
     @property
@@ -85,11 +88,6 @@ class PodExecutor:
         return self._rest
 
     # -- what tests call --
-
-    def map_claim(self, namespace: str, claim_name: str, host_dir: Path) -> None:
-        """Make PersistentVolumeClaim ``namespace/claim_name`` mount ``host_dir`` (the PVC need not exist)."""
-        with self._lock:
-            self._state.claims[(namespace, claim_name)] = Path(host_dir).resolve()
 
     def register_image(self, image: str, entrypoint: list[str]) -> None:
         """Give containers of ``image`` (tag and digest ignored) that set no ``command`` an entrypoint."""
@@ -115,10 +113,6 @@ class PodExecutor:
         return matches[-1] if matches else None
 
     # -- used by pod runs --
-
-    def claim_directory(self, namespace: str, claim_name: str) -> Path | None:
-        with self._lock:
-            return self._state.claims.get((namespace, claim_name))
 
     def entrypoint_for(self, image: str) -> list[str] | None:
         with self._lock:
@@ -202,6 +196,8 @@ class PodExecutor:
         self._register_node()
         self._thread = threading.Thread(target=self._watch_forever, name="pod-executor", daemon=True)
         self._thread.start()
+        self._scheduler = threading.Thread(target=self._retry_unschedulable, name="pod-scheduler", daemon=True)
+        self._scheduler.start()
 
     def stop(self) -> None:
         """Stop watching and SIGKILL every pod process still running."""
@@ -218,6 +214,9 @@ class PodExecutor:
                 self._rest.interrupt_watch()
             self._thread.join(0.1)
         self._thread = None
+        if self._scheduler is not None:
+            self._scheduler.join(5)
+            self._scheduler = None
         if self._rest is not None:
             self._rest.pool.clear()
         for handler in list(self.logger.handlers):
@@ -333,6 +332,7 @@ class PodExecutor:
             run = self._state.runs.get(uid)
             done = uid in self._state.finished
         if kind == "DELETED":
+            self._forget_unschedulable(uid)
             if run is not None:
                 run.kill_now()
             return
@@ -341,8 +341,11 @@ class PodExecutor:
         deleting = bool(metadata.get("deletionTimestamp"))
         if not node:
             if not deleting and phase == "Pending" and not spec.get("schedulingGates"):
-                self._bind(namespace, metadata["name"], uid)
+                self._schedule(pod)
+            else:
+                self._forget_unschedulable(uid)
             return
+        self._forget_unschedulable(uid)
         if node != NODE_NAME:
             return
         if run is not None and not done:
@@ -360,6 +363,88 @@ class PodExecutor:
             self._state.runs[uid] = new_run
         new_run.start()
 
+    def _schedule(self, pod: JSON) -> None:
+        """Bind the pod to the node, or, while one of its claims is missing or unbound, keep it
+        Pending with the scheduler's ``FailedScheduling`` event and ``PodScheduled=False``."""
+        metadata = pod["metadata"]
+        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+        try:
+            reason = claims.unschedulable_reason(namespace, pod.get("spec") or {}, self.get_object)
+        except (ApiError, urllib3.exceptions.HTTPError, OSError):
+            self._relist.set()  # an unbound pod only shows again on a relist
+            raise
+        if reason is None:
+            self._forget_unschedulable(uid)
+            self._bind(namespace, name, uid)
+            return
+        with self._lock:
+            previous = self._state.unschedulable.get(uid)
+            self._state.unschedulable[uid] = (pod, reason)
+        if previous is None or previous[1] != reason:
+            self.logger.info("%s/%s: unschedulable: %s", namespace, name, reason)
+            self._report_unschedulable(pod, reason)
+
+    def _report_unschedulable(self, pod: JSON, message: str) -> None:
+        metadata = pod["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        now = now_rfc3339()
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastProbeTime": None,
+            "lastTransitionTime": now,
+        }
+        self.rest.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            {"status": {"conditions": [condition]}},
+            "application/strategic-merge-patch+json",
+        )
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": namespace,
+                "name": name,
+                "uid": metadata["uid"],
+                "resourceVersion": metadata.get("resourceVersion", ""),
+            },
+            "reason": "FailedScheduling",
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "default-scheduler"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.rest.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+
+    def _forget_unschedulable(self, uid: str) -> None:
+        with self._lock:
+            self._state.unschedulable.pop(uid, None)
+
+    def _retry_unschedulable(self) -> None:
+        """Try the unschedulable pods again every second: a claim that binds lets its pods go ahead
+        (the scheduler moves them back to its active queue on claim and volume events)."""
+        while not self._stop.wait(1):
+            with self._lock:
+                waiting = [pod for pod, _ in self._state.unschedulable.values()]
+            for pod in waiting:
+                metadata = pod["metadata"]
+                try:
+                    newest = self.get_object(f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}")
+                    if newest is None or newest["metadata"]["uid"] != metadata["uid"]:
+                        self._forget_unschedulable(metadata["uid"])
+                    elif not (newest.get("spec") or {}).get("nodeName"):
+                        self._schedule(newest)
+                except Exception as error:
+                    self.logger.info("%s/%s: cannot schedule yet (%s)", metadata["namespace"], metadata["name"], error)
+
     def _bind(self, namespace: str, name: str, uid: str) -> None:
         binding = {
             "apiVersion": "v1",
@@ -371,7 +456,9 @@ class PodExecutor:
             self.rest.request("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", binding)
             self.logger.info("%s/%s: bound to %s", namespace, name, NODE_NAME)
         except ApiError as error:
-            if error.status not in (404, 409):
+            if error.status in (404, 409):
+                self._forget_unschedulable(uid)  # gone, or bound already
+            else:
                 self._relist.set()
                 raise
         except (urllib3.exceptions.HTTPError, OSError):
