@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke crd cluster-up cluster-down clean
+.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke crd cluster-up cluster-down demo-cluster clean
 
 # The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
 $(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
@@ -63,6 +63,12 @@ cluster-up: controlplane
 
 cluster-down:
 	$(BIN)/python -m sessionpipe_kubetest down
+
+# The whole flow on the local control plane: up (if not running), the images, a generated demo corpus
+# and a database folder as PersistentVolumes (.cluster/demo), the chart, a usage run now, then what to
+# type next. Re-running reuses all of it and runs usage once more.
+demo-cluster: controlplane images
+	$(BIN)/python -m sessionpipe_kubetest demo
 
 clean:
 	rm -rf $(VENV) .cluster .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ From a shell::
     python -m sessionpipe_kubetest down
     python -m sessionpipe_kubetest images  # build the job and operator images with buildah
     python -m sessionpipe_kubetest image-smoke SESSIONS OUT  # a usage run in the job image
+    python -m sessionpipe_kubetest demo    # up, images, the chart on a demo corpus, a usage run now
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from sessionpipe_kubetest import build, images
+from sessionpipe_kubetest import build, demo, images
 from sessionpipe_kubetest.build import toolset
-from sessionpipe_kubetest.cluster import MISSING_BINARIES_HINT, ControlPlane, log_tail
+from sessionpipe_kubetest.cluster import MISSING_BINARIES_HINT, ControlPlane, KubeconfigKubectl, log_tail
 from sessionpipe_kubetest.paths import REPOSITORY
 
 #: Where a control plane started with ``up`` keeps its pid, kubeconfig, logs and state.
@@ -143,11 +144,29 @@ def _image_smoke(sessions: Path, out: Path) -> int:
     return result.returncode
 
 
+def _demo() -> int:
+    """``make demo-cluster``: :mod:`.demo` on the control plane of ``up`` (started when not running)."""
+    if _up() != 0:
+        return 1
+    images.build_all()
+    tools = toolset()
+    kubeconfig = CLUSTER_DIR / "kubeconfig"
+    the_demo = demo.Demo(
+        cluster=KubeconfigKubectl(tools.path("kubectl"), kubeconfig),
+        kubeconfig=kubeconfig,
+        helm=tools.path("helm"),
+        directory=CLUSTER_DIR / "demo",
+    )
+    result = demo.run(the_demo)
+    print(demo.next_steps(the_demo, result))
+    return 0 if result.succeeded else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sessionpipe_kubetest", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "command",
-        choices=["build", "up", "down", "serve", "images", "image-smoke"],
+        choices=["build", "up", "down", "serve", "images", "image-smoke", "demo"],
         help="serve runs a control plane in the foreground",
     )
     parser.add_argument("paths", nargs="*", type=Path, help="image-smoke: SESSIONS OUT")
@@ -158,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return _image_smoke(args.paths[0], args.paths[1])
     if args.paths:
         parser.error(f"{args.command} takes no paths")
-    commands = {"build": build.main, "up": _up, "down": _down, "serve": _serve, "images": images.main}
+    commands = {"build": build.main, "up": _up, "down": _down, "serve": _serve, "images": images.main, "demo": _demo}
     return commands[args.command]()
 
 
