@@ -370,6 +370,7 @@ def test_only_the_allowed_kinds_of_text_reach_the_api() -> None:
     assert len(replay.requests) == 1
     assert canaries_sent(replay) == ALLOWED
     assert IMAGE[:40] not in sent(replay)
+    assert SESSION.key not in sent(replay) and "alice" not in sent(replay)
     assert output.items == 0
 
 
