@@ -9,7 +9,10 @@ is caught when none of its secret values appears in the text that would be sent.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
+
+import pytest
 
 from sessionpipe_runner.processors.verification import conversation, prepare
 from sessionpipe_runner.processors.verification.redaction import redact
@@ -91,3 +94,26 @@ def test_ordinary_code_and_prose_survive() -> None:
 def test_placeholders_are_never_redacted_again_or_cut() -> None:
     text = "password=[REDACTED:assigned_secret] and token: [REDACTED:github_token]"
     assert redact(text) == (text, Counter())
+
+
+ADVERSARIAL = {
+    "identifier parts": "a_" * 10_000,
+    "secret words": "token_" * 3_400,
+    "dots": "a." * 10_000,
+    "dashes": "-" * 20_000,
+    "slashes": "//" * 10_000,
+    "escapes": '\\u005f\\"' * 2_500,
+    "short lines": "abc\n" * 5_000,
+    "assignments": "password=" * 2_200,
+    "open quotes": "password: '" * 1_800,
+}
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_redaction_time_grows_linearly_on_hostile_text(text: str) -> None:
+    # Whole turns are redacted (megabytes of pasted logs): no pattern may rescan the rest of the
+    # text from every position. 20,000 characters take milliseconds; a quadratic pattern, minutes.
+    redact("warm up the rules")
+    started = time.monotonic()
+    redact(text)
+    assert time.monotonic() - started < 5.0

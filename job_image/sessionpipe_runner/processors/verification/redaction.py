@@ -66,7 +66,10 @@ def _secret_span(rule: Rule, match: re.Match[str]) -> tuple[int, int] | None:
 
 
 def _find(text: str, selected: Sequence[tuple[int, Rule]]) -> Iterable[_Finding]:
+    lowered = text.lower() if any(rule.needs for _, rule in selected) else text
     for priority, rule in selected:
+        if rule.needs and rule.needs not in lowered:
+            continue
         for match in rule.pattern.finditer(text):
             span = _secret_span(rule, match)
             if span is None:

@@ -43,6 +43,8 @@ class Rule:
     check: Callable[[str], bool] | None = None
     #: Whether the rule is distinctive enough to run on text re-joined across line breaks.
     distinctive: bool = True
+    #: A lower-case word the text must contain for the rule to run (a pattern too slow to try blindly).
+    needs: str = ""
 
 
 def _rule(
@@ -164,19 +166,21 @@ SPECIFIC_RULES: tuple[Rule, ...] = (
     _rule("bearer_token", r"(?i)\bbearer\s+([A-Za-z0-9\-._~+/]{12,}=*)", group=1, check=_credential_like),
     _rule("basic_auth", r"(?i)\bbasic\s+([A-Za-z0-9+/]{12,}={0,2})(?![A-Za-z0-9+/=])", group=1, check=_credential_like),
     # scheme://user:password@host — the password only. It may hold "@": it runs to the last "@".
-    _rule("url_password", r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:([^\s/]+)@", group=1),
+    _rule("url_password", r"://[^\s/:@]{0,256}:([^\s/]{1,256})@", group=1),
     # scheme://token@host (a Sentry DSN key, a git token as the user name).
-    _rule("url_token", r"\b[A-Za-z][A-Za-z0-9+.\-]*://([A-Za-z0-9_\-]{16,})@", group=1, check=_high_entropy),
+    _rule("url_token", r"://([A-Za-z0-9_\-]{16,256})@", group=1, check=_high_entropy),
 )
 
 #: A name that says its value is a secret (a part of ``DB_PASSWORD``, ``clientSecret``, ``api-key``…).
-#: The secret word ends the name or a part of it (``_``, ``.``, ``-``, an upper-case letter): ``tokenizer``
-#: and ``authors`` are not secret names.
+#: The match starts at the secret word, whatever precedes it, and the word ends the name or a part of
+#: it (``_``, ``.``, ``-``, an upper-case letter): ``tokenizer`` and ``authors`` are not secret names.
+#: Every repetition here and below is bounded or starts at a literal: redaction runs on whole turns
+#: (megabytes of pasted logs), so no pattern may scan the rest of the text from every position.
 _SECRET_NAME = (
-    r"(?:[A-Za-z0-9_.\-]*?(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|"
+    r"(?:(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|"
     r"private[_\-]?key|secret[_\-]?key|auth[_\-]?key|key[_\-]?data|key[_\-]?base|credentials?|"
     r"signing[_\-]?key|encryption[_\-]?key|master[_\-]?key|account[_\-]?key|session[_\-]?key|dsn|"
-    r"auth)(?:(?-i:[_.\-A-Z0-9])[A-Za-z0-9_.\-]*)?)(?![A-Za-z0-9])"
+    r"auth)(?:(?-i:[_.\-A-Z0-9])[A-Za-z0-9_.\-]{0,40})?)(?![A-Za-z0-9])"
 )
 #: Between the name and its value: closing quotes (maybe JSON-escaped), then ``=``, ``:``, ``:=``, ``=>``.
 _ASSIGN = r"[\\\"'`\]]*[ \t]*(?:=>|:=|=|:)[ \t]*"
@@ -185,7 +189,7 @@ GENERIC_RULES: tuple[Rule, ...] = (
     # NAME="two words" / password: 'a b c' / \"password\": \"hunter2 x\" (quoted: may hold spaces).
     _rule(
         "assigned_secret",
-        r"(?i)(?<![A-Za-z0-9])" + _SECRET_NAME + _ASSIGN + r"(\\?[\"'`])((?:(?!\1)[^\n]){3,300}?)\1",
+        r"(?i)" + _SECRET_NAME + _ASSIGN + r"(\\?[\"'`])((?:(?!\1)[^\n]){3,300}?)\1",
         group=2,
         check=_plausible_value,
         distinctive=False,
@@ -193,8 +197,7 @@ GENERIC_RULES: tuple[Rule, ...] = (
     # NAME=value in an env file or a shell: any value of 4 or more characters.
     _rule(
         "assigned_secret",
-        r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9_]*(?:PASSWORD|PASSWD|PASS|PWD|SECRET|TOKEN|KEY|KEY_BASE|CREDENTIALS?|"
-        r"AUTH|DSN)[A-Z0-9_]*=([^\s\"'`]{4,})",
+        r"(?:PASSWORD|PASSWD|PASS|PWD|SECRET|TOKEN|KEY|CREDENTIALS?|AUTH|DSN)(?:_[A-Z0-9_]{0,40})?=([^\s\"'`]{4,})",
         group=1,
         check=lambda value: _plausible_value(value) and not value.startswith("$"),
         distinctive=False,
@@ -202,7 +205,7 @@ GENERIC_RULES: tuple[Rule, ...] = (
     # password = hunter2!x / api_key: 9f8e7d… in code and configs (unquoted: must not read as code).
     _rule(
         "assigned_secret",
-        r"(?i)(?<![A-Za-z0-9])" + _SECRET_NAME + _ASSIGN + r"([^\s\"'`,;()\[\]{}<>]{6,})",
+        r"(?i)" + _SECRET_NAME + _ASSIGN + r"([^\s\"'`,;()\[\]{}<>]{6,})",
         group=1,
         check=_plausible_bare_value,
         distinctive=False,
@@ -218,7 +221,7 @@ GENERIC_RULES: tuple[Rule, ...] = (
     # Command flags: --token=…, --password …, -p'…' is left alone (too ambiguous).
     _rule(
         "flag_secret",
-        r"(?i)--(?:[a-z\-]*-)?(?:token|password|passwd|secret|api-key|apikey|auth|client-secret|access-key|"
+        r"(?i)--(?:[a-z\-]{0,30}-)?(?:token|password|passwd|secret|api-key|apikey|auth|client-secret|access-key|"
         r"secret-key)(?:=|[ \t]+)([\"'][^\"'\n]{3,}[\"']|[^\s\"'-][^\s\"']{3,})",
         group=1,
         check=_plausible_value,
@@ -234,9 +237,7 @@ GENERIC_RULES: tuple[Rule, ...] = (
     # A token-like value next to a secret word with some other separator (a header, a table cell).
     _rule(
         "high_entropy_secret",
-        r"(?i)(?<![A-Za-z0-9])"
-        + _SECRET_NAME
-        + r"[\\\"'`\]]*[ \t]*(?:[:=|,>]|->|\s)[ \t\"'`]*([A-Za-z0-9+/=_\-.~]{16,})",
+        r"(?i)" + _SECRET_NAME + r"[\\\"'`\]]*[ \t]*(?:[:=|,>]|->|\s)[ \t\"'`]*([A-Za-z0-9+/=_\-.~]{16,})",
         group=1,
         check=_high_entropy,
         distinctive=False,
@@ -254,6 +255,9 @@ CARD_NUMBER = _rule(
 #: detect-secrets plugins left out: a public IP address is not a secret, private keys are found
 #: whole by :data:`SPECIFIC_RULES` (the plugin matches only the BEGIN line).
 _EXCLUDED_PLUGINS = frozenset({"IPPublicDetector", "PrivateKeyDetector"})
+#: Plugins whose patterns backtrack over whole lines (``//.+/:_authToken``): run only when the text
+#: holds their word.
+_PLUGIN_NEEDS = {"NpmDetector": "_authtoken"}
 
 
 def _kind(secret_type: str) -> str:
@@ -281,5 +285,6 @@ def detector_rules() -> tuple[Rule, ...]:
                 continue
             kind = _kind(str(plugin.secret_type))
             patterns: Iterable[re.Pattern[str]] = getattr(plugin, "denylist", ())  # typed as a property
-            rules.extend(Rule(kind, pattern, -1) for pattern in patterns)
+            needs = _PLUGIN_NEEDS.get(name, "")
+            rules.extend(Rule(kind, pattern, -1, needs=needs) for pattern in patterns)
     return tuple(rules)
