@@ -162,6 +162,7 @@ def _templates() -> list[tuple[str, tuple[str, ...], str]]:
     )
     add("mysql_password_flag", "mysql --password=Qz8!vv0pLm -h db", "Qz8!vv0pLm")
     add("yaml_password", 'database:\n  username: app\n  password: "c0rrect horse"', "c0rrect horse")
+    add("yaml_bare_password", "redis:\n  host: cache.internal\n  password: tangerinecloud\n", "tangerinecloud")
     add("django_secret_key", "SECRET_KEY = 'dj-" + (django := rand(ALNUM + "!@#%^&*", 46)) + "'", django)
     hf = "hf_" + rand(ALNUM, 34)
     add("huggingface_token", f"huggingface-cli login --token {hf}", hf)

@@ -98,6 +98,15 @@ def _plausible_bare_value(value: str) -> bool:
     return _plausible_value(value) and not _CODE_LIKE.match(value)
 
 
+#: A type name where a value would be (``SecretStr``, ``Token``, ``bytes``).
+_TYPE_NAME = re.compile(r"^(?:[A-Z][a-z]+)+$|^(?:bytes|float|double|text|varchar|char)$|^[A-Za-z_]\w*(?:\.\w+)+$")
+
+
+def _literal_value(value: str) -> bool:
+    """A value on a config line: anything but a placeholder, a type name, an attribute or a reference."""
+    return _plausible_value(value) and not _TYPE_NAME.match(value) and not value.startswith(("$", "!", "&", "*"))
+
+
 def _credential_like(value: str) -> bool:
     """Not a plain word: letters mixed with digits or symbols, or mixed case."""
     classes = sum(bool(re.search(pattern, value)) for pattern in (r"[a-z]", r"[A-Z]", r"\d", r"[+/=_\-.~]"))
@@ -208,6 +217,15 @@ GENERIC_RULES: tuple[Rule, ...] = (
         r"(?i)" + _SECRET_NAME + _ASSIGN + r"([^\s\"'`,;()\[\]{}<>]{6,})",
         group=1,
         check=_plausible_bare_value,
+        distinctive=False,
+    ),
+    # A YAML line "password: hunter": the value is a literal, even a bare word,
+    # unless it reads as a type (``password: str``, ``token: Optional[str]``, ``secret: SecretStr``).
+    _rule(
+        "assigned_secret",
+        r"(?im)^[ \t]*-?[ \t]*" + _SECRET_NAME + r"[ \t]*:[ \t]*([^\s\[\](){}<>,;|\"'`]{4,200})[ \t]*$",
+        group=1,
+        check=_literal_value,
         distinctive=False,
     ),
     # Connection-string fields: AccountKey=…; Password=…; SharedAccessKey=…
