@@ -262,9 +262,10 @@ def test_reprocessing_a_changed_or_re_versioned_session_keeps_one_evidence_row_p
     quote = squash(plain_user_texts(session)[0])[:40]
 
     def responder(body: dict[str, Any]) -> Reply:
-        # The same item twice with the same quote, and a near-duplicate of it (same title, other words).
+        # The same item twice with the same quote, and a near-duplicate of it (another title, the same
+        # statement but for one word: merging goes by what the content says, not by the title).
         same = item(quote, title="Notebook per step", content="The user wants a notebook to test each step.")
-        near = item(quote, title="Notebook per step!", content="Testing each step happens in a notebook.")
+        near = item(quote, title="One notebook for steps", content="The user wants a notebook to test every step.")
         return tool_reply([same, same, near])
 
     db = tmp_path / "db.duckdb"

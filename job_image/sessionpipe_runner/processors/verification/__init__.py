@@ -2,10 +2,12 @@
 
 For each session: read the conversation from the real transcript format
 (:mod:`~sessionpipe_runner.processors.verification.conversation`), keep its last turns, remove
-secrets (:mod:`~sessionpipe_runner.processors.verification.redaction`), make one forced-tool call
+secrets from each whole turn (:mod:`~sessionpipe_runner.processors.verification.redaction`), then
+shorten long turns, make one forced-tool call
 (:mod:`~sessionpipe_runner.processors.verification.llm`), keep the items whose quote is really in the
-user's words, and store them as knowledge items with evidence
-(:mod:`~sessionpipe_runner.processors.verification.store`).
+user's words (:mod:`~sessionpipe_runner.processors.verification.quotes`), clean and redact what the
+model returned (:mod:`~sessionpipe_runner.processors.verification.untrusted`), and store them as
+knowledge items with evidence (:mod:`~sessionpipe_runner.processors.verification.store`).
 
 An LLM failure fails the session (it is retried on later runs and quarantined after repeated
 failures); it is never recorded as a success with zero items. A session with no user text needs no
@@ -24,6 +26,7 @@ config key                 environment                            default
 ``max_output_tokens``                                             4096
 ``max_retries``                                                   5
 ``timeout_seconds``                                               120
+``send``                                                          ``conversation`` (or ``user-only``)
 ``base_url``               ``ANTHROPIC_BASE_URL``                 the SDK's (api.anthropic.com)
 (the API key)              ``ANTHROPIC_API_KEY``                  required
 =========================  =====================================  ==================================
@@ -32,13 +35,12 @@ config key                 environment                            default
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx2
 import pydantic
@@ -55,7 +57,7 @@ from sessionpipe_runner.processors.base import (
     SessionFile,
     StopRun,
 )
-from sessionpipe_runner.processors.verification import conversation, llm, redaction, store
+from sessionpipe_runner.processors.verification import conversation, llm, quotes, redaction, store, untrusted
 from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
 
 if TYPE_CHECKING:
@@ -84,6 +86,8 @@ class VerificationSettings(BaseModel):
     max_retries: int = Field(default=5, ge=0, le=20)
     timeout_seconds: float = Field(default=120.0, gt=0)
     base_url: str | None = None
+    #: ``conversation``: user and assistant text; ``user-only``: the user's text alone.
+    send: Literal["conversation", "user-only"] = "conversation"
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[VerificationSettings, str]:
@@ -161,23 +165,26 @@ class _Prepared:
     issues: Counter[str] = field(default_factory=Counter)
 
 
-#: Quote marks (straight, curly, guillemets) and ellipses a model may wrap around a quote.
-_MARKS = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb"
-_QUOTE_ENDS = re.compile(rf"^[\s{_MARKS}]*(?:\.\.\.|\u2026)?\s*|\s*(?:\.\.\.|\u2026)?[\s{_MARKS}]*$")
-
-
 def quote_in_user_text(quote: str, user_texts: Sequence[str]) -> bool:
-    """Whether ``quote`` (whitespace-normalised, wrapping quote marks and ellipses ignored) is in a user turn."""
-    wanted = conversation.normalise_space(_QUOTE_ENDS.sub("", conversation.unescape_markers(quote)))
-    return bool(wanted) and any(wanted in text for text in user_texts)
+    """Whether ``quote`` backs an item by the rule of :mod:`.quotes`."""
+    return quotes.check_quote(quote, user_texts).accepted
 
 
-def prepare(data: bytes, max_turns: int, max_turn_chars: int) -> _Prepared:
-    """The redacted conversation to send, and the user texts quotes are checked against."""
+def prepare(data: bytes, max_turns: int, max_turn_chars: int, *, user_only: bool = False) -> _Prepared:
+    """The redacted conversation to send, and the user texts quotes are checked against.
+
+    Each whole turn is redacted before it is shortened: a cut made first could leave a value
+    without the keyword, or the BEGIN line, that identifies it. ``user_only`` leaves out the
+    assistant's turns (the ``send: user-only`` setting).
+    """
     issues: Counter[str] = Counter()
-    turns = conversation.window(conversation.extract_turns(data, issues), max_turns, max_turn_chars)
+    turns = conversation.extract_turns(data, issues)
+    if user_only:
+        turns = [turn for turn in turns if turn.role == "user"]
     redactions: Counter[str] = Counter()
-    cleaned = [conversation.Turn(turn.role, redaction.redact(turn.text, redactions)[0]) for turn in turns]
+    kept = turns[-max_turns:] if max_turns > 0 else turns
+    redacted = [conversation.Turn(turn.role, redaction.redact(turn.text, redactions)[0]) for turn in kept]
+    cleaned = conversation.window(redacted, max_turns, max_turn_chars)
     for kind, count in redactions.items():
         issues[f"redacted_{kind}"] += count
     user_texts = [conversation.normalise_space(turn.text) for turn in cleaned if turn.role == "user"]
@@ -242,7 +249,7 @@ class VerificationProcessor(Processor):
         if self._client is None:
             raise RuntimeError("start() was not called")
         settings = self._settings
-        prepared = prepare(data, settings.max_turns, settings.max_turn_chars)
+        prepared = prepare(data, settings.max_turns, settings.max_turn_chars, user_only=settings.send == "user-only")
         issues = prepared.issues
         if not prepared.user_texts:
             issues["no_user_text"] += 1
@@ -256,6 +263,7 @@ class VerificationProcessor(Processor):
             raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
         finally:
             self.budget.tokens_used += stats.total_tokens
+        issues.update(stats.problems)
         counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
         if stats.retries:
             counters["llm_retries"] += stats.retries
@@ -276,20 +284,31 @@ class VerificationProcessor(Processor):
 
     @staticmethod
     def _accept(extraction: Extraction, user_texts: Sequence[str], issues: Counter[str]) -> list[store.AcceptedItem]:
-        """The items whose quote is in the user's own words (the others are counted and dropped)."""
+        """The items whose quote backs them (:mod:`.quotes`; the others are counted and dropped).
+
+        Every returned field is untrusted: control characters are stripped and secrets the model
+        echoed are redacted (:func:`.untrusted.clean_field`); the stored quote is the checked text.
+        """
         accepted = []
         for item in extraction.items:
-            if not quote_in_user_text(item.user_quote, user_texts):
-                issues["quote_not_found"] += 1
+            check = quotes.check_quote(item.user_quote, user_texts)
+            if check.problem is not None:
+                issues[check.problem] += 1
+                continue
+            title = untrusted.clean_field(item.title, issues)
+            content = untrusted.clean_field(item.content, issues)
+            entities = (untrusted.clean_field(entity, issues) for entity in item.entities)
+            if not title or not content:
+                issues["item_empty_after_cleaning"] += 1
                 continue
             accepted.append(
                 store.AcceptedItem(
                     detection_type=item.detection_type,
-                    title=item.title,
-                    content=item.content,
-                    user_quote=conversation.unescape_markers(item.user_quote),
+                    title=title,
+                    content=content,
+                    user_quote=untrusted.clean_field(check.quote, issues),
                     domain=item.domain.value,
-                    entities=tuple(dict.fromkeys(item.entities)),
+                    entities=tuple(dict.fromkeys(entity for entity in entities if entity)),
                     confidence=CONFIDENCE[item.detection_type],
                 )
             )

@@ -5,9 +5,12 @@ A transcript line has no top-level ``role`` or ``content``: the text lives in ``
 ``tool_use``, ``tool_result``…). Only what a person would call the conversation is kept:
 
 - user text the user wrote: a string ``content`` or its ``text`` blocks, without tool results, without
-  meta lines (``isMeta``: expanded slash-command prompts, caveats) and without the wrappers Claude Code
-  puts around local commands (``<command-name>``, ``<local-command-stdout>``…); the arguments a user
-  typed after a slash command (``<command-args>``) are the user's words and stay;
+  the ``user`` lines Claude Code writes itself (:data:`NOT_TYPED_FLAGS`: ``isMeta`` expanded
+  slash-command prompts and caveats, ``isCompactSummary`` compaction summaries, which are the
+  assistant's writing, lines carrying a ``toolUseResult``…) and without the wrappers Claude Code puts
+  around local commands, hooks and reminders (``<command-name>``, ``<local-command-stdout>``,
+  ``<user-prompt-submit-hook>``…); the arguments a user typed after a slash command
+  (``<command-args>``) and a ``!`` shell input (``<bash-input>``) are the user's words and stay;
 - assistant text blocks, without thinking and tool calls;
 - nothing from sidechains (``isSidechain``): there the "user" is the main assistant briefing a
   subagent, and quoting it as the user's words would be wrong.
@@ -40,7 +43,11 @@ _DROPPED_ELEMENTS = (
     "bash-stderr",
     "system-reminder",
     "user-memory-input",
+    "user-prompt-submit-hook",
 )
+#: Line flags and fields that mark a ``user`` line the user did not type.
+NOT_TYPED_FLAGS = ("isMeta", "isCompactSummary", "isVisibleInTranscriptOnly")
+NOT_TYPED_FIELDS = ("toolUseResult", "sourceToolUseID")
 _DROPPED = re.compile(
     r"<(" + "|".join(_DROPPED_ELEMENTS) + r")>.*?</\1>",
     re.DOTALL,
@@ -102,7 +109,9 @@ def _pieces(data: bytes, issues: Counter[str]) -> Iterable[tuple[Role, str, str 
         kind = line.get("type")
         if kind not in ("user", "assistant"):
             continue
-        if line.get("isSidechain") is True or line.get("isMeta") is True:
+        if line.get("isSidechain") is True or any(line.get(flag) is True for flag in NOT_TYPED_FLAGS):
+            continue
+        if kind == "user" and any(line.get(name) is not None for name in NOT_TYPED_FIELDS):
             continue
         message = line.get("message")
         if not isinstance(message, dict):
@@ -145,13 +154,26 @@ def window(turns: Sequence[Turn], max_turns: int, max_turn_chars: int) -> list[T
     return [Turn(turn.role, shorten(turn.text, max_turn_chars)) for turn in kept]
 
 
+_PLACEHOLDER = re.compile(r"\[REDACTED:[a-z0-9_]+\]")
+
+
 def shorten(text: str, limit: int) -> str:
-    """``text`` cut in the middle to at most about ``limit`` characters, marking the cut."""
+    """``text`` cut in the middle to at most about ``limit`` characters, marking the cut.
+
+    The text is already redacted (redaction needs the whole text: a cut could separate a secret
+    from what identifies it); a cut never splits a ``[REDACTED:…]`` placeholder, it moves outside.
+    """
     if limit <= 0 or len(text) <= limit:
         return text
     head = limit * 2 // 3
-    tail = limit - head
-    return f"{text[:head]}\n[… {len(text) - limit} characters left out …]\n{text[-tail:]}"
+    tail_start = len(text) - (limit - head)
+    for placeholder in _PLACEHOLDER.finditer(text, max(0, head - 64), min(len(text), tail_start + 64)):
+        if placeholder.start() < head < placeholder.end():
+            head = placeholder.start()
+        if placeholder.start() < tail_start < placeholder.end():
+            tail_start = placeholder.end()
+    left_out = tail_start - head
+    return f"{text[:head]}\n[… {left_out} characters left out …]\n{text[tail_start:]}"
 
 
 def escape_markers(text: str) -> str:

@@ -12,12 +12,19 @@ Errors come out in three kinds:
 - :class:`LLMError`: this call failed for good (retries ran out, the request was rejected, the output
   stayed malformed after its repair). The session fails; it is retried on a later run.
 - anything raised by ``before_call`` (the run's budget) passes through untouched.
+
+The answer is untrusted (:mod:`.untrusted`): one larger than ``MAX_RESPONSE_CHARS`` is refused as
+malformed, the repair call sends back only a bounded copy of it, and usage counts that are not
+sane non-negative integers are replaced by the call's own estimate; each is counted in
+``CallStats.problems``.
 """
 
 from __future__ import annotations
 
+import json
 import random as random_module
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -27,7 +34,7 @@ import httpx2
 import pydantic
 from anthropic.types import Message
 
-from sessionpipe_runner.processors.verification import prompt
+from sessionpipe_runner.processors.verification import prompt, untrusted
 from sessionpipe_runner.processors.verification.schema import Extraction
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -83,17 +90,29 @@ class CallStats:
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
     retried_because: dict[str, int] = field(default_factory=dict)
+    #: Answers that broke a bound, by reason (``llm_response_too_large``…): issues of the session.
+    problems: Counter[str] = field(default_factory=Counter)
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_write_tokens + self.cache_read_tokens
 
-    def add_usage(self, message: Message) -> None:
+    def add_usage(self, message: Message, estimate: int = 0, max_output: int = 0) -> None:
+        """Add an answer's usage; a count that is not a sane non-negative int counts as ``estimate``
+        (input) or ``max_output`` (output) instead, so one bad answer cannot wreck a budget."""
         usage = message.usage
-        self.input_tokens += usage.input_tokens or 0
-        self.output_tokens += usage.output_tokens or 0
-        self.cache_write_tokens += usage.cache_creation_input_tokens or 0
-        self.cache_read_tokens += usage.cache_read_input_tokens or 0
+        fields = (
+            ("input_tokens", usage.input_tokens, estimate),
+            ("output_tokens", usage.output_tokens, max_output),
+            ("cache_write_tokens", usage.cache_creation_input_tokens, 0),
+            ("cache_read_tokens", usage.cache_read_input_tokens, 0),
+        )
+        for name, value, fallback in fields:
+            count = value or 0
+            if not untrusted.valid_token_count(count):
+                self.problems["llm_usage_invalid"] += 1
+                count = fallback
+            setattr(self, name, getattr(self, name) + count)
 
 
 def make_client(
@@ -187,7 +206,8 @@ class ExtractionClient:
             except anthropic.APIConnectionError as error:
                 reason, retry_after, last = "connection", None, error
             else:
-                stats.add_usage(message)
+                estimate = prompt.estimate_tokens(prompt.fixed_prompt_text(), json.dumps(messages))
+                stats.add_usage(message, estimate, self.max_output_tokens)
                 return message
             if retry >= self.policy.max_retries:
                 raise LLMError(
@@ -212,25 +232,45 @@ class ExtractionClient:
         messages: list[dict[str, Any]] = [prompt.user_message(conversation)]
         before_call(self.estimate(messages))
         answer = self.send(messages, stats)
-        extraction, problem, tool_use_id = parse(answer)
+        extraction, problem, tool_use_id = parse(answer, stats.problems)
         if extraction is not None:
             return extraction
-        messages += prompt.repair_messages(_replayable_content(answer, tool_use_id), tool_use_id, problem)
+        messages += prompt.repair_messages(
+            _replayable_content(answer, tool_use_id, stats.problems), tool_use_id, problem
+        )
         before_call(self.estimate(messages))
         stats.repairs += 1
         repaired = self.send(messages, stats)
-        extraction, second_problem, _ = parse(repaired)
+        extraction, second_problem, _ = parse(repaired, stats.problems)
         if extraction is not None:
             return extraction
         raise MalformedOutput(f"the model's output was malformed twice; first: {problem}; then: {second_problem}")
 
 
-def parse(message: Message) -> tuple[Extraction | None, str, str | None]:
-    """(the validated extraction or None, what was wrong, the tool_use id to answer) of one answer."""
+def response_size(message: Message) -> int:
+    """Characters of text and of tool input in an answer."""
+    return sum(
+        len(block.text) if block.type == "text" else len(json.dumps(block.input)) if block.type == "tool_use" else 0
+        for block in message.content
+    )
+
+
+def parse(message: Message, problems: Counter[str] | None = None) -> tuple[Extraction | None, str, str | None]:
+    """(the validated extraction or None, what was wrong, the tool_use id to answer) of one answer.
+
+    An answer larger than :data:`.untrusted.MAX_RESPONSE_CHARS` is refused unread
+    (``llm_response_too_large`` in ``problems``).
+    """
     tool_uses = [block for block in message.content if block.type == "tool_use" and block.name == prompt.TOOL_NAME]
     if not tool_uses:
         return None, f"no call of the {prompt.TOOL_NAME} tool in the answer", None
     tool_use = tool_uses[0]
+    size = response_size(message)
+    if size > untrusted.MAX_RESPONSE_CHARS:
+        if problems is not None:
+            problems["llm_response_too_large"] += 1
+        limit = untrusted.MAX_RESPONSE_CHARS
+        return None, f"the answer had {size} characters, more than {limit}: call the tool alone", tool_use.id
     cut_off = " (the answer was cut off at max_tokens: return fewer, shorter items)"
     try:
         return Extraction.model_validate(tool_use.input), "", tool_use.id
@@ -241,15 +281,26 @@ def parse(message: Message) -> tuple[Extraction | None, str, str | None]:
         return None, problem, tool_use.id
 
 
-def _replayable_content(message: Message, tool_use_id: str | None) -> list[dict[str, Any]]:
+def _replayable_content(
+    message: Message, tool_use_id: str | None, problems: Counter[str] | None = None
+) -> list[dict[str, Any]]:
     """The answer's text and the one tool call being answered, as request blocks for the repair.
 
-    Other tool calls are left out: every tool call sent back needs its own tool_result.
+    Other tool calls are left out: every tool call sent back needs its own tool_result. Long text
+    and tool-input strings and lists are cut (:func:`.untrusted.bounded`), so the repair request
+    stays small whatever the model wrote (``llm_repair_input_cut`` in ``problems``).
     """
     blocks: list[dict[str, Any]] = []
+    cut = False
     for block in message.content:
         if block.type == "text":
-            blocks.append({"type": "text", "text": block.text})
+            text, text_cut = untrusted.bounded(block.text)
+            blocks.append({"type": "text", "text": text})
+            cut = cut or text_cut
         elif block.type == "tool_use" and block.id == tool_use_id:
-            blocks.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+            tool_input, input_cut = untrusted.bounded(block.input)
+            blocks.append({"type": "tool_use", "id": block.id, "name": block.name, "input": tool_input})
+            cut = cut or input_cut
+    if cut and problems is not None:
+        problems["llm_repair_input_cut"] += 1
     return blocks or [{"type": "text", "text": "(no answer)"}]

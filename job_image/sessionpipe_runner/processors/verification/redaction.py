@@ -1,101 +1,212 @@
-"""Removing secrets from text before it leaves the process.
+"""Removing secrets from text before it leaves the process (and from what the model sends back).
 
-Every piece of transcript text is passed through :func:`redact` before it is put into a request.
-Each secret is replaced by ``[REDACTED:<kind>]`` and counted by kind; the counts travel in the
-session's ``Output.issues`` (``redacted_<kind>``) so that a run summary shows how much was removed.
+Every piece of transcript text is passed through :func:`redact` *whole*, before it is shortened or
+put into a request: a cut made first could separate a value from the keyword or the BEGIN line
+that identifies it. Each secret is replaced by ``[REDACTED:<kind>]`` and counted by kind; the counts
+travel in the session's ``Output.issues`` (``redacted_<kind>``) so that a run summary shows how much
+was removed. The formats are data, in :mod:`.secret_rules`.
+
+Secrets are looked for in the text as it is and in three views of it, each mapped back to the
+original characters so that the right span is removed:
+
+- the text with escapes decoded (``\\u005f``, ``\\x5f``, ``\\"`` of an escaped JSON string);
+- the text with line breaks between two characters removed (a token split across two lines), for
+  the distinctive formats only;
+- each base64 run decoded (``QVdTX1NFQ1JFVF9BQ0NFU1NfS0VZPS4uLg==``): when the decoded text holds
+  a secret, the whole run is removed as ``encoded_secret``.
 
 The patterns favour removing too much: a false positive costs a few words of context, a false
-negative sends a credential to a third party. Order matters: specific patterns run before general
-ones (an Anthropic key also looks like an OpenAI one), and every replacement is itself immune to the
-later patterns.
+negative sends a credential to a third party.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from sessionpipe_runner.processors.verification.secret_rules import (
+    CARD_NUMBER,
+    GENERIC_RULES,
+    PLACEHOLDER_PREFIX,
+    SPECIFIC_RULES,
+    Rule,
+    detector_rules,
+)
+
 PLACEHOLDER = "[REDACTED:{kind}]"
+_PLACEHOLDER = re.compile(r"\[REDACTED:[a-z0-9_]+\]")
+
+
+def rules() -> tuple[Rule, ...]:
+    """Every rule, most specific first (the first of overlapping findings names the kind)."""
+    return (*SPECIFIC_RULES, *detector_rules(), *GENERIC_RULES, CARD_NUMBER)
 
 
 @dataclass(frozen=True)
-class _Rule:
+class _Finding:
+    start: int
+    end: int
     kind: str
-    pattern: re.Pattern[str]
-    #: The regex group holding the secret; 0 is the whole match. Only that part is replaced, so
-    #: that ``password=`` or ``Bearer`` stay readable around the placeholder.
-    group: int = 0
+    priority: int
 
 
-def _rule(kind: str, pattern: str, group: int = 0, flags: int = 0) -> _Rule:
-    return _Rule(kind, re.compile(pattern, flags), group)
+def _secret_span(rule: Rule, match: re.Match[str]) -> tuple[int, int] | None:
+    group = rule.group
+    if group == -1:  # a detector pattern: its first group when that is a value, else the whole match
+        first = match.group(1) if match.re.groups else None
+        group = 1 if first is not None and len(first) >= 8 else 0
+    if match.group(group) is None:
+        return None
+    start, end = match.span(group)
+    return (start, end) if end > start else None
 
 
-# Distinctive prefixes (``sk-ant-``, ``ghp_``, ``AIza``…) match anywhere, even glued to other text.
-# Only the generic OpenAI form ``sk-<alphanumerics>`` needs a start boundary: without it words such as
-# ``risk-assessment…`` would lose their tail.
-_START = r"(?<![A-Za-z0-9_\-])"
-
-RULES: tuple[_Rule, ...] = (
-    # Whole PEM blocks, and a BEGIN line whose END never came (a truncated paste): up to the end.
-    _rule(
-        "private_key",
-        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|.*\Z)",
-        flags=re.DOTALL,
-    ),
-    _rule("anthropic_key", r"sk-ant-[A-Za-z0-9_\-]{16,}"),
-    # OpenAI: sk-proj-…, sk-svcacct-…, sk-admin-…, and the older sk-<48 alphanumerics>.
-    _rule("openai_key", r"sk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{16,}"),
-    _rule("openai_key", _START + r"sk-[A-Za-z0-9]{20,}"),
-    _rule("aws_access_key_id", r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}(?![A-Z0-9])"),
-    _rule(
-        "aws_secret_access_key",
-        r"(?i)aws_?secret_?(?:access_?)?key[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])",
-        group=1,
-    ),
-    _rule("github_token", r"gh[pousr]_[A-Za-z0-9]{30,}"),
-    _rule("github_token", r"github_pat_[A-Za-z0-9_]{20,}"),
-    _rule("slack_token", r"xox[abposre]-[A-Za-z0-9\-]{10,}"),
-    _rule("slack_webhook", r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/\-]+"),
-    _rule("google_api_key", r"AIza[0-9A-Za-z_\-]{35}"),
-    _rule("stripe_key", r"(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}"),
-    _rule("stripe_key", r"whsec_[0-9A-Za-z]{24,}"),
-    _rule("jwt", r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
-    # Authorization headers and their look-alikes: keep the scheme, remove the credential.
-    _rule("bearer_token", r"(?i)\bbearer\s+([A-Za-z0-9\-._~+/]{12,}=*)", group=1),
-    _rule("basic_auth", r"(?i)\bbasic\s+([A-Za-z0-9+/]{12,}={0,2})(?![A-Za-z0-9+/=])", group=1),
-    # scheme://user:password@host — the password only.
-    # The password may itself hold "@": it runs to the last "@" before the host.
-    _rule("url_password", r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:([^\s/]+)@", group=1),
-    # password=…, api_key: "…", secret_token = … in configs, env files and commands.
-    _rule(
-        "assigned_secret",
-        r"(?i)\b(?:[A-Z0-9_]*_)?(?:password|passwd|pwd|secret|api_?key|access_?token|auth_?token|"
-        r"client_?secret|private_?key)[\"']?\s*[:=]\s*[\"']?([^\s\"'`,;]{8,})",
-        group=1,
-    ),
-)
+def _find(text: str, selected: Sequence[tuple[int, Rule]]) -> Iterable[_Finding]:
+    lowered = text.lower() if any(rule.needs for _, rule in selected) else text
+    for priority, rule in selected:
+        if rule.needs and rule.needs not in lowered:
+            continue
+        for match in rule.pattern.finditer(text):
+            span = _secret_span(rule, match)
+            if span is None:
+                continue
+            value = text[span[0] : span[1]]
+            if value.startswith(PLACEHOLDER_PREFIX) or (rule.check is not None and not rule.check(value)):
+                continue
+            yield _Finding(span[0], span[1], rule.kind, priority)
 
 
-def _replace(kind: str, group: int, counts: Counter[str]) -> Callable[[re.Match[str]], str]:
-    def substitute(match: re.Match[str]) -> str:
-        secret = match.group(group)
-        if secret.startswith("[REDACTED:"):
-            return match.group(0)  # already removed by an earlier, more specific rule
-        counts[kind] += 1
-        start, end = match.span(group)
-        offset = match.start(0)
-        whole = match.group(0)
-        return whole[: start - offset] + PLACEHOLDER.format(kind=kind) + whole[end - offset :]
+# --- views: the text decoded or re-joined, with each character's position in the original --------------
+@dataclass(frozen=True)
+class _View:
+    text: str
+    #: ``origin[i]`` is the index in the original text of the view's character ``i``;
+    #: ``origin[len(text)]`` is the end of the original text.
+    origin: list[int]
 
-    return substitute
+    def original_span(self, start: int, end: int) -> tuple[int, int]:
+        # Up to the next kept character: an escape sequence or a removed line break ends inside the span.
+        return self.origin[start], self.origin[end]
+
+
+def _rewritten(text: str, pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str]) -> _View | None:
+    """``text`` with every match of ``pattern`` replaced; None when nothing matched."""
+    pieces: list[str] = []
+    origin: list[int] = []
+    position = 0
+    for match in pattern.finditer(text):
+        pieces.append(text[position : match.start()])
+        origin.extend(range(position, match.start()))
+        replacement = replace(match)
+        pieces.append(replacement)
+        origin.extend([match.start()] * len(replacement))
+        position = match.end()
+    if not pieces:
+        return None
+    pieces.append(text[position:])
+    origin.extend(range(position, len(text) + 1))
+    return _View("".join(pieces), origin)
+
+
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([\"'\\/]))")
+
+
+def _decode_escape(match: re.Match[str]) -> str:
+    hex_code = match.group(1) or match.group(2)
+    return chr(int(hex_code, 16)) if hex_code else match.group(3)
+
+
+def _unescaped(text: str) -> _View | None:
+    """``text`` with ``\\uXXXX``, ``\\xXX`` and quote escapes decoded; None when it has none."""
+    return _rewritten(text, _ESCAPE, _decode_escape) if "\\" in text else None
+
+
+#: A line break between two token characters, with what splits a string over lines in code (``" +``).
+_LINE_BREAK = re.compile(r"(?<=[A-Za-z0-9_\-+/=])(?:[\"']?[ \t]*\+?[ \t]*\\?\r?\n[ \t]*[\"']?)(?=[A-Za-z0-9_\-+/=])")
+
+
+def _joined(text: str) -> _View | None:
+    """``text`` with line breaks between two token characters removed; None when there are none."""
+    return _rewritten(text, _LINE_BREAK, lambda match: "")
+
+
+_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{20,}={0,2}(?![A-Za-z0-9+/=_\-])")
+
+
+def _decoded_base64(run: str) -> str | None:
+    """The text a base64 run stands for, when it decodes to readable text."""
+    bare = run.rstrip("=")
+    padded = bare + "=" * (-len(bare) % 4)
+    try:
+        raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        decoded = raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    printable = sum(char.isprintable() or char in "\n\t\r" for char in decoded)
+    return decoded if decoded and printable >= 0.95 * len(decoded) else None
+
+
+def _view_findings(view: _View, selected: Sequence[tuple[int, Rule]]) -> Iterable[_Finding]:
+    for finding in _find(view.text, selected):
+        start, end = view.original_span(finding.start, finding.end)
+        yield _Finding(start, end, finding.kind, finding.priority)
+
+
+def _findings(text: str, depth: int = 0) -> list[_Finding]:
+    """Every secret in ``text`` and its views."""
+    ordered = list(enumerate(rules()))
+    found = list(_find(text, ordered))
+    unescaped = _unescaped(text)
+    if unescaped is not None:
+        found.extend(_view_findings(unescaped, ordered))
+    joined = _joined(text)
+    if joined is not None:
+        distinctive = [(priority, rule) for priority, rule in ordered if rule.distinctive]
+        found.extend(_view_findings(joined, distinctive))
+    if depth < 2:
+        for match in _BASE64_RUN.finditer(text):
+            decoded = _decoded_base64(match.group(0))
+            if decoded is not None and _findings(decoded, depth + 1):
+                found.append(_Finding(match.start(), match.end(), "encoded_secret", len(ordered)))
+    return found
+
+
+def _merged(findings: Iterable[_Finding]) -> list[_Finding]:
+    """Overlapping findings as one span each, named by the highest-priority finding among them."""
+    merged: list[_Finding] = []
+    for finding in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if merged and finding.start < merged[-1].end:
+            last = merged[-1]
+            best = last if last.priority <= finding.priority else finding
+            merged[-1] = _Finding(last.start, max(last.end, finding.end), best.kind, best.priority)
+        else:
+            merged.append(finding)
+    return merged
 
 
 def redact(text: str, counts: Counter[str] | None = None) -> tuple[str, Counter[str]]:
     """``text`` with every secret replaced, and the number removed by kind (added to ``counts``)."""
     found: Counter[str] = counts if counts is not None else Counter()
-    for rule in RULES:
-        text = rule.pattern.sub(_replace(rule.kind, rule.group, found), text)
-    return text, found
+    pieces: list[str] = []
+    position = 0
+    for finding in _merged(_findings(text)):
+        start, end = finding.start, finding.end
+        # A placeholder already in the text stays whole: never cut one in two.
+        for placeholder in _PLACEHOLDER.finditer(text, max(0, start - 40), min(len(text), end + 40)):
+            if placeholder.start() < start < placeholder.end():
+                start = placeholder.start()
+            if placeholder.start() < end < placeholder.end():
+                end = placeholder.end()
+        start = max(start, position)
+        if end <= start:
+            continue
+        pieces.append(text[position:start])
+        pieces.append(PLACEHOLDER.format(kind=finding.kind))
+        found[finding.kind] += 1
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces), found

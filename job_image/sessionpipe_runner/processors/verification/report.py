@@ -1,4 +1,8 @@
-"""``sessionpipe report verification``: knowledge items with their evidence counts and sources."""
+"""``sessionpipe report verification``: knowledge items with their evidence counts and sources.
+
+Every text the model produced is printed through :func:`.untrusted.for_terminal`: a database
+written before control characters were stripped on the way in still cannot drive the terminal.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import argparse
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sessionpipe_runner.names import printable
 from sessionpipe_runner.processors.verification.store import EVIDENCE, ITEMS
+from sessionpipe_runner.processors.verification.untrusted import for_terminal
 from sessionpipe_runner.reports import Report, require_table
 
 if TYPE_CHECKING:
@@ -76,7 +80,7 @@ def _iso(epoch_ms: int) -> str:
 
 def _preview(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= QUOTE_PREVIEW else text[: QUOTE_PREVIEW - 1] + "…"
+    return for_terminal(text if len(text) <= QUOTE_PREVIEW else text[: QUOTE_PREVIEW - 1] + "…")
 
 
 def render_text(data: dict[str, Any]) -> str:
@@ -88,12 +92,13 @@ def render_text(data: dict[str, Any]) -> str:
     lines = [f"{totals['items']} knowledge items ({kinds}), {totals['evidence']} pieces of evidence", ""]
     for item in data["items"]:
         lines.append(
-            f"[{item['detection_type']}] {item['title']}  ({item['domain']}, confidence {item['confidence']:.2f}, "
+            f"[{for_terminal(item['detection_type'])}] {for_terminal(item['title'])}  "
+            f"({for_terminal(item['domain'])}, confidence {item['confidence']:.2f}, "
             f"evidence {item['evidence_count']} in {item['session_count']} session(s))"
         )
         lines.append(f"    {_preview(item['content'])}")
         for source in item["sources"]:
-            lines.append(f'    - {printable(source["session_file"])}: "{_preview(source["quote"])}"')
+            lines.append(f'    - {for_terminal(source["session_file"])}: "{_preview(source["quote"])}"')
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -6,11 +6,13 @@
   three. Writing a session first deletes that session's evidence, so reprocessing a session (its file
   grew, or the processor's version changed) replaces its evidence instead of adding to it.
 
-A new item that is a near-duplicate of an existing one of the same kind (same normalised title, or
-title and content sharing at least :data:`MERGE_SIMILARITY` of their words) becomes evidence for
-the existing item. Corrections never merge that way: two corrections that read alike may still
-correct different things, so only an identical correction (same id) is the same item. Items left
-with no evidence are deleted.
+A new item that says the same thing as an existing one of the same kind becomes evidence for the
+existing item: their *contents* share at least :data:`MERGE_SIMILARITY` of their words and both are
+negated or neither is (:func:`negated`). A title is only a name: the same title over opposite
+contents ("Deploys go through Helm." / "Deploys never go through Helm.") is two items, and a
+contradiction stays visible instead of lending its evidence to the other side. Corrections never
+merge that way: two corrections that read alike may still correct different things, so only an
+identical correction (same id) is the same item. Items left with no evidence are deleted.
 """
 
 from __future__ import annotations
@@ -133,6 +135,17 @@ def similarity(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
+#: Words that turn a statement into its opposite (after :func:`normalise`, "don't" is "don t").
+_NEGATIONS = frozenset(
+    {"not", "no", "never", "none", "nothing", "nor", "neither", "cannot", "without", "avoid", "t", "instead"}
+)
+
+
+def negated(words: frozenset[str]) -> bool:
+    """Whether a statement's words hold a negation ("never", "not", "don't", "avoid"…)."""
+    return not words.isdisjoint(_NEGATIONS)
+
+
 @dataclass(frozen=True)
 class KnownItem:
     """An existing item, as far as merging needs to know it."""
@@ -140,25 +153,23 @@ class KnownItem:
     item_id: str
     detection_type: str
     normalised_title: str
+    #: The words of the item's content: what it says, which decides a merge.
     words: frozenset[str]
 
 
 def find_duplicate(item: AcceptedItem, known: Iterable[KnownItem]) -> str | None:
     """The id of an existing item ``item`` should merge into, or None.
 
-    Same kind only, never for corrections; an equal normalised title wins, then the most similar
-    item at or above :data:`MERGE_SIMILARITY`.
+    Same kind only, never for corrections; the existing item whose content is most similar, at or
+    above :data:`MERGE_SIMILARITY`, with the same polarity (both negated or neither).
     """
     if item.detection_type is DetectionType.CORRECTION:
         return None
-    title = normalise(item.title)
-    words = word_set(item.title, item.content)
+    words = word_set(item.content)
     best: tuple[float, str] | None = None
     for other in known:
-        if other.detection_type != item.detection_type.value:
+        if other.detection_type != item.detection_type.value or negated(other.words) != negated(words):
             continue
-        if other.normalised_title == title:
-            return other.item_id
         score = similarity(words, other.words)
         if score >= MERGE_SIMILARITY and (best is None or score > best[0]):
             best = (score, other.item_id)
@@ -167,10 +178,10 @@ def find_duplicate(item: AcceptedItem, known: Iterable[KnownItem]) -> str | None
 
 def _known_items(con: duckdb.DuckDBPyConnection) -> dict[str, KnownItem]:
     rows = con.execute(
-        f"SELECT item_id, detection_type, normalised_title, title, content FROM {ITEMS} WHERE detection_type <> ?",
+        f"SELECT item_id, detection_type, normalised_title, content FROM {ITEMS} WHERE detection_type <> ?",
         [DetectionType.CORRECTION.value],
     ).fetchall()
-    return {row[0]: KnownItem(row[0], row[1], row[2], word_set(row[3], row[4])) for row in rows}
+    return {row[0]: KnownItem(row[0], row[1], row[2], word_set(row[3])) for row in rows}
 
 
 def _item_exists(con: duckdb.DuckDBPyConnection, item: str) -> bool:
@@ -228,7 +239,7 @@ def replace_sessions(con: duckdb.DuckDBPyConnection, extractions: Sequence[Sessi
                 )
                 if item.detection_type is not DetectionType.CORRECTION:
                     known[exact] = KnownItem(
-                        exact, item.detection_type.value, normalise(item.title), word_set(item.title, item.content)
+                        exact, item.detection_type.value, normalise(item.title), word_set(item.content)
                     )
             else:
                 con.execute(
