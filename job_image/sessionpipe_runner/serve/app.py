@@ -7,7 +7,6 @@ so, or one line for the API and probes); nothing ever answers with a traceback.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,7 +162,6 @@ def create_app(database: Path, default_tz: str | None = None) -> Starlette:
         routes=routes,
         exception_handlers={
             QueryError: bad_request,
-            argparse.ArgumentError: bad_request,
             NoData: no_data,
             ReportError: bad_request,
             SnapshotUnavailable: unavailable,
