@@ -39,7 +39,7 @@ image-smoke: images
 
 # Headless Chromium (Debian's package, installed when missing) for the dashboard's browser test.
 browser:
-	scripts/ensure-browser.sh
+	scripts/install-missing.sh chromium=chromium
 
 ccusage: $(STAMP)
 	$(BIN)/python -m tests.ccusage

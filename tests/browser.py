@@ -25,7 +25,7 @@ from typing import Any
 
 import websocket
 
-#: The Debian package's binary; ``make browser`` (scripts/ensure-browser.sh) installs it.
+#: The Debian package's binary; ``make browser`` installs it.
 BINARY_NAMES = ("chromium", "chromium-browser")
 
 
