@@ -23,7 +23,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionpipe_runner.processors import registry
-from sessionpipe_runner.processors.usage.report import local_timezone, usage_by_user_and_model
+from sessionpipe_runner.processors.usage.report import local_timezone, materialize_calls, usage_by_user_and_model
 from sessionpipe_runner.reports import NoData, ReportError, report_json
 from sessionpipe_runner.serve import pages
 from sessionpipe_runner.serve.charts import money, short_number
@@ -71,7 +71,7 @@ class Dashboard:
     """The app's state: the snapshot, the reports' query parsers, the templates, the default zone."""
 
     def __init__(self, database: Path, default_tz: str | None = None) -> None:
-        self.source = SnapshotSource(database)
+        self.source = SnapshotSource(database, prepare=materialize_calls)
         self.default_tz = default_tz or local_timezone()
         self.usage = report_query(_report("usage"))
         self.verification = report_query(_report("verification"))
@@ -85,15 +85,14 @@ class Dashboard:
     # -- probes, metrics, API -------------------------------------------------------------
 
     def healthz(self, request: Request) -> Response:
-        with self.source.connection() as con:
-            con.execute("SELECT count(*) FROM processor_runs").fetchone()
+        with self.source.connection() as snapshot:
+            snapshot.con.execute("SELECT count(*) FROM processor_runs").fetchone()
         return PlainTextResponse("ok\n")
 
     def metrics(self, request: Request) -> Response:
-        with self.source.connection() as con:
-            rows = usage_by_user_and_model(con) if _has_table(con, "usage_messages") else []
-            identity = self.source.identity
-        published = identity[3] / 1e9 if identity else 0.0
+        with self.source.connection() as snapshot:
+            rows = usage_by_user_and_model(snapshot.con) if snapshot.has("usage_messages") else []
+        published = snapshot.identity[3] / 1e9
         return Response(exposition(rows, published), media_type=PROMETHEUS_TEXT)
 
     def api_usage(self, request: Request) -> Response:
@@ -104,14 +103,14 @@ class Dashboard:
 
     def api_runs(self, request: Request) -> Response:
         refuse_parameters(request)
-        with self.source.connection() as con:
-            data = status_data(con)
+        with self.source.connection() as snapshot:
+            data = status_data(snapshot.con)
         return Response(report_json(data), media_type=JSON)
 
     def _report_json(self, query: ReportQuery, request: Request) -> Response:
         args = query.parse(request.query_params.multi_items())
-        with self.source.connection() as con:
-            data = query.report.data(con, args)
+        with self.source.connection() as snapshot:
+            data = query.report.data(snapshot.con, args)
         return Response(report_json(data), media_type=JSON)
 
     # -- pages ----------------------------------------------------------------------------
@@ -121,8 +120,8 @@ class Dashboard:
 
         def endpoint(request: Request) -> Response:
             filters = parse_filters(request.query_params.multi_items(), self.default_tz, extra)
-            with self.source.connection() as con:
-                context = build(con, filters)
+            with self.source.connection() as snapshot:
+                context = build(snapshot, filters)
             context.update(request=request, filters=filters, page=template.removesuffix(".html"))
             return self.templates.TemplateResponse(request, template, context)
 
@@ -147,11 +146,6 @@ def _report(name: str) -> Any:
     if report is None:
         raise RuntimeError(f"processor {name} has no report")
     return report
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()
-    return bool(found and found[0])
 
 
 def _wants_page(request: Request) -> bool:
