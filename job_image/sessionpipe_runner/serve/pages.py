@@ -186,10 +186,19 @@ def runs(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
         (name, {status: float(count) for status, count in info["sessions"].items()})
         for name, info in data["processors"].items()
     ]
+    recent = [
+        (
+            f"{name} {run['started_at'][5:16].replace('T', ' ')}",
+            {run["outcome"]: float(run["summary"].get("processed", 0))},
+        )
+        for name, info in data["processors"].items()
+        for run in reversed(info["last_runs"])
+    ]
     return {
         "processors": data["processors"],
         "troubled": troubled_sessions(snapshot.con),
         "chart": stacked_bars(bars, title="Session files by status, per processor", height=220),
+        "runs_chart": stacked_bars(recent, title="Sessions processed by each recent run, by outcome", height=220),
     }
 
 
