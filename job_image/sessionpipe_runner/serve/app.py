@@ -90,8 +90,7 @@ class Dashboard:
     # -- probes, metrics, API -------------------------------------------------------------
 
     def healthz(self, request: Request) -> Response:
-        with self.source.connection() as snapshot:
-            snapshot.con.execute("SELECT count(*) FROM processor_runs").fetchone()
+        self.source.check()
         return PlainTextResponse("ok\n")
 
     def metrics(self, request: Request) -> Response:
