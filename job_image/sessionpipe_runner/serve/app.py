@@ -94,10 +94,11 @@ class Dashboard:
         return PlainTextResponse("ok\n")
 
     def metrics(self, request: Request) -> Response:
-        with self.source.connection() as snapshot:
+        def compute(snapshot: OpenSnapshot) -> Answer:
             rows = usage_by_user_and_model(snapshot.con) if snapshot.has("usage_messages") else []
-        published = snapshot.identity[3] / 1e9
-        return Response(exposition(rows, published), media_type=PROMETHEUS_TEXT)
+            return Answer(exposition(rows, published=snapshot.identity[3] / 1e9), PROMETHEUS_TEXT)
+
+        return self._answer(request, compute)
 
     def api_usage(self, request: Request) -> Response:
         return self._report_json(self.usage, request)

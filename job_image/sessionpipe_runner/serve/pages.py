@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sessionpipe_runner.processors.usage.groupings import GROUPINGS
-from sessionpipe_runner.processors.usage.report import Selection, block_report, usage_report
+from sessionpipe_runner.processors.usage.report import Selection, block_report, project_folder, usage_report
 from sessionpipe_runner.processors.verification.report import verification_report
 from sessionpipe_runner.processors.verification.store import ITEMS
 from sessionpipe_runner.serve.charts import horizontal_bars, money, stacked_bars
@@ -175,7 +175,7 @@ def verification(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
 
 def _source_matches(source: Mapping[str, Any], filters: Filters) -> bool:
     return (not filters.user or source["user"] == filters.user) and (
-        not filters.project or source.get("project") == filters.project
+        not filters.project or source.get("project") == project_folder(filters.project)
     )
 
 
