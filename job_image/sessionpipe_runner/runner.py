@@ -41,7 +41,7 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import batches, signals, snapshot, store, work
+from sessionpipe_runner import batches, inflight, signals, snapshot, store, work
 from sessionpipe_runner.batches import Batch, BatchWriter
 from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
@@ -63,6 +63,9 @@ __all__ = ["Phase", "Run", "RunSettings", "Terminated", "run", "snapshot_path"]
 OPEN_RETRY_SECONDS = 0.2
 #: Outcomes of candidates that could not be read: skipped, counted under the outcome's name.
 _NOT_READ = frozenset({Outcome.VANISHED, Outcome.UNREADABLE, Outcome.SYMLINK_SKIPPED, Outcome.NOT_A_FILE})
+#: Outcomes of candidates whose processing already happened: with calls in flight, some finish after
+#: another's StopRun, and what they cost is kept, not thrown away.
+_PAID = frozenset({Outcome.PROCESSED, Outcome.FAILED})
 
 
 class Phase:
@@ -163,6 +166,9 @@ class Run:
                 self._consume(con, pool.examine(candidates))
             finally:
                 pool.close()
+        elif (in_flight := self.processor.calls_in_flight()) > 1 and not settings.max_sessions:
+            threads = inflight.examine_in_threads(self.processor, candidates, in_flight)
+            self._consume(con, threads, keep_paid=True)
         else:
             self._consume(con, self._examine_here(candidates))
 
@@ -216,8 +222,14 @@ class Run:
             stopped = examined.outcome is Outcome.STOP_RUN
             yield examined
 
-    def _consume(self, con: duckdb.DuckDBPyConnection, results: Iterable[Examined | None]) -> None:
-        """Count each examined candidate and commit the results in batches."""
+    def _consume(
+        self, con: duckdb.DuckDBPyConnection, results: Iterable[Examined | None], keep_paid: bool = False
+    ) -> None:
+        """Count each examined candidate and commit the results in batches.
+
+        ``keep_paid``: sessions examined at the same time as one that stopped the run (calls in
+        flight) are still committed if they were processed, since their calls were paid for.
+        """
         summary = self.summary
         writer = BatchWriter(
             processor=self.processor,
@@ -234,7 +246,8 @@ class Run:
             if self.progress is not None:
                 self.progress.advance(examined.file.size if examined is not None else 0)
                 self._report_progress()
-            if examined is None or summary.stopped_early is not None:
+            stopped = summary.stopped_early is not None
+            if examined is None or (stopped and not (keep_paid and examined.outcome in _PAID)):
                 summary.skipped += 1
                 summary.issues["left_for_next_run"] += 1
                 continue

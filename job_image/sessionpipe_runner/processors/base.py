@@ -174,6 +174,23 @@ class Processor:
         """
         return None
 
+    def calls_in_flight(self) -> int:
+        """How many sessions may be in :meth:`process` at once, in threads (read after :meth:`start`).
+
+        1 (the default): one at a time. A processor that mostly waits on a remote API may allow
+        more; its :meth:`process` must then be thread-safe, and the runner still commits the
+        results one session at a time, in candidate order, in its own thread
+        (:mod:`sessionpipe_runner.inflight`).
+        """
+        return 1
+
+    def cancel(self) -> None:
+        """The run is ending early (SIGTERM, lost lease): send nothing more, wake whatever waits.
+
+        Called from the runner's thread while :meth:`process` may still run in others; whatever
+        those calls return is dropped.
+        """
+
     def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
         """Remove what this processor stored for sessions (``reset``, or files that vanished)."""
         for table in self.tables:

@@ -19,6 +19,7 @@ config key                 environment                            default
 ``model``                  ``SESSIONPIPE_LLM_MODEL``              :data:`DEFAULT_MODEL`
 ``max_tokens_per_run``     ``SESSIONPIPE_LLM_MAX_TOKENS_PER_RUN`` 0 (no limit)
 ``max_sessions_per_run``                                          0 (no limit)
+``concurrency``                                                   4 (calls in flight at once)
 ``max_turns``                                                     40
 ``max_turn_chars``                                                4000
 ``max_output_tokens``                                             4096
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,9 +53,9 @@ from sessionpipe_runner.processors.base import (
     Processor,
     RunContext,
     SessionFile,
-    StopRun,
 )
-from sessionpipe_runner.processors.verification import conversation, llm, redaction, store
+from sessionpipe_runner.processors.verification import concurrency, conversation, llm, redaction, store
+from sessionpipe_runner.processors.verification.concurrency import RunBudget
 from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ class VerificationSettings(BaseModel):
     model: str = Field(default=DEFAULT_MODEL, min_length=1)
     max_tokens_per_run: int = Field(default=0, ge=0)
     max_sessions_per_run: int = Field(default=0, ge=0)
+    concurrency: int = Field(default=4, ge=1, le=64)
     max_turns: int = Field(default=40, ge=1)
     max_turn_chars: int = Field(default=4000, ge=200)
     max_output_tokens: int = Field(default=4096, ge=256)
@@ -124,35 +125,6 @@ class VerificationOutput(Output):
 
 
 @dataclass
-class RunBudget:
-    """What this run has spent, against its limits (0: no limit)."""
-
-    max_tokens: int = 0
-    max_sessions: int = 0
-    tokens_used: int = 0
-    sessions_called: int = 0
-
-    def before_session(self) -> None:
-        if self.max_sessions and self.sessions_called >= self.max_sessions:
-            raise StopRun(f"LLM session budget reached: {self.sessions_called} of {self.max_sessions} sessions")
-
-    def before_call(self, estimate: int) -> None:
-        """Refuse a call whose estimated tokens would take the run past its token budget."""
-        if not self.max_tokens:
-            return
-        if estimate > self.max_tokens:
-            raise llm.LLMError(
-                f"this session needs about {estimate} tokens, more than the whole per-run budget of "
-                f"{self.max_tokens}; lower max_turns / max_turn_chars or raise the budget"
-            )
-        if self.tokens_used + estimate > self.max_tokens:
-            raise StopRun(
-                f"LLM token budget: {self.tokens_used} of {self.max_tokens} tokens used, the next call "
-                f"may need {estimate}"
-            )
-
-
-@dataclass
 class _Prepared:
     """A session's conversation, ready to send."""
 
@@ -196,12 +168,17 @@ class VerificationProcessor(Processor):
         self,
         *,
         http_client: httpx2.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
-        """``http_client``, ``sleep`` and ``draw`` are for tests (a replaying transport, instant backoff)."""
+        """``http_client``, ``sleep`` and ``draw`` are for tests (a replaying transport, instant backoff).
+
+        Without ``sleep``, waits (backoff, rate limits) end early when the run is cancelled.
+        """
         self._http_client = http_client
-        self._sleep = sleep
+        self._cancel = concurrency.Cancel()
+        self._sleep = sleep or self._cancel.sleep
+        self._opening = concurrency.Opening(self._cancel)
         self._draw = draw
         self._client: llm.ExtractionClient | None = None
         self._settings = VerificationSettings()
@@ -223,8 +200,13 @@ class VerificationProcessor(Processor):
             settings, api_key = VerificationSettings.resolve(context.config, context.environ)
         except VerificationConfigError as error:
             raise BadSettings(str(error)) from None
+        gate = concurrency.RateGate(self._sleep)
         client = llm.make_client(
-            api_key, base_url=settings.base_url, timeout=settings.timeout_seconds, http_client=self._http_client
+            api_key,
+            base_url=settings.base_url,
+            timeout=settings.timeout_seconds,
+            http_client=self._http_client,
+            event_hooks=concurrency.event_hooks(gate, self._cancel),
         )
         self._client = llm.ExtractionClient(
             client,
@@ -234,9 +216,18 @@ class VerificationProcessor(Processor):
             sleep=self._sleep,
             draw=self._draw,
         )
+        self._opening = concurrency.Opening(self._cancel)
         self._settings = settings
         self._run_id = context.run_id
         self.budget = RunBudget(max_tokens=settings.max_tokens_per_run, max_sessions=settings.max_sessions_per_run)
+
+    def calls_in_flight(self) -> int:
+        """The ``concurrency`` setting: sessions whose calls may be in flight at once."""
+        return self._settings.concurrency
+
+    def cancel(self) -> None:
+        """No request is sent from now on; backoff and rate-limit waits end at once."""
+        self._cancel.set()
 
     def process(self, session: SessionFile, data: bytes) -> Output:
         if self._client is None:
@@ -247,15 +238,16 @@ class VerificationProcessor(Processor):
         if not prepared.user_texts:
             issues["no_user_text"] += 1
             return VerificationOutput(issues=issues)
-        self.budget.before_session()
+        self.budget.start_session()
         stats = llm.CallStats()
+        reservations = concurrency.Reservations(self.budget)
         try:
-            self.budget.sessions_called += 1
-            extraction = self._client.extract(prepared.text, stats, before_call=self.budget.before_call)
+            with self._opening.turn():
+                extraction = self._client.extract(prepared.text, stats, before_call=reservations.reserve)
         except llm.LLMUnavailable as error:
             raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
         finally:
-            self.budget.tokens_used += stats.total_tokens
+            reservations.settle(stats.total_tokens)
         counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
         if stats.retries:
             counters["llm_retries"] += stats.retries

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random as random_module
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -102,12 +102,19 @@ def make_client(
     base_url: str | None = None,
     timeout: float = 120.0,
     http_client: httpx2.Client | None = None,
+    event_hooks: Mapping[str, Sequence[Callable[..., None]]] | None = None,
 ) -> anthropic.Anthropic:
     """An SDK client with the SDK's own retries off (the loop in :class:`ExtractionClient` retries).
 
     ``base_url`` None leaves the choice to the SDK, which reads ``ANTHROPIC_BASE_URL`` from the
-    process environment and falls back to the public endpoint.
+    process environment and falls back to the public endpoint. ``event_hooks`` (``httpx``'s
+    ``request`` / ``response`` hooks) are added to ``http_client``, or to the SDK's default client.
     """
+    if event_hooks:
+        if http_client is None:
+            http_client = anthropic.DefaultHttpxClient()
+        for kind, hooks in event_hooks.items():
+            http_client.event_hooks[kind].extend(hooks)
     return anthropic.Anthropic(
         api_key=api_key,
         base_url=base_url,
