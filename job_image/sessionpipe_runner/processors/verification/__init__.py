@@ -20,6 +20,7 @@ config key                 environment                            default
 ``max_tokens_per_run``     ``SESSIONPIPE_LLM_MAX_TOKENS_PER_RUN`` 0 (no limit)
 ``max_sessions_per_run``                                          0 (no limit)
 ``concurrency``                                                   4 (calls in flight at once)
+``pricing``                ``SESSIONPIPE_PRICING``                the shipped prices (cost only)
 ``max_turns``                                                     40
 ``max_turn_chars``                                                4000
 ``max_output_tokens``                                             4096
@@ -54,7 +55,7 @@ from sessionpipe_runner.processors.base import (
     RunContext,
     SessionFile,
 )
-from sessionpipe_runner.processors.verification import concurrency, conversation, llm, redaction, store
+from sessionpipe_runner.processors.verification import concurrency, conversation, cost, llm, redaction, store
 from sessionpipe_runner.processors.verification.concurrency import RunBudget
 from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
 
@@ -79,6 +80,7 @@ class VerificationSettings(BaseModel):
     max_tokens_per_run: int = Field(default=0, ge=0)
     max_sessions_per_run: int = Field(default=0, ge=0)
     concurrency: int = Field(default=4, ge=1, le=64)
+    pricing: str | None = None  # a price file for llm_cost_microusd (read in cost.prices)
     max_turns: int = Field(default=40, ge=1)
     max_turn_chars: int = Field(default=4000, ge=200)
     max_output_tokens: int = Field(default=4096, ge=256)
@@ -217,6 +219,7 @@ class VerificationProcessor(Processor):
             draw=self._draw,
         )
         self._opening = concurrency.Opening(self._cancel)
+        self._prices = cost.prices(context)
         self._settings = settings
         self._run_id = context.run_id
         self.budget = RunBudget(max_tokens=settings.max_tokens_per_run, max_sessions=settings.max_sessions_per_run)
@@ -253,6 +256,13 @@ class VerificationProcessor(Processor):
             counters["llm_retries"] += stats.retries
         if stats.repairs:
             counters["llm_repaired"] += stats.repairs
+        if stats.invalid_items:
+            issues["llm_item_invalid"] += stats.invalid_items
+        spent = cost.microusd(self._prices, settings.model, stats)
+        if spent is None:
+            issues["llm_model_unpriced"] += 1
+        else:
+            counters[cost.COUNTER] += spent
         accepted = self._accept(extraction, prepared.user_texts, issues)
         result = store.SessionExtraction(
             session_file=session.key,

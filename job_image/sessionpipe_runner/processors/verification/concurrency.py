@@ -17,6 +17,7 @@ With ``concurrency`` above 1 the runner has several sessions in
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -173,6 +174,10 @@ class RunBudget:
     tokens_reserved: int = 0
     sessions_called: int = 0
     closed: str = ""
+    #: The largest ratio of real usage to estimate seen so far (at least 1): later reservations are
+    #: scaled by it, so an estimate that proved low for this run's conversations is not trusted
+    #: again. (The first session's call goes alone, see :class:`Opening`: it calibrates the rest.)
+    scale: float = 1.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def _refuse(self, reason: str) -> StopRun:
@@ -189,8 +194,8 @@ class RunBudget:
                 raise StopRun(f"LLM session budget reached: {self.sessions_called} of {self.max_sessions} sessions")
             self.sessions_called += 1
 
-    def reserve(self, estimate: int) -> None:
-        """Reserve ``estimate`` tokens for a call about to be sent.
+    def reserve(self, estimate: int) -> int:
+        """Reserve ``estimate`` tokens (times :attr:`scale`) for a call about to be sent; returns what was reserved.
 
         Raises :class:`StopRun` when the budget cannot cover it; a call larger than the whole budget
         raises :class:`~.llm.LLMError` (the processor fails that one session: no run could ever afford it).
@@ -199,24 +204,28 @@ class RunBudget:
             if self.closed:
                 raise StopRun(self.closed)
             if not self.max_tokens:
-                return
+                return 0
             if estimate > self.max_tokens:
                 raise LLMError(
                     f"this session needs about {estimate} tokens, more than the whole per-run budget of "
                     f"{self.max_tokens}; lower max_turns / max_turn_chars or raise the budget"
                 )
-            if self.tokens_used + self.tokens_reserved + estimate > self.max_tokens:
+            needed = math.ceil(estimate * self.scale)
+            if self.tokens_used + self.tokens_reserved + needed > self.max_tokens:
                 raise self._refuse(
                     f"LLM token budget: {self.tokens_used} of {self.max_tokens} tokens used and "
-                    f"{self.tokens_reserved} reserved by calls in flight, the next call may need {estimate}"
+                    f"{self.tokens_reserved} reserved by calls in flight, the next call may need {needed}"
                 )
-            self.tokens_reserved += estimate
+            self.tokens_reserved += needed
+            return needed
 
-    def settle(self, reserved: int, used: int) -> None:
-        """A call (or a session's calls) that reserved ``reserved`` tokens returned, having used ``used``."""
+    def settle(self, reserved: int, used: int, estimated: int = 0) -> None:
+        """A session's calls, estimated at ``estimated`` and holding ``reserved``, returned having used ``used``."""
         with self._lock:
-            self.tokens_reserved -= reserved if self.max_tokens else 0
+            self.tokens_reserved -= reserved
             self.tokens_used += used
+            if estimated > 0 and used > estimated:
+                self.scale = max(self.scale, used / estimated)
 
 
 class Reservations:
@@ -225,15 +234,16 @@ class Reservations:
     def __init__(self, budget: RunBudget) -> None:
         self.budget = budget
         self.reserved = 0
+        self.estimated = 0
 
     def reserve(self, estimate: int) -> None:
         """The ``before_call`` of :meth:`~.llm.ExtractionClient.extract`."""
-        self.budget.reserve(estimate)
-        self.reserved += estimate if self.budget.max_tokens else 0
+        self.reserved += self.budget.reserve(estimate)
+        self.estimated += estimate
 
     def settle(self, used: int) -> None:
-        self.budget.settle(self.reserved, used)
-        self.reserved = 0
+        self.budget.settle(self.reserved, used, self.estimated)
+        self.reserved = self.estimated = 0
 
 
 class Opening:

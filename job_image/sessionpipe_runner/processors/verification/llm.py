@@ -27,7 +27,7 @@ import httpx2
 import pydantic
 from anthropic.types import Message
 
-from sessionpipe_runner.processors.verification import prompt
+from sessionpipe_runner.processors.verification import prompt, structured
 from sessionpipe_runner.processors.verification.schema import Extraction
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -78,6 +78,7 @@ class CallStats:
     calls: int = 0  # HTTP requests sent, retries included
     retries: int = 0
     repairs: int = 0
+    invalid_items: int = 0  # items dropped for breaking a bound the strict schema cannot express
     input_tokens: int = 0  # uncached input
     output_tokens: int = 0
     cache_write_tokens: int = 0
@@ -222,6 +223,10 @@ class ExtractionClient:
         extraction, problem, tool_use_id = parse(answer)
         if extraction is not None:
             return extraction
+        salvaged = structured.salvage(answer, prompt.TOOL_NAME)
+        if salvaged is not None:
+            stats.invalid_items += salvaged[1]
+            return salvaged[0]
         messages += prompt.repair_messages(_replayable_content(answer, tool_use_id), tool_use_id, problem)
         before_call(self.estimate(messages))
         stats.repairs += 1
