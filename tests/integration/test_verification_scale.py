@@ -54,7 +54,7 @@ def test_a_429_with_retry_after_holds_back_every_caller_and_every_session_comple
         sessions, tmp_path / "db.duckdb", VerificationProcessor(http_client=api.client()), config={"concurrency": 4}
     )
     assert summary.outcome == OUTCOME_SUCCEEDED and summary.processed == 12, summary.message
-    assert summary.counters["llm_retries"] == 3
+    assert summary.counters["llm_retries"] == summary.counters["llm_retries_http_429"] == 3
     assert api.early == [], f"{len(api.early)} calls came before their retry-after had passed: {api.early}"
     done = rows(tmp_path / "db.duckdb", "SELECT count(*) FROM session_processor_state WHERE status = 'done'")
     assert done == [(12,)]

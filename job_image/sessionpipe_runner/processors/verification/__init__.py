@@ -254,6 +254,8 @@ class VerificationProcessor(Processor):
         counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
         if stats.retries:
             counters["llm_retries"] += stats.retries
+        for reason, count in stats.retried_because.items():
+            counters[f"llm_retries_{reason}"] += count  # http_429, http_529, timeout, connection…
         if stats.repairs:
             counters["llm_repaired"] += stats.repairs
         if stats.invalid_items:
