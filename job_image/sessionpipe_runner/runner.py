@@ -146,6 +146,7 @@ class Run:
                 database=settings.database,
                 config=settings.config,
                 environ=settings.environ,
+                connection=con,
             )
         )
         candidates = self._plan(con)

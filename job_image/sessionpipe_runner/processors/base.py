@@ -94,6 +94,9 @@ class RunContext:
     database: Path
     config: Mapping[str, Any]  # the SessionProcessor's spec.config, or --config on a laptop
     environ: Mapping[str, str]  # the runner's environment (LLM settings, API keys by reference)
+    #: The run's open database, for :meth:`Processor.start` to read the processor's own tables
+    #: (what it stored in earlier runs); only the runner writes, in its transactions.
+    connection: duckdb.DuckDBPyConnection | None = None
 
 
 class StopRun(Exception):

@@ -55,7 +55,15 @@ from sessionpipe_runner.processors.base import (
     RunContext,
     SessionFile,
 )
-from sessionpipe_runner.processors.verification import concurrency, conversation, cost, llm, redaction, store
+from sessionpipe_runner.processors.verification import (
+    concurrency,
+    conversation,
+    cost,
+    llm,
+    redaction,
+    store,
+    windows,
+)
 from sessionpipe_runner.processors.verification.concurrency import RunBudget
 from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
 
@@ -81,7 +89,9 @@ class VerificationSettings(BaseModel):
     max_sessions_per_run: int = Field(default=0, ge=0)
     concurrency: int = Field(default=4, ge=1, le=64)
     pricing: str | None = None  # a price file for llm_cost_microusd (read in cost.prices)
-    max_turns: int = Field(default=40, ge=1)
+    max_turns: int = Field(default=40, ge=2)  # turns per window, context included
+    context_turns: int = Field(default=4, ge=0)  # earlier turns sent before a window's own
+    max_windows: int = Field(default=25, ge=1)  # per session and run; older turns beyond are counted
     max_turn_chars: int = Field(default=4000, ge=200)
     max_output_tokens: int = Field(default=4096, ge=256)
     max_retries: int = Field(default=5, ge=0, le=20)
@@ -124,6 +134,9 @@ class VerificationOutput(Output):
     """A session's output, with the accepted items for :meth:`VerificationProcessor.write`."""
 
     extraction: store.SessionExtraction | None = None
+    #: Only the session's new turns were read: its earlier evidence stays (see :mod:`.windows`).
+    incremental: bool = False
+    progress: windows.Progress | None = None
 
 
 @dataclass
@@ -147,14 +160,25 @@ def quote_in_user_text(quote: str, user_texts: Sequence[str]) -> bool:
 
 
 def prepare(data: bytes, max_turns: int, max_turn_chars: int) -> _Prepared:
-    """The redacted conversation to send, and the user texts quotes are checked against."""
+    """The redacted conversation of the last ``max_turns`` turns, and the user texts quotes are checked against."""
     issues: Counter[str] = Counter()
-    turns = conversation.window(conversation.extract_turns(data, issues), max_turns, max_turn_chars)
+    turns = conversation.extract_turns(data, issues)[-max_turns:]
+    prepared = prepare_turns(turns, 0, max_turn_chars)
+    prepared.issues.update(issues)
+    return prepared
+
+
+def prepare_turns(turns: Sequence[conversation.Turn], first_source: int, max_turn_chars: int) -> _Prepared:
+    """One window to send, redacted; quotes are checked against the user turns from ``first_source`` on."""
+    issues: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
-    cleaned = [conversation.Turn(turn.role, redaction.redact(turn.text, redactions)[0]) for turn in turns]
+    cleaned = [
+        conversation.Turn(turn.role, redaction.redact(turn.text, redactions)[0])
+        for turn in conversation.window(turns, 0, max_turn_chars)
+    ]
     for kind, count in redactions.items():
         issues[f"redacted_{kind}"] += count
-    user_texts = [conversation.normalise_space(turn.text) for turn in cleaned if turn.role == "user"]
+    user_texts = [conversation.normalise_space(turn.text) for turn in cleaned[first_source:] if turn.role == "user"]
     return _Prepared(conversation.render(cleaned), user_texts, issues)
 
 
@@ -182,13 +206,14 @@ class VerificationProcessor(Processor):
         self._sleep = sleep or self._cancel.sleep
         self._opening = concurrency.Opening(self._cancel)
         self._draw = draw
+        self._progress: dict[str, windows.Progress] = {}
         self._client: llm.ExtractionClient | None = None
         self._settings = VerificationSettings()
         self._run_id = ""
         self.budget = RunBudget()
 
     def migrations(self) -> Sequence[Migration]:
-        return store.MIGRATIONS
+        return (*store.MIGRATIONS, windows.MIGRATION)
 
     def report(self) -> Report:
         """``sessionpipe report verification``: the items with their evidence (:mod:`.report`)."""
@@ -220,6 +245,7 @@ class VerificationProcessor(Processor):
         )
         self._opening = concurrency.Opening(self._cancel)
         self._prices = cost.prices(context)
+        self._progress = windows.load(context.connection, self.version) if context.connection is not None else {}
         self._settings = settings
         self._run_id = context.run_id
         self.budget = RunBudget(max_tokens=settings.max_tokens_per_run, max_sessions=settings.max_sessions_per_run)
@@ -233,40 +259,38 @@ class VerificationProcessor(Processor):
         self._cancel.set()
 
     def process(self, session: SessionFile, data: bytes) -> Output:
+        """Read the session's turns not yet extracted, window by window, and keep the quoted items."""
         if self._client is None:
             raise RuntimeError("start() was not called")
         settings = self._settings
-        prepared = prepare(data, settings.max_turns, settings.max_turn_chars)
-        issues = prepared.issues
-        if not prepared.user_texts:
-            issues["no_user_text"] += 1
-            return VerificationOutput(issues=issues)
-        self.budget.start_session()
+        issues: Counter[str] = Counter()
+        turns = conversation.extract_turns(data, issues)
+        plan = windows.plan(
+            turns,
+            self._progress.get(session.key),
+            size=settings.max_turns,
+            context=settings.context_turns,
+            max_windows=settings.max_windows,
+        )
+        if plan.turns_left_out:
+            issues["turns_left_out"] += plan.turns_left_out
+        prepared = [
+            prepare_turns(turns[window.first : window.end], window.source - window.first, settings.max_turn_chars)
+            for window in plan.windows
+        ]
+        for one in prepared:
+            issues.update(one.issues)
+        to_send = [one for one in prepared if one.user_texts]
+        output = VerificationOutput(issues=issues, incremental=plan.incremental, progress=plan.progress)
+        if not to_send:
+            if not plan.incremental:
+                issues["no_user_text"] += 1
+            return output  # no call needed; an incremental session keeps its earlier items
         stats = llm.CallStats()
-        reservations = concurrency.Reservations(self.budget)
-        try:
-            with self._opening.turn():
-                extraction = self._client.extract(prepared.text, stats, before_call=reservations.reserve)
-        except llm.LLMUnavailable as error:
-            raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
-        finally:
-            reservations.settle(stats.total_tokens)
-        counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
-        if stats.retries:
-            counters["llm_retries"] += stats.retries
-        for reason, count in stats.retried_because.items():
-            counters[f"llm_retries_{reason}"] += count  # http_429, http_529, timeout, connection…
-        if stats.repairs:
-            counters["llm_repaired"] += stats.repairs
-        if stats.invalid_items:
-            issues["llm_item_invalid"] += stats.invalid_items
-        spent = cost.microusd(self._prices, settings.model, stats)
-        if spent is None:
-            issues["llm_model_unpriced"] += 1
-        else:
-            counters[cost.COUNTER] += spent
-        accepted = self._accept(extraction, prepared.user_texts, issues)
-        result = store.SessionExtraction(
+        accepted = self._extract(to_send, stats, issues)
+        output.counters = self._counters(stats, issues)
+        output.items = len(accepted)
+        output.extraction = store.SessionExtraction(
             session_file=session.key,
             user_name=session.user,
             project=session.project,
@@ -276,7 +300,49 @@ class VerificationProcessor(Processor):
             extracted_at=datetime.now(UTC),
             items=tuple(accepted),
         )
-        return VerificationOutput(items=len(accepted), issues=issues, counters=counters, extraction=result)
+        return output
+
+    def _extract(
+        self, to_send: Sequence[_Prepared], stats: llm.CallStats, issues: Counter[str]
+    ) -> list[store.AcceptedItem]:
+        """One call per window; the accepted items, without those whose quote an earlier window had."""
+        assert self._client is not None
+        self.budget.start_session()
+        reservations = concurrency.Reservations(self.budget)
+        accepted: list[store.AcceptedItem] = []
+        try:
+            for one in to_send:
+                with self._opening.turn():
+                    extraction = self._client.extract(one.text, stats, before_call=reservations.reserve)
+                earlier = {conversation.normalise_space(item.user_quote) for item in accepted}
+                for item in self._accept(extraction, one.user_texts, issues):
+                    if conversation.normalise_space(item.user_quote) in earlier:
+                        issues["quote_in_an_earlier_window"] += 1
+                    else:
+                        accepted.append(item)
+        except llm.LLMUnavailable as error:
+            raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
+        finally:
+            reservations.settle(stats.total_tokens)
+        return accepted
+
+    def _counters(self, stats: llm.CallStats, issues: Counter[str]) -> Counter[str]:
+        """What a session's calls did and cost, as run counters."""
+        counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
+        if stats.retries:
+            counters["llm_retries"] += stats.retries
+        for reason, count in stats.retried_because.items():
+            counters[f"llm_retries_{reason}"] += count  # http_429, http_529, timeout, connection…
+        if stats.repairs:
+            counters["llm_repaired"] += stats.repairs
+        if stats.invalid_items:
+            issues["llm_item_invalid"] += stats.invalid_items
+        spent = cost.microusd(self._prices, self._settings.model, stats)
+        if spent is None:
+            issues["llm_model_unpriced"] += 1
+        else:
+            counters[cost.COUNTER] += spent
+        return counters
 
     @staticmethod
     def _accept(extraction: Extraction, user_texts: Sequence[str], issues: Counter[str]) -> list[store.AcceptedItem]:
@@ -302,14 +368,25 @@ class VerificationProcessor(Processor):
     def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
         """Replace the sessions' evidence, merging items across sessions (see :mod:`.store`)."""
         extractions = []
+        kept: set[str] = set()  # sessions read incrementally: their earlier evidence stays
+        progress: list[tuple[str, windows.Progress]] = []
         for session, output in batch:
-            if isinstance(output, VerificationOutput) and output.extraction is not None:
+            if not isinstance(output, VerificationOutput):
+                store.forget_sessions(con, [session.key])
+                continue
+            if output.incremental:
+                kept.add(session.key)
+            if output.extraction is not None:
                 extractions.append(output.extraction)
-            else:
+            elif not output.incremental:
                 # No call was needed (no user text): whatever the session said before is gone.
                 store.forget_sessions(con, [session.key])
+            if output.progress is not None:
+                progress.append((session.key, output.progress))
         if extractions:
-            store.replace_sessions(con, extractions)
+            store.replace_sessions(con, extractions, keep_existing=kept)
+        windows.save(con, self.version, progress, datetime.now(UTC))
 
     def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
         store.forget_sessions(con, session_keys)
+        windows.forget(con, session_keys)
