@@ -75,13 +75,19 @@ class Bumped(VerificationProcessor):
     version: ClassVar[str] = "99.0.0"
 
 
-def test_a_version_bump_reprocesses_the_whole_session(tmp_path: Path) -> None:
+def extracted_once(tmp_path: Path) -> tuple[Path, Path, Path, AnthropicReplay]:
+    """(sessions root, the session file, the database, the API) after a first run over 20 turns."""
     sessions = tmp_path / "sessions"
     path = sessions / "alice" / "app" / "s.jsonl"
     replay = AnthropicReplay(responder=quote_every_correction)
     db = tmp_path / "db.duckdb"
     write_session(path, exchanges(10, {1: "no, the port is 8443"}))
     run_once(sessions, db, VerificationProcessor(http_client=replay.client(), sleep=lambda s: None))
+    return sessions, path, db, replay
+
+
+def test_a_version_bump_reprocesses_the_whole_session(tmp_path: Path) -> None:
+    sessions, path, db, replay = extracted_once(tmp_path)
     write_session(path, exchanges(20, {1: "no, the port is 8443"}))
     before = len(replay.requests)
     run_once(sessions, db, Bumped(http_client=replay.client(), sleep=lambda s: None))
@@ -96,12 +102,7 @@ class DiesBeforeCommit(VerificationProcessor):
 
 
 def test_a_run_dying_between_the_call_and_the_commit_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    sessions = tmp_path / "sessions"
-    path = sessions / "alice" / "app" / "s.jsonl"
-    replay = AnthropicReplay(responder=quote_every_correction)
-    db = tmp_path / "db.duckdb"
-    write_session(path, exchanges(10, {1: "no, the port is 8443"}))
-    run_once(sessions, db, VerificationProcessor(http_client=replay.client(), sleep=lambda s: None))
+    sessions, path, db, replay = extracted_once(tmp_path)
     write_session(path, exchanges(20, {1: "no, the port is 8443", 31: "no, the port is 9443"}))
     run_once(sessions, db, DiesBeforeCommit(http_client=replay.client(), sleep=lambda s: None))
     assert quotes(db) == ["Turn 1 says: no, the port is 8443"]  # the first run's items are still there
