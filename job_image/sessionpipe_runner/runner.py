@@ -63,6 +63,8 @@ __all__ = ["Phase", "Run", "RunSettings", "Terminated", "run", "snapshot_path"]
 OPEN_RETRY_SECONDS = 0.2
 #: Outcomes of candidates that could not be read: skipped, counted under the outcome's name.
 _NOT_READ = frozenset({Outcome.VANISHED, Outcome.UNREADABLE, Outcome.SYMLINK_SKIPPED, Outcome.NOT_A_FILE})
+#: Outcomes that leave a session as it was, for the next run: skipped, counted under the outcome's name.
+_LEFT_AS_IS = frozenset({Outcome.PENDING})
 #: Outcomes of candidates whose processing already happened: with calls in flight, some finish after
 #: another's StopRun, and what they cost is kept, not thrown away.
 _PAID = frozenset({Outcome.PROCESSED, Outcome.FAILED})
@@ -172,6 +174,9 @@ class Run:
             self._consume(con, threads, keep_paid=True)
         else:
             self._consume(con, self._examine_here(candidates))
+        if type(self.processor).finish is not Processor.finish:  # others pay no extra transaction
+            self.sigterm.check()
+            self.fence.commit(con, lambda: self.summary.issues.update(self.processor.finish(con)))
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, str | None]]:
         """Scan the volume and decide: the candidates, each with the hash its content had, if known."""
@@ -265,7 +270,10 @@ class Run:
                 summary.issues["incomplete_last_line"] += 1
             if read.long_lines:
                 summary.issues["line_too_long"] += read.long_lines
-            if outcome is Outcome.TOUCHED_UNCHANGED:
+            if outcome in _LEFT_AS_IS:
+                summary.skipped += 1
+                summary.issues[outcome.value] += 1
+            elif outcome is Outcome.TOUCHED_UNCHANGED:
                 summary.skipped += 1
                 summary.issues["touched_unchanged"] += 1
                 pending.seen.append((file.key, file.size, file.mtime_ns))

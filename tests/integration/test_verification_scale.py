@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from sessionpipe_contract import OUTCOME_STOPPED, OUTCOME_SUCCEEDED, OUTCOME_TERMINATED
 from sessionpipe_runner.processors.verification import VerificationProcessor
-from tests.anthropic_fake_api import SlowAPI
+from tests.anthropic_fake_api import BatchAPI, SlowAPI, serving
 from tests.anthropic_replay import Reply, rate_limited, tool_reply
+from tests.runner_support import sessionpipe_env
 from tests.support.db import rows
+from tests.unit.test_verification_batch import quote_the_user
 from tests.unit.test_verification_processor import run_once, write_session
 
 LATENCY = 1.0
+WRAPPER = Path(__file__).resolve().parent.parent / "crash_wrapper.py"
 
 
 def many_sessions(root: Path, count: int) -> Path:
@@ -103,3 +108,28 @@ def test_sigterm_cancels_the_calls_in_flight_and_nothing_is_sent_or_committed_af
     assert sent_at_end < 16
     done = rows(db, "SELECT count(*) FROM session_processor_state WHERE status = 'done'")[0][0]
     assert done <= at_signal["answered"], "a session answered after the SIGTERM was committed"
+
+
+def test_sigkill_between_collecting_a_batch_and_committing_it_loses_nothing(tmp_path: Path) -> None:
+    sessions = many_sessions(tmp_path / "sessions", 3)
+    db = tmp_path / "db.duckdb"
+    api = BatchAPI(quote_the_user)
+    submitted = run_once(sessions, db, VerificationProcessor(http_client=api.client()), config={"mode": "batch"})
+    assert submitted.issues["waiting_for_result"] == 3
+    api.end()
+    with serving(api) as url:
+        env = sessionpipe_env(
+            ANTHROPIC_API_KEY="sk-ant-test", ANTHROPIC_BASE_URL=url, SESSIONPIPE_CONFIG='{"mode": "batch"}'
+        )
+        args = ["run", "--processor", "verification", "--sessions", str(sessions), "--db", str(db)]
+        point = "fn:sessionpipe_runner.processors.verification.store:replace_sessions:1"  # results read, not stored
+        killed = subprocess.run(
+            [sys.executable, str(WRAPPER), point, "--", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert killed.returncode == -signal.SIGKILL, f"the kill point was never reached: {killed.stderr}"
+    assert any(request.url.endswith("/results") for request in api.requests)  # it had collected
+    assert rows(db, "SELECT count(*) FROM knowledge_evidence") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM verification_batch_requests") == [(3,)]
+    again = run_once(sessions, db, VerificationProcessor(http_client=api.client()), config={"mode": "batch"})
+    assert again.processed == 3 and len(api.created) == 1  # the same results, read again: nothing resubmitted
+    assert rows(db, "SELECT count(*) FROM knowledge_evidence") == [(3,)]

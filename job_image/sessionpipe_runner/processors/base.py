@@ -26,6 +26,7 @@ __all__ = [
     "FailRun",
     "Migration",
     "Output",
+    "Pending",
     "Processor",
     "RunContext",
     "SessionFile",
@@ -111,6 +112,14 @@ class StopRun(Exception):
         self.reason = reason
 
 
+class Pending(Exception):
+    """Raised by a processor for a session whose result is on its way (an asynchronous batch).
+
+    The session is neither done nor failed: its state is left as it was, so it is a candidate
+    again on the next run, which may find the result. Counted as ``waiting_for_result``.
+    """
+
+
 class FailRun(Exception):
     """Raised by a processor when no session can succeed this run (rejected credentials, say).
 
@@ -176,6 +185,15 @@ class Processor:
         Called only by the ``report`` command, so a report's imports cost the runs nothing.
         """
         return None
+
+    def finish(self, con: duckdb.DuckDBPyConnection) -> Counter[str]:
+        """Called once after the run's last session is committed, inside its own fenced transaction.
+
+        For work that spans the run's sessions (submitting the requests gathered from
+        :class:`Pending` sessions as one batch, and recording it). Returns issues to add to the
+        run summary. Not called when the run fails or is terminated.
+        """
+        return Counter()
 
     def calls_in_flight(self) -> int:
         """How many sessions may be in :meth:`process` at once, in threads (read after :meth:`start`).

@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx2
 import pydantic
@@ -56,10 +56,12 @@ from sessionpipe_runner.processors.base import (
     SessionFile,
 )
 from sessionpipe_runner.processors.verification import (
+    batch,
     concurrency,
     conversation,
     cost,
     llm,
+    prompt,
     redaction,
     store,
     windows,
@@ -92,6 +94,7 @@ class VerificationSettings(BaseModel):
     max_turns: int = Field(default=40, ge=2)  # turns per window, context included
     context_turns: int = Field(default=4, ge=0)  # earlier turns sent before a window's own
     max_windows: int = Field(default=25, ge=1)  # per session and run; older turns beyond are counted
+    mode: Literal["messages", "batch"] = "messages"  # batch: the Message Batches API (see .batch)
     max_turn_chars: int = Field(default=4000, ge=200)
     max_output_tokens: int = Field(default=4096, ge=256)
     max_retries: int = Field(default=5, ge=0, le=20)
@@ -207,13 +210,14 @@ class VerificationProcessor(Processor):
         self._opening = concurrency.Opening(self._cancel)
         self._draw = draw
         self._progress: dict[str, windows.Progress] = {}
+        self._batch: batch.BatchMode | None = None
         self._client: llm.ExtractionClient | None = None
         self._settings = VerificationSettings()
         self._run_id = ""
         self.budget = RunBudget()
 
     def migrations(self) -> Sequence[Migration]:
-        return (*store.MIGRATIONS, windows.MIGRATION)
+        return (*store.MIGRATIONS, windows.MIGRATION, batch.MIGRATION)
 
     def report(self) -> Report:
         """``sessionpipe report verification``: the items with their evidence (:mod:`.report`)."""
@@ -246,6 +250,7 @@ class VerificationProcessor(Processor):
         self._opening = concurrency.Opening(self._cancel)
         self._prices = cost.prices(context)
         self._progress = windows.load(context.connection, self.version) if context.connection is not None else {}
+        self._batch = batch.BatchMode(client, self.version, context.connection) if settings.mode == "batch" else None
         self._settings = settings
         self._run_id = context.run_id
         self.budget = RunBudget(max_tokens=settings.max_tokens_per_run, max_sessions=settings.max_sessions_per_run)
@@ -287,7 +292,10 @@ class VerificationProcessor(Processor):
                 issues["no_user_text"] += 1
             return output  # no call needed; an incremental session keeps its earlier items
         stats = llm.CallStats()
-        accepted = self._extract(to_send, stats, issues)
+        if self._batch is not None:
+            accepted = self._collect(session, data, to_send, stats, issues)
+        else:
+            accepted = self._extract(to_send, stats, issues)
         output.counters = self._counters(stats, issues)
         output.items = len(accepted)
         output.extraction = store.SessionExtraction(
@@ -314,17 +322,47 @@ class VerificationProcessor(Processor):
             for one in to_send:
                 with self._opening.turn():
                     extraction = self._client.extract(one.text, stats, before_call=reservations.reserve)
-                earlier = {conversation.normalise_space(item.user_quote) for item in accepted}
-                for item in self._accept(extraction, one.user_texts, issues):
-                    if conversation.normalise_space(item.user_quote) in earlier:
-                        issues["quote_in_an_earlier_window"] += 1
-                    else:
-                        accepted.append(item)
+                self._merge(accepted, self._accept(extraction, one.user_texts, issues), issues)
         except llm.LLMUnavailable as error:
             raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
         finally:
             reservations.settle(stats.total_tokens)
         return accepted
+
+    def _collect(
+        self,
+        session: SessionFile,
+        data: bytes,
+        to_send: Sequence[_Prepared],
+        stats: llm.CallStats,
+        issues: Counter[str],
+    ) -> list[store.AcceptedItem]:
+        """The windows' answers from the Message Batch (or :class:`Pending`); the accepted items."""
+        assert self._client is not None and self._batch is not None
+        params = [self._client.params([prompt.user_message(one.text)]) for one in to_send]
+        answers = self._batch.collect(session.key, data, params)
+        self.budget.start_session()
+        accepted: list[store.AcceptedItem] = []
+        for one, answer in zip(to_send, answers, strict=True):
+            stats.calls += 1
+            extraction = llm.read_answer(answer, stats)
+            self._merge(accepted, self._accept(extraction, one.user_texts, issues), issues)
+        self.budget.settle(0, stats.total_tokens)
+        return accepted
+
+    @staticmethod
+    def _merge(accepted: list[store.AcceptedItem], found: Sequence[store.AcceptedItem], issues: Counter[str]) -> None:
+        """Add a window's items to ``accepted``, but not those whose quote an earlier window had."""
+        earlier = {conversation.normalise_space(item.user_quote) for item in accepted}
+        for item in found:
+            if conversation.normalise_space(item.user_quote) in earlier:
+                issues["quote_in_an_earlier_window"] += 1
+            else:
+                accepted.append(item)
+
+    def finish(self, con: duckdb.DuckDBPyConnection) -> Counter[str]:
+        """In batch mode, submit the requests gathered this run as one Message Batch (see :mod:`.batch`)."""
+        return self._batch.finish(con) if self._batch is not None else Counter()
 
     def _counters(self, stats: llm.CallStats, issues: Counter[str]) -> Counter[str]:
         """What a session's calls did and cost, as run counters."""
@@ -337,7 +375,7 @@ class VerificationProcessor(Processor):
             counters["llm_repaired"] += stats.repairs
         if stats.invalid_items:
             issues["llm_item_invalid"] += stats.invalid_items
-        spent = cost.microusd(self._prices, self._settings.model, stats)
+        spent = cost.microusd(self._prices, self._settings.model, stats, batch=self._batch is not None)
         if spent is None:
             issues["llm_model_unpriced"] += 1
         else:
@@ -365,12 +403,12 @@ class VerificationProcessor(Processor):
             )
         return accepted
 
-    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+    def write(self, con: duckdb.DuckDBPyConnection, batch_of: Sequence[tuple[SessionFile, Output]]) -> None:
         """Replace the sessions' evidence, merging items across sessions (see :mod:`.store`)."""
         extractions = []
         kept: set[str] = set()  # sessions read incrementally: their earlier evidence stays
         progress: list[tuple[str, windows.Progress]] = []
-        for session, output in batch:
+        for session, output in batch_of:
             if not isinstance(output, VerificationOutput):
                 store.forget_sessions(con, [session.key])
                 continue
@@ -386,7 +424,9 @@ class VerificationProcessor(Processor):
         if extractions:
             store.replace_sessions(con, extractions, keep_existing=kept)
         windows.save(con, self.version, progress, datetime.now(UTC))
+        batch.forget(con, [session.key for session, _ in batch_of])  # their results are stored
 
     def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
         store.forget_sessions(con, session_keys)
         windows.forget(con, session_keys)
+        batch.forget(con, session_keys)

@@ -20,7 +20,7 @@ import random as random_module
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import anthropic
 import httpx2
@@ -168,20 +168,24 @@ class ExtractionClient:
 
         return prompt.estimate_tokens(prompt.fixed_prompt_text(), json.dumps(messages)) + self.max_output_tokens
 
+    def params(self, messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The Messages API request for ``messages``: the model, the cached system prompt, the forced tool."""
+        return {
+            "model": self.model,
+            "max_tokens": self.max_output_tokens,
+            "system": prompt.system_blocks(),
+            "tools": [prompt.tool_definition()],
+            "tool_choice": {"type": "tool", "name": prompt.TOOL_NAME},
+            "messages": list(messages),
+        }
+
     def send(self, messages: Sequence[dict[str, Any]], stats: CallStats) -> Message:
         """One Messages API call with the forced tool, retried as :class:`RetryPolicy` says."""
         retry = 0
         while True:
             stats.calls += 1
             try:
-                message = self.client.messages.create(
-                    model=self.model,
-                    max_tokens=self.max_output_tokens,
-                    system=cast(Any, prompt.system_blocks()),
-                    tools=cast(Any, [prompt.tool_definition()]),
-                    tool_choice={"type": "tool", "name": prompt.TOOL_NAME},
-                    messages=cast(Any, list(messages)),
-                )
+                message: Message = self.client.messages.create(**self.params(messages))
             except anthropic.APIStatusError as error:
                 status = error.status_code
                 if status in RUN_FATAL_STATUS:
@@ -235,6 +239,22 @@ class ExtractionClient:
         if extraction is not None:
             return extraction
         raise MalformedOutput(f"the model's output was malformed twice; first: {problem}; then: {second_problem}")
+
+
+def read_answer(message: Message, stats: CallStats) -> Extraction:
+    """The extraction in an answer that cannot be repaired (a batch result): bad items dropped and counted.
+
+    Raises :class:`MalformedOutput` when there is nothing to salvage.
+    """
+    stats.add_usage(message)
+    extraction, problem, _ = parse(message)
+    if extraction is not None:
+        return extraction
+    salvaged = structured.salvage(message, prompt.TOOL_NAME)
+    if salvaged is None:
+        raise MalformedOutput(f"the model's output was malformed: {problem}")
+    stats.invalid_items += salvaged[1]
+    return salvaged[0]
 
 
 def parse(message: Message) -> tuple[Extraction | None, str, str | None]:
