@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -45,18 +46,30 @@ class SlowAPI(httpx2.BaseTransport):
         self.in_flight = 0
         self.max_in_flight = 0
         self.to_throttle = 0
+        self.throttle_after = 0
         self.retry_after = 0.0
         self.not_before = 0.0  # monotonic time before which, after a 429, no request may come
         self.early: list[float] = []  # how early (seconds) each too-early request came
         self.answered = 0  # for responders that count (under ``lock``)
+        self.exhaust_at = 0
+        self.reset_in = 0.0
 
     def client(self) -> httpx2.Client:
         return httpx2.Client(transport=self)
 
-    def throttle(self, count: int, retry_after: float) -> None:
-        """Answer the next ``count`` requests with 429 and ``retry-after: <retry_after>``."""
+    def exhaust(self, after: int, reset_in: float) -> None:
+        """The answer to request number ``after`` (1-based) says the request limit is used up for ``reset_in`` s.
+
+        It carries ``anthropic-ratelimit-requests-remaining: 0`` and the ``-reset`` time, as the API's
+        answers do; from then on a request arriving before the reset is recorded in :attr:`early`.
+        """
         with self.lock:
-            self.to_throttle, self.retry_after = count, retry_after
+            self.exhaust_at, self.reset_in = after, reset_in
+
+    def throttle(self, count: int, retry_after: float, after: int = 0) -> None:
+        """Answer ``count`` requests, from the one after request number ``after``, with 429 and ``retry-after``."""
+        with self.lock:
+            self.to_throttle, self.retry_after, self.throttle_after = count, retry_after, after
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         captured = Captured(request.method, str(request.url), dict(request.headers), request.read())
@@ -68,7 +81,8 @@ class SlowAPI(httpx2.BaseTransport):
                 self.early.append(self.not_before - now)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            throttled = self.to_throttle > 0
+            throttled = self.to_throttle > 0 and len(self.requests) > self.throttle_after
+            exhausting = len(self.requests) == self.exhaust_at
             if throttled:
                 self.to_throttle -= 1
         try:
@@ -80,6 +94,16 @@ class SlowAPI(httpx2.BaseTransport):
                     self.not_before = max(self.not_before, time.monotonic() + self.retry_after)
             else:
                 reply = self.responder(captured.body)
+            if exhausting:
+                with self.lock:
+                    self.not_before = max(self.not_before, time.monotonic() + self.reset_in)
+                reset = datetime.now(UTC) + timedelta(seconds=self.reset_in)
+                limits = {
+                    "anthropic-ratelimit-requests-limit": "50",
+                    "anthropic-ratelimit-requests-remaining": "0",
+                    "anthropic-ratelimit-requests-reset": reset.isoformat().replace("+00:00", "Z"),
+                }
+                reply = Reply(reply.status, reply.body, {**reply.headers, **limits})
         finally:
             with self.lock:
                 self.in_flight -= 1

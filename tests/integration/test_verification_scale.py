@@ -54,7 +54,7 @@ def test_four_calls_in_flight_take_well_under_half_the_sequential_time(tmp_path:
 def test_a_429_with_retry_after_holds_back_every_caller_and_every_session_completes(tmp_path: Path) -> None:
     sessions = many_sessions(tmp_path / "sessions", 12)
     api = SlowAPI(latency=0.2)
-    api.throttle(3, retry_after=1.0)
+    api.throttle(3, retry_after=1.0, after=4)  # while four sessions have calls in flight
     summary = run_once(
         sessions, tmp_path / "db.duckdb", VerificationProcessor(http_client=api.client()), config={"concurrency": 4}
     )
@@ -63,6 +63,18 @@ def test_a_429_with_retry_after_holds_back_every_caller_and_every_session_comple
     assert api.early == [], f"{len(api.early)} calls came before their retry-after had passed: {api.early}"
     done = rows(tmp_path / "db.duckdb", "SELECT count(*) FROM session_processor_state WHERE status = 'done'")
     assert done == [(12,)]
+
+
+def test_a_used_up_rate_limit_holds_back_every_caller_until_its_reset(tmp_path: Path) -> None:
+    sessions = many_sessions(tmp_path / "sessions", 12)
+    api = SlowAPI(latency=0.2)
+    api.exhaust(after=3, reset_in=1.0)  # the third answer: no requests left for a second
+    processor = VerificationProcessor(http_client=api.client())
+    summary = run_once(sessions, tmp_path / "db.duckdb", processor, config={"concurrency": 4})
+    assert summary.outcome == OUTCOME_SUCCEEDED and summary.processed == 12, summary.message
+    assert api.early == [], f"{len(api.early)} calls came before the rate limit's reset: {api.early}"
+    gaps = [later - earlier for earlier, later in zip(api.arrivals, api.arrivals[1:], strict=False)]
+    assert max(gaps) >= 0.9  # the pause really happened
 
 
 def test_the_token_budget_is_never_overshot_by_calls_in_flight(tmp_path: Path) -> None:
