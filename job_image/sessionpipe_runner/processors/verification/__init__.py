@@ -1,11 +1,16 @@
 """The ``verification`` processor: an LLM finds what users corrected, confirmed or defined.
 
 For each session: read the conversation from the real transcript format
-(:mod:`~sessionpipe_runner.processors.verification.conversation`), keep its last turns, remove
-secrets (:mod:`~sessionpipe_runner.processors.verification.redaction`), make one forced-tool call
-(:mod:`~sessionpipe_runner.processors.verification.llm`), keep the items whose quote is really in the
-user's words, and store them as knowledge items with evidence
-(:mod:`~sessionpipe_runner.processors.verification.store`).
+(:mod:`~sessionpipe_runner.processors.verification.conversation`), cut the turns not yet extracted
+into windows (:mod:`~sessionpipe_runner.processors.verification.windows`), remove secrets
+(:mod:`~sessionpipe_runner.processors.verification.redaction`), make one strict forced-tool call per
+window (:mod:`~sessionpipe_runner.processors.verification.llm`,
+:mod:`~sessionpipe_runner.processors.verification.structured`), or collect its answer from a
+Message Batch (:mod:`~sessionpipe_runner.processors.verification.batch`), keep the items whose quote
+is really in the user's words, and store them as knowledge items with evidence
+(:mod:`~sessionpipe_runner.processors.verification.store`). Several sessions' calls may be in flight
+at once; what they share is in :mod:`~sessionpipe_runner.processors.verification.concurrency`, and
+what they cost in :mod:`~sessionpipe_runner.processors.verification.cost`.
 
 An LLM failure fails the session (it is retried on later runs and quarantined after repeated
 failures); it is never recorded as a success with zero items. A session with no user text needs no
@@ -21,7 +26,10 @@ config key                 environment                            default
 ``max_sessions_per_run``                                          0 (no limit)
 ``concurrency``                                                   4 (calls in flight at once)
 ``pricing``                ``SESSIONPIPE_PRICING``                the shipped prices (cost only)
-``max_turns``                                                     40
+``max_turns``                                                     40 (turns per window)
+``context_turns``                                                 4
+``max_windows``                                                   25 (per session and run)
+``mode``                                                          ``messages`` (or ``batch``)
 ``max_turn_chars``                                                4000
 ``max_output_tokens``                                             4096
 ``max_retries``                                                   5
