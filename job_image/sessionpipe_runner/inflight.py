@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future
 
 from sessionpipe_runner import work
@@ -38,8 +38,11 @@ class _Threads:
         self.tasks: queue.SimpleQueue[tuple[Task, Future[Examined]] | None] = queue.SimpleQueue()
         self.closed = threading.Event()
         self.count = count
-        for n in range(count):
-            threading.Thread(target=self._serve, name=f"sessionpipe-call-{n}", daemon=True).start()
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"sessionpipe-call-{n}", daemon=True) for n in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def submit(self, task: Task) -> Future[Examined]:
         future: Future[Examined] = Future()
@@ -65,8 +68,13 @@ class _Threads:
         for _ in range(self.count):
             self.tasks.put(_STOP)
 
+    def join(self) -> None:
+        """Wait for idle threads to end (after :meth:`close`, when nothing is in flight)."""
+        for thread in self.threads:
+            thread.join()
 
-def examine_in_threads(processor: Processor, candidates: Iterable[Task], count: int) -> Iterator[Examined]:
+
+def examine_in_threads(processor: Processor, candidates: Iterable[Task], count: int) -> Generator[Examined]:
     """Each candidate's :class:`~sessionpipe_runner.work.Examined`, in candidate order, ``count`` at a time.
 
     At most ``count`` candidates are being examined and at most ``count`` more wait, examined, for
@@ -94,3 +102,5 @@ def examine_in_threads(processor: Processor, candidates: Iterable[Task], count: 
             future.cancel()
         if waiting:
             processor.cancel()
+        else:  # every task returned: the threads are idle and end at once
+            threads.join()

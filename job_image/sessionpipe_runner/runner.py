@@ -171,7 +171,10 @@ class Run:
                 pool.close()
         elif (in_flight := self.processor.calls_in_flight()) > 1 and not settings.max_sessions:
             threads = inflight.examine_in_threads(self.processor, candidates, in_flight)
-            self._consume(con, threads, keep_paid=True)
+            try:
+                self._consume(con, threads, keep_paid=True)
+            finally:
+                threads.close()  # now, not when a traceback holding it is collected: cancels what is in flight
         else:
             self._consume(con, self._examine_here(candidates))
         if type(self.processor).finish is not Processor.finish:  # others pay no extra transaction
