@@ -41,7 +41,7 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import batches, signals, snapshot, store, work
+from sessionpipe_runner import batches, inflight, signals, snapshot, store, work
 from sessionpipe_runner.batches import Batch, BatchWriter
 from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
@@ -63,6 +63,11 @@ __all__ = ["Phase", "Run", "RunSettings", "Terminated", "run", "snapshot_path"]
 OPEN_RETRY_SECONDS = 0.2
 #: Outcomes of candidates that could not be read: skipped, counted under the outcome's name.
 _NOT_READ = frozenset({Outcome.VANISHED, Outcome.UNREADABLE, Outcome.SYMLINK_SKIPPED, Outcome.NOT_A_FILE})
+#: Outcomes that leave a session as it was, for the next run: skipped, counted under the outcome's name.
+_LEFT_AS_IS = frozenset({Outcome.PENDING})
+#: Outcomes of candidates whose processing already happened: with calls in flight, some finish after
+#: another's StopRun, and what they cost is kept, not thrown away.
+_PAID = frozenset({Outcome.PROCESSED, Outcome.FAILED})
 
 
 class Phase:
@@ -143,6 +148,7 @@ class Run:
                 database=settings.database,
                 config=settings.config,
                 environ=settings.environ,
+                connection=con,
             )
         )
         candidates = self._plan(con)
@@ -163,8 +169,17 @@ class Run:
                 self._consume(con, pool.examine(candidates))
             finally:
                 pool.close()
+        elif (in_flight := self.processor.calls_in_flight()) > 1 and not settings.max_sessions:
+            threads = inflight.examine_in_threads(self.processor, candidates, in_flight)
+            try:
+                self._consume(con, threads, keep_paid=True)
+            finally:
+                threads.close()  # now, not when a traceback holding it is collected: cancels what is in flight
         else:
             self._consume(con, self._examine_here(candidates))
+        if type(self.processor).finish is not Processor.finish:  # others pay no extra transaction
+            self.sigterm.check()
+            self.fence.commit(con, lambda: self.summary.issues.update(self.processor.finish(con)))
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, str | None]]:
         """Scan the volume and decide: the candidates, each with the hash its content had, if known."""
@@ -216,8 +231,14 @@ class Run:
             stopped = examined.outcome is Outcome.STOP_RUN
             yield examined
 
-    def _consume(self, con: duckdb.DuckDBPyConnection, results: Iterable[Examined | None]) -> None:
-        """Count each examined candidate and commit the results in batches."""
+    def _consume(
+        self, con: duckdb.DuckDBPyConnection, results: Iterable[Examined | None], keep_paid: bool = False
+    ) -> None:
+        """Count each examined candidate and commit the results in batches.
+
+        ``keep_paid``: sessions examined at the same time as one that stopped the run (calls in
+        flight) are still committed if they were processed, since their calls were paid for.
+        """
         summary = self.summary
         writer = BatchWriter(
             processor=self.processor,
@@ -234,7 +255,8 @@ class Run:
             if self.progress is not None:
                 self.progress.advance(examined.file.size if examined is not None else 0)
                 self._report_progress()
-            if examined is None or summary.stopped_early is not None:
+            stopped = summary.stopped_early is not None
+            if examined is None or (stopped and not (keep_paid and examined.outcome in _PAID)):
                 summary.skipped += 1
                 summary.issues["left_for_next_run"] += 1
                 continue
@@ -251,7 +273,10 @@ class Run:
                 summary.issues["incomplete_last_line"] += 1
             if read.long_lines:
                 summary.issues["line_too_long"] += read.long_lines
-            if outcome is Outcome.TOUCHED_UNCHANGED:
+            if outcome in _LEFT_AS_IS:
+                summary.skipped += 1
+                summary.issues[outcome.value] += 1
+            elif outcome is Outcome.TOUCHED_UNCHANGED:
                 summary.skipped += 1
                 summary.issues["touched_unchanged"] += 1
                 pending.seen.append((file.key, file.size, file.mtime_ns))

@@ -25,6 +25,7 @@ from sessionpipe_runner.names import valid_text
 from sessionpipe_runner.processors.base import (
     FailRun,
     Output,
+    Pending,
     Processor,
     SessionFile,
     StopRun,
@@ -59,6 +60,7 @@ class Outcome(Enum):
     FAILED = "failed"  # the processor raised: counted against the session's attempts
     STOP_RUN = "stop_run"
     FAIL_RUN = "fail_run"
+    PENDING = "waiting_for_result"  # the processor's result is on its way (a batch): try again next run
 
 
 class ProcessingError(Exception):
@@ -115,6 +117,8 @@ def examine(processor: Processor, file: SessionFile, known_hash: str | None) -> 
         return Examined(file, Outcome.STOP_RUN, snapshot, error=stop)
     except FailRun as error:
         return Examined(file, Outcome.FAIL_RUN, snapshot, error=error)
+    except Pending as error:
+        return Examined(file, Outcome.PENDING, snapshot, error=error)
     except Exception as error:
         return Examined(file, Outcome.FAILED, snapshot, error=error)
     return Examined(file, Outcome.PROCESSED, snapshot, output)

@@ -91,7 +91,10 @@ def test_bad_credentials_make_the_llm_unavailable() -> None:
 
 
 def test_malformed_output_is_repaired_once_with_the_validation_error() -> None:
-    broken = tool_reply([{**item("We deploy with Helm, never kubectl apply."), "detection_type": "opinion"}])
+    # Only an answer with nothing to salvage (no items list: a gateway without strict tool use) is
+    # repaired; a bad item in a good list is dropped instead (test_verification_structured).
+    broken = tool_reply([])
+    broken.body["content"][0]["input"] = {"entries": [item("We deploy with Helm, never kubectl apply.")]}
     replay = AnthropicReplay([broken, GOOD])
     stats = llm.CallStats()
     result = extraction_client(replay, []).extract(CONVERSATION, stats)
@@ -102,7 +105,7 @@ def test_malformed_output_is_repaired_once_with_the_validation_error() -> None:
     assert repair[1]["role"] == "assistant" and repair[1]["content"][0]["id"] == first_tool_use["id"]
     feedback = repair[2]["content"][0]
     assert feedback["type"] == "tool_result" and feedback["tool_use_id"] == first_tool_use["id"]
-    assert feedback["is_error"] is True and "detection_type" in feedback["content"]
+    assert feedback["is_error"] is True and "items" in feedback["content"]
 
 
 def test_prose_instead_of_a_tool_call_is_repaired_too() -> None:
@@ -113,8 +116,9 @@ def test_prose_instead_of_a_tool_call_is_repaired_too() -> None:
 
 
 def test_output_still_malformed_after_the_repair_fails_the_call() -> None:
-    too_long = item("We deploy with Helm, never kubectl apply.", title="x" * 61)
-    replay = AnthropicReplay([tool_reply([too_long]), tool_reply([{"title": "missing fields"}])])
+    no_items = tool_reply([])
+    no_items.body["content"][0]["input"] = {"title": "missing fields"}
+    replay = AnthropicReplay([text_reply("Nothing to record."), no_items])
     with pytest.raises(llm.MalformedOutput, match="malformed twice"):
         extraction_client(replay, []).extract(CONVERSATION, llm.CallStats())
     assert len(replay.requests) == 2

@@ -205,7 +205,8 @@ def test_when_retries_run_out_the_session_fails_and_is_not_done(tmp_path: Path) 
 def test_output_malformed_after_its_repair_fails_the_session(tmp_path: Path) -> None:
     sessions = tmp_path / "sessions"
     write_session(sessions / "alice" / "app" / "s1.jsonl", [("Tabs, not spaces.", "OK.")])
-    bad = tool_reply([{"detection_type": "mood", "title": "?"}])
+    bad = tool_reply([])
+    bad.body["content"][0]["input"] = {"mood": "?"}  # no items list: nothing to salvage, only a repair helps
     replay = AnthropicReplay([bad, bad])
     db = tmp_path / "db.duckdb"
     summary = run_once(sessions, db, processor_for(replay))

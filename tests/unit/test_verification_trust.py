@@ -19,6 +19,7 @@ from sessionpipe_runner.processors.base import RunContext, SessionFile
 from sessionpipe_runner.processors.verification import VerificationOutput, VerificationProcessor, store
 from sessionpipe_runner.processors.verification.report import render_text, verification_report
 from sessionpipe_runner.processors.verification.schema import DetectionType
+from sessionpipe_runner.store import migrate
 from tests.anthropic_replay import AnthropicReplay, Reply, item, message, tool_reply
 
 KEY = {"ANTHROPIC_API_KEY": "sk-ant-test-key"}
@@ -256,6 +257,7 @@ def test_control_characters_from_the_model_are_stripped_before_storing() -> None
 
 def test_the_text_report_escapes_control_characters_already_in_the_database(tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "db.duckdb")) as con:
+        migrate(con)  # the runner's tables: the report sums the recorded runs' LLM spending
         apply_migrations(con, "verification", store.MIGRATIONS)
         hostile = store.AcceptedItem(
             DetectionType.CORRECTION, f"T {HOSTILE}", f"C {HOSTILE}", f"Q {HOSTILE}", "workflow", (HOSTILE,), 0.9
@@ -280,7 +282,9 @@ def test_an_oversized_response_is_refused_and_counted() -> None:
 
 
 def test_the_repair_call_does_not_send_a_huge_answer_back() -> None:
-    bad = tool_reply([item("q" * 1_000_000, title="Huge quote")])
+    # Not an items list, so nothing can be salvaged from it and only a repair call helps.
+    huge_input = {"items": "q" * 150_000}
+    bad = message([{"type": "tool_use", "id": "toolu_1", "name": "record_knowledge", "input": huge_input}])
     replay = AnthropicReplay([bad, tool_reply([])])
     output = started(replay).process(SESSION, transcript(user(SAID), assistant(text("Understood."))))
     assert len(replay.requests) == 2 and len(replay.requests[1].raw) < 100_000

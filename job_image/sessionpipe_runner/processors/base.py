@@ -26,6 +26,7 @@ __all__ = [
     "FailRun",
     "Migration",
     "Output",
+    "Pending",
     "Processor",
     "RunContext",
     "SessionFile",
@@ -94,6 +95,9 @@ class RunContext:
     database: Path
     config: Mapping[str, Any]  # the SessionProcessor's spec.config, or --config on a laptop
     environ: Mapping[str, str]  # the runner's environment (LLM settings, API keys by reference)
+    #: The run's open database, for :meth:`Processor.start` to read the processor's own tables
+    #: (what it stored in earlier runs); only the runner writes, in its transactions.
+    connection: duckdb.DuckDBPyConnection | None = None
 
 
 class StopRun(Exception):
@@ -106,6 +110,14 @@ class StopRun(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Pending(Exception):
+    """Raised by a processor for a session whose result is on its way (an asynchronous batch).
+
+    The session is neither done nor failed: its state is left as it was, so it is a candidate
+    again on the next run, which may find the result. Counted as ``waiting_for_result``.
+    """
 
 
 class FailRun(Exception):
@@ -173,6 +185,32 @@ class Processor:
         Called only by the ``report`` command, so a report's imports cost the runs nothing.
         """
         return None
+
+    def finish(self, con: duckdb.DuckDBPyConnection) -> Counter[str]:
+        """Called once after the run's last session is committed, inside its own fenced transaction.
+
+        For work that spans the run's sessions (submitting the requests gathered from
+        :class:`Pending` sessions as one batch, and recording it). Returns issues to add to the
+        run summary. Not called when the run fails or is terminated.
+        """
+        return Counter()
+
+    def calls_in_flight(self) -> int:
+        """How many sessions may be in :meth:`process` at once, in threads (read after :meth:`start`).
+
+        1 (the default): one at a time. A processor that mostly waits on a remote API may allow
+        more; its :meth:`process` must then be thread-safe, and the runner still commits the
+        results one session at a time, in candidate order, in its own thread
+        (:mod:`sessionpipe_runner.inflight`).
+        """
+        return 1
+
+    def cancel(self) -> None:
+        """The run is ending early (SIGTERM, lost lease): send nothing more, wake whatever waits.
+
+        Called from the runner's thread while :meth:`process` may still run in others; whatever
+        those calls return is dropped.
+        """
 
     def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
         """Remove what this processor stored for sessions (``reset``, or files that vanished)."""

@@ -1,13 +1,18 @@
 """The ``verification`` processor: an LLM finds what users corrected, confirmed or defined.
 
 For each session: read the conversation from the real transcript format
-(:mod:`~sessionpipe_runner.processors.verification.conversation`), keep its last turns, remove
-secrets from each whole turn (:mod:`~sessionpipe_runner.processors.verification.redaction`), then
-shorten long turns, make one forced-tool call
-(:mod:`~sessionpipe_runner.processors.verification.llm`), keep the items whose quote is really in the
-user's words (:mod:`~sessionpipe_runner.processors.verification.quotes`), clean and redact what the
-model returned (:mod:`~sessionpipe_runner.processors.verification.untrusted`), and store them as
-knowledge items with evidence (:mod:`~sessionpipe_runner.processors.verification.store`).
+(:mod:`~sessionpipe_runner.processors.verification.conversation`), cut the turns not yet extracted
+into windows (:mod:`~sessionpipe_runner.processors.verification.windows`), remove secrets
+(:mod:`~sessionpipe_runner.processors.verification.redaction`), make one strict forced-tool call per
+window (:mod:`~sessionpipe_runner.processors.verification.llm`,
+:mod:`~sessionpipe_runner.processors.verification.structured`), or collect its answer from a
+Message Batch (:mod:`~sessionpipe_runner.processors.verification.batch`), keep the items whose quote
+is really in the user's words (:mod:`~sessionpipe_runner.processors.verification.quotes`), clean and
+redact what the model returned (:mod:`~sessionpipe_runner.processors.verification.untrusted`), and
+store them as knowledge items with evidence (:mod:`~sessionpipe_runner.processors.verification.store`).
+Each whole turn is redacted before a long one is shortened. Several sessions' calls may be in flight
+at once; what they share is in :mod:`~sessionpipe_runner.processors.verification.concurrency`, and
+what they cost in :mod:`~sessionpipe_runner.processors.verification.cost`.
 
 An LLM failure fails the session (it is retried on later runs and quarantined after repeated
 failures); it is never recorded as a success with zero items. A session with no user text needs no
@@ -21,12 +26,17 @@ config key                 environment                            default
 ``model``                  ``SESSIONPIPE_LLM_MODEL``              :data:`DEFAULT_MODEL`
 ``max_tokens_per_run``     ``SESSIONPIPE_LLM_MAX_TOKENS_PER_RUN`` 0 (no limit)
 ``max_sessions_per_run``                                          0 (no limit)
-``max_turns``                                                     40
+``concurrency``                                                   4 (calls in flight at once)
+``pricing``                ``SESSIONPIPE_PRICING``                the shipped prices (cost only)
+``max_turns``                                                     40 (turns per window)
+``context_turns``                                                 4
+``max_windows``                                                   25 (per session and run)
+``mode``                                                          ``messages`` (or ``batch``)
+``send``                                                          ``conversation`` (or ``user-only``)
 ``max_turn_chars``                                                4000
 ``max_output_tokens``                                             4096
 ``max_retries``                                                   5
 ``timeout_seconds``                                               120
-``send``                                                          ``conversation`` (or ``user-only``)
 ``base_url``               ``ANTHROPIC_BASE_URL``                 the SDK's (api.anthropic.com)
 (the API key)              ``ANTHROPIC_API_KEY``                  required
 =========================  =====================================  ==================================
@@ -35,7 +45,6 @@ config key                 environment                            default
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,9 +64,21 @@ from sessionpipe_runner.processors.base import (
     Processor,
     RunContext,
     SessionFile,
-    StopRun,
 )
-from sessionpipe_runner.processors.verification import conversation, llm, quotes, redaction, store, untrusted
+from sessionpipe_runner.processors.verification import (
+    batch,
+    concurrency,
+    conversation,
+    cost,
+    llm,
+    prompt,
+    quotes,
+    redaction,
+    store,
+    untrusted,
+    windows,
+)
+from sessionpipe_runner.processors.verification.concurrency import RunBudget
 from sessionpipe_runner.processors.verification.schema import CONFIDENCE, Extraction
 
 if TYPE_CHECKING:
@@ -80,14 +101,19 @@ class VerificationSettings(BaseModel):
     model: str = Field(default=DEFAULT_MODEL, min_length=1)
     max_tokens_per_run: int = Field(default=0, ge=0)
     max_sessions_per_run: int = Field(default=0, ge=0)
-    max_turns: int = Field(default=40, ge=1)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    pricing: str | None = None  # a price file for llm_cost_microusd (read in cost.prices)
+    max_turns: int = Field(default=40, ge=2)  # turns per window, context included
+    context_turns: int = Field(default=4, ge=0)  # earlier turns sent before a window's own
+    max_windows: int = Field(default=25, ge=1)  # per session and run; older turns beyond are counted
+    mode: Literal["messages", "batch"] = "messages"  # batch: the Message Batches API (see .batch)
+    #: ``conversation``: user and assistant text; ``user-only``: the user's text alone.
+    send: Literal["conversation", "user-only"] = "conversation"
     max_turn_chars: int = Field(default=4000, ge=200)
     max_output_tokens: int = Field(default=4096, ge=256)
     max_retries: int = Field(default=5, ge=0, le=20)
     timeout_seconds: float = Field(default=120.0, gt=0)
     base_url: str | None = None
-    #: ``conversation``: user and assistant text; ``user-only``: the user's text alone.
-    send: Literal["conversation", "user-only"] = "conversation"
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[VerificationSettings, str]:
@@ -125,35 +151,9 @@ class VerificationOutput(Output):
     """A session's output, with the accepted items for :meth:`VerificationProcessor.write`."""
 
     extraction: store.SessionExtraction | None = None
-
-
-@dataclass
-class RunBudget:
-    """What this run has spent, against its limits (0: no limit)."""
-
-    max_tokens: int = 0
-    max_sessions: int = 0
-    tokens_used: int = 0
-    sessions_called: int = 0
-
-    def before_session(self) -> None:
-        if self.max_sessions and self.sessions_called >= self.max_sessions:
-            raise StopRun(f"LLM session budget reached: {self.sessions_called} of {self.max_sessions} sessions")
-
-    def before_call(self, estimate: int) -> None:
-        """Refuse a call whose estimated tokens would take the run past its token budget."""
-        if not self.max_tokens:
-            return
-        if estimate > self.max_tokens:
-            raise llm.LLMError(
-                f"this session needs about {estimate} tokens, more than the whole per-run budget of "
-                f"{self.max_tokens}; lower max_turns / max_turn_chars or raise the budget"
-            )
-        if self.tokens_used + estimate > self.max_tokens:
-            raise StopRun(
-                f"LLM token budget: {self.tokens_used} of {self.max_tokens} tokens used, the next call "
-                f"may need {estimate}"
-            )
+    #: Only the session's new turns were read: its earlier evidence stays (see :mod:`.windows`).
+    incremental: bool = False
+    progress: windows.Progress | None = None
 
 
 @dataclass
@@ -171,23 +171,33 @@ def quote_in_user_text(quote: str, user_texts: Sequence[str]) -> bool:
 
 
 def prepare(data: bytes, max_turns: int, max_turn_chars: int, *, user_only: bool = False) -> _Prepared:
-    """The redacted conversation to send, and the user texts quotes are checked against.
+    """The redacted conversation of the last ``max_turns`` turns, and the user texts quotes are checked against.
 
-    Each whole turn is redacted before it is shortened: a cut made first could leave a value
-    without the keyword, or the BEGIN line, that identifies it. ``user_only`` leaves out the
-    assistant's turns (the ``send: user-only`` setting).
+    ``user_only`` leaves out the assistant's turns (the ``send: user-only`` setting).
     """
     issues: Counter[str] = Counter()
     turns = conversation.extract_turns(data, issues)
     if user_only:
         turns = [turn for turn in turns if turn.role == "user"]
+    turns = turns[-max_turns:]
+    prepared = prepare_turns(turns, 0, max_turn_chars)
+    prepared.issues.update(issues)
+    return prepared
+
+
+def prepare_turns(turns: Sequence[conversation.Turn], first_source: int, max_turn_chars: int) -> _Prepared:
+    """One window to send, redacted; quotes are checked against the user turns from ``first_source`` on.
+
+    Each whole turn is redacted before it is shortened: a cut made first could leave a value
+    without the keyword, or the BEGIN line, that identifies it.
+    """
+    issues: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
-    kept = turns[-max_turns:] if max_turns > 0 else turns
-    redacted = [conversation.Turn(turn.role, redaction.redact(turn.text, redactions)[0]) for turn in kept]
-    cleaned = conversation.window(redacted, max_turns, max_turn_chars)
+    redacted = [conversation.Turn(turn.role, redaction.redact(turn.text, redactions)[0]) for turn in turns]
+    cleaned = conversation.window(redacted, 0, max_turn_chars)
     for kind, count in redactions.items():
         issues[f"redacted_{kind}"] += count
-    user_texts = [conversation.normalise_space(turn.text) for turn in cleaned if turn.role == "user"]
+    user_texts = [conversation.normalise_space(turn.text) for turn in cleaned[first_source:] if turn.role == "user"]
     return _Prepared(conversation.render(cleaned), user_texts, issues)
 
 
@@ -203,20 +213,27 @@ class VerificationProcessor(Processor):
         self,
         *,
         http_client: httpx2.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
-        """``http_client``, ``sleep`` and ``draw`` are for tests (a replaying transport, instant backoff)."""
+        """``http_client``, ``sleep`` and ``draw`` are for tests (a replaying transport, instant backoff).
+
+        Without ``sleep``, waits (backoff, rate limits) end early when the run is cancelled.
+        """
         self._http_client = http_client
-        self._sleep = sleep
+        self._cancel = concurrency.Cancel()
+        self._sleep = sleep or self._cancel.sleep
+        self._opening = concurrency.Opening(self._cancel)
         self._draw = draw
+        self._progress: dict[str, windows.Progress] = {}
+        self._batch: batch.BatchMode | None = None
         self._client: llm.ExtractionClient | None = None
         self._settings = VerificationSettings()
         self._run_id = ""
         self.budget = RunBudget()
 
     def migrations(self) -> Sequence[Migration]:
-        return store.MIGRATIONS
+        return (*store.MIGRATIONS, windows.MIGRATION, batch.MIGRATION)
 
     def report(self) -> Report:
         """``sessionpipe report verification``: the items with their evidence (:mod:`.report`)."""
@@ -230,8 +247,13 @@ class VerificationProcessor(Processor):
             settings, api_key = VerificationSettings.resolve(context.config, context.environ)
         except VerificationConfigError as error:
             raise BadSettings(str(error)) from None
+        gate = concurrency.RateGate(self._sleep)
         client = llm.make_client(
-            api_key, base_url=settings.base_url, timeout=settings.timeout_seconds, http_client=self._http_client
+            api_key,
+            base_url=settings.base_url,
+            timeout=settings.timeout_seconds,
+            http_client=self._http_client,
+            event_hooks=concurrency.event_hooks(gate, self._cancel),
         )
         self._client = llm.ExtractionClient(
             client,
@@ -241,36 +263,60 @@ class VerificationProcessor(Processor):
             sleep=self._sleep,
             draw=self._draw,
         )
+        self._opening = concurrency.Opening(self._cancel)
+        self._prices = cost.prices(context)
+        self._progress = windows.load(context.connection, self.version) if context.connection is not None else {}
+        self._batch = batch.BatchMode(client, self.version, context.connection) if settings.mode == "batch" else None
         self._settings = settings
         self._run_id = context.run_id
         self.budget = RunBudget(max_tokens=settings.max_tokens_per_run, max_sessions=settings.max_sessions_per_run)
 
+    def calls_in_flight(self) -> int:
+        """The ``concurrency`` setting: sessions whose calls may be in flight at once."""
+        return self._settings.concurrency
+
+    def cancel(self) -> None:
+        """No request is sent from now on; backoff and rate-limit waits end at once."""
+        self._cancel.set()
+
     def process(self, session: SessionFile, data: bytes) -> Output:
+        """Read the session's turns not yet extracted, window by window, and keep the quoted items."""
         if self._client is None:
             raise RuntimeError("start() was not called")
         settings = self._settings
-        prepared = prepare(data, settings.max_turns, settings.max_turn_chars, user_only=settings.send == "user-only")
-        issues = prepared.issues
-        if not prepared.user_texts:
-            issues["no_user_text"] += 1
-            return VerificationOutput(issues=issues)
-        self.budget.before_session()
+        issues: Counter[str] = Counter()
+        turns = conversation.extract_turns(data, issues)
+        if settings.send == "user-only":
+            turns = [turn for turn in turns if turn.role == "user"]
+        plan = windows.plan(
+            turns,
+            self._progress.get(session.key),
+            size=settings.max_turns,
+            context=settings.context_turns,
+            max_windows=settings.max_windows,
+        )
+        if plan.turns_left_out:
+            issues["turns_left_out"] += plan.turns_left_out
+        prepared = [
+            prepare_turns(turns[window.first : window.end], window.source - window.first, settings.max_turn_chars)
+            for window in plan.windows
+        ]
+        for one in prepared:
+            issues.update(one.issues)
+        to_send = [one for one in prepared if one.user_texts]
+        output = VerificationOutput(issues=issues, incremental=plan.incremental, progress=plan.progress)
+        if not to_send:
+            if not plan.incremental:
+                issues["no_user_text"] += 1
+            return output  # no call needed; an incremental session keeps its earlier items
         stats = llm.CallStats()
-        try:
-            self.budget.sessions_called += 1
-            extraction = self._client.extract(prepared.text, stats, before_call=self.budget.before_call)
-        except llm.LLMUnavailable as error:
-            raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
-        finally:
-            self.budget.tokens_used += stats.total_tokens
-        issues.update(stats.problems)
-        counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
-        if stats.retries:
-            counters["llm_retries"] += stats.retries
-        if stats.repairs:
-            counters["llm_repaired"] += stats.repairs
-        accepted = self._accept(extraction, prepared.user_texts, issues)
-        result = store.SessionExtraction(
+        if self._batch is not None:
+            accepted = self._collect(session, data, to_send, stats, issues)
+        else:
+            accepted = self._extract(to_send, stats, issues)
+        output.counters = self._counters(stats, issues)
+        output.items = len(accepted)
+        output.extraction = store.SessionExtraction(
             session_file=session.key,
             user_name=session.user,
             project=session.project,
@@ -280,7 +326,81 @@ class VerificationProcessor(Processor):
             extracted_at=datetime.now(UTC),
             items=tuple(accepted),
         )
-        return VerificationOutput(items=len(accepted), issues=issues, counters=counters, extraction=result)
+        return output
+
+    def _extract(
+        self, to_send: Sequence[_Prepared], stats: llm.CallStats, issues: Counter[str]
+    ) -> list[store.AcceptedItem]:
+        """One call per window; the accepted items, without those whose quote an earlier window had."""
+        assert self._client is not None
+        self.budget.start_session()
+        reservations = concurrency.Reservations(self.budget)
+        accepted: list[store.AcceptedItem] = []
+        try:
+            for one in to_send:
+                with self._opening.turn():
+                    extraction = self._client.extract(one.text, stats, before_call=reservations.reserve)
+                self._merge(accepted, self._accept(extraction, one.user_texts, issues), issues)
+        except llm.LLMUnavailable as error:
+            raise FailRun(f"the LLM cannot be used with these settings: {error}") from error
+        finally:
+            reservations.settle(stats.total_tokens)
+            issues.update(stats.problems)
+        return accepted
+
+    def _collect(
+        self,
+        session: SessionFile,
+        data: bytes,
+        to_send: Sequence[_Prepared],
+        stats: llm.CallStats,
+        issues: Counter[str],
+    ) -> list[store.AcceptedItem]:
+        """The windows' answers from the Message Batch (or :class:`Pending`); the accepted items."""
+        assert self._client is not None and self._batch is not None
+        params = [self._client.params([prompt.user_message(one.text)]) for one in to_send]
+        answers = self._batch.collect(session.key, data, params)
+        self.budget.start_session()
+        accepted: list[store.AcceptedItem] = []
+        for one, answer in zip(to_send, answers, strict=True):
+            stats.calls += 1
+            extraction = llm.read_answer(answer, stats)
+            self._merge(accepted, self._accept(extraction, one.user_texts, issues), issues)
+        self.budget.settle(0, stats.total_tokens)
+        issues.update(stats.problems)
+        return accepted
+
+    @staticmethod
+    def _merge(accepted: list[store.AcceptedItem], found: Sequence[store.AcceptedItem], issues: Counter[str]) -> None:
+        """Add a window's items to ``accepted``, but not those whose quote an earlier window had."""
+        earlier = {conversation.normalise_space(item.user_quote) for item in accepted}
+        for item in found:
+            if conversation.normalise_space(item.user_quote) in earlier:
+                issues["quote_in_an_earlier_window"] += 1
+            else:
+                accepted.append(item)
+
+    def finish(self, con: duckdb.DuckDBPyConnection) -> Counter[str]:
+        """In batch mode, submit the requests gathered this run as one Message Batch (see :mod:`.batch`)."""
+        return self._batch.finish(con) if self._batch is not None else Counter()
+
+    def _counters(self, stats: llm.CallStats, issues: Counter[str]) -> Counter[str]:
+        """What a session's calls did and cost, as run counters."""
+        counters: Counter[str] = Counter(llm_calls=stats.calls, llm_tokens=stats.total_tokens)
+        if stats.retries:
+            counters["llm_retries"] += stats.retries
+        for reason, count in stats.retried_because.items():
+            counters[f"llm_retries_{reason}"] += count  # http_429, http_529, timeout, connection…
+        if stats.repairs:
+            counters["llm_repaired"] += stats.repairs
+        if stats.invalid_items:
+            issues["llm_item_invalid"] += stats.invalid_items
+        spent = cost.microusd(self._prices, self._settings.model, stats, batch=self._batch is not None)
+        if spent is None:
+            issues["llm_model_unpriced"] += 1
+        else:
+            counters[cost.COUNTER] += spent
+        return counters
 
     @staticmethod
     def _accept(extraction: Extraction, user_texts: Sequence[str], issues: Counter[str]) -> list[store.AcceptedItem]:
@@ -314,17 +434,30 @@ class VerificationProcessor(Processor):
             )
         return accepted
 
-    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+    def write(self, con: duckdb.DuckDBPyConnection, batch_of: Sequence[tuple[SessionFile, Output]]) -> None:
         """Replace the sessions' evidence, merging items across sessions (see :mod:`.store`)."""
         extractions = []
-        for session, output in batch:
-            if isinstance(output, VerificationOutput) and output.extraction is not None:
+        kept: set[str] = set()  # sessions read incrementally: their earlier evidence stays
+        progress: list[tuple[str, windows.Progress]] = []
+        for session, output in batch_of:
+            if not isinstance(output, VerificationOutput):
+                store.forget_sessions(con, [session.key])
+                continue
+            if output.incremental:
+                kept.add(session.key)
+            if output.extraction is not None:
                 extractions.append(output.extraction)
-            else:
+            elif not output.incremental:
                 # No call was needed (no user text): whatever the session said before is gone.
                 store.forget_sessions(con, [session.key])
+            if output.progress is not None:
+                progress.append((session.key, output.progress))
         if extractions:
-            store.replace_sessions(con, extractions)
+            store.replace_sessions(con, extractions, keep_existing=kept)
+        windows.save(con, self.version, progress, datetime.now(UTC))
+        batch.forget(con, [session.key for session, _ in batch_of])  # their results are stored
 
     def forget(self, con: duckdb.DuckDBPyConnection, session_keys: Sequence[str]) -> None:
         store.forget_sessions(con, session_keys)
+        windows.forget(con, session_keys)
+        batch.forget(con, session_keys)

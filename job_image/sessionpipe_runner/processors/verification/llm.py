@@ -25,16 +25,16 @@ import json
 import random as random_module
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import anthropic
 import httpx2
 import pydantic
 from anthropic.types import Message
 
-from sessionpipe_runner.processors.verification import prompt, untrusted
+from sessionpipe_runner.processors.verification import prompt, structured, untrusted
 from sessionpipe_runner.processors.verification.schema import Extraction
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -85,6 +85,7 @@ class CallStats:
     calls: int = 0  # HTTP requests sent, retries included
     retries: int = 0
     repairs: int = 0
+    invalid_items: int = 0  # items dropped for breaking a bound the strict schema cannot express
     input_tokens: int = 0  # uncached input
     output_tokens: int = 0
     cache_write_tokens: int = 0
@@ -121,12 +122,19 @@ def make_client(
     base_url: str | None = None,
     timeout: float = 120.0,
     http_client: httpx2.Client | None = None,
+    event_hooks: Mapping[str, Sequence[Callable[..., None]]] | None = None,
 ) -> anthropic.Anthropic:
     """An SDK client with the SDK's own retries off (the loop in :class:`ExtractionClient` retries).
 
     ``base_url`` None leaves the choice to the SDK, which reads ``ANTHROPIC_BASE_URL`` from the
-    process environment and falls back to the public endpoint.
+    process environment and falls back to the public endpoint. ``event_hooks`` (``httpx``'s
+    ``request`` / ``response`` hooks) are added to ``http_client``, or to the SDK's default client.
     """
+    if event_hooks:
+        if http_client is None:
+            http_client = anthropic.DefaultHttpxClient()
+        for kind, hooks in event_hooks.items():
+            http_client.event_hooks[kind].extend(hooks)
     return anthropic.Anthropic(
         api_key=api_key,
         base_url=base_url,
@@ -179,20 +187,24 @@ class ExtractionClient:
 
         return prompt.estimate_tokens(prompt.fixed_prompt_text(), json.dumps(messages)) + self.max_output_tokens
 
+    def params(self, messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The Messages API request for ``messages``: the model, the cached system prompt, the forced tool."""
+        return {
+            "model": self.model,
+            "max_tokens": self.max_output_tokens,
+            "system": prompt.system_blocks(),
+            "tools": [prompt.tool_definition()],
+            "tool_choice": {"type": "tool", "name": prompt.TOOL_NAME},
+            "messages": list(messages),
+        }
+
     def send(self, messages: Sequence[dict[str, Any]], stats: CallStats) -> Message:
         """One Messages API call with the forced tool, retried as :class:`RetryPolicy` says."""
         retry = 0
         while True:
             stats.calls += 1
             try:
-                message = self.client.messages.create(
-                    model=self.model,
-                    max_tokens=self.max_output_tokens,
-                    system=cast(Any, prompt.system_blocks()),
-                    tools=cast(Any, [prompt.tool_definition()]),
-                    tool_choice={"type": "tool", "name": prompt.TOOL_NAME},
-                    messages=cast(Any, list(messages)),
-                )
+                message: Message = self.client.messages.create(**self.params(messages))
             except anthropic.APIStatusError as error:
                 status = error.status_code
                 if status in RUN_FATAL_STATUS:
@@ -235,6 +247,10 @@ class ExtractionClient:
         extraction, problem, tool_use_id = parse(answer, stats.problems)
         if extraction is not None:
             return extraction
+        salvaged = _salvage(answer)
+        if salvaged is not None:
+            stats.invalid_items += salvaged[1]
+            return salvaged[0]
         messages += prompt.repair_messages(
             _replayable_content(answer, tool_use_id, stats.problems), tool_use_id, problem
         )
@@ -253,6 +269,30 @@ def response_size(message: Message) -> int:
         len(block.text) if block.type == "text" else len(json.dumps(block.input)) if block.type == "tool_use" else 0
         for block in message.content
     )
+
+
+def read_answer(message: Message, stats: CallStats) -> Extraction:
+    """The extraction in an answer that cannot be repaired (a batch result): bad items dropped and counted.
+
+    Raises :class:`MalformedOutput` when there is nothing to salvage.
+    """
+    stats.add_usage(message)
+    extraction, problem, _ = parse(message, stats.problems)
+    if extraction is not None:
+        return extraction
+    salvaged = _salvage(message)
+    if salvaged is None:
+        raise MalformedOutput(f"the model's output was malformed: {problem}")
+    stats.invalid_items += salvaged[1]
+    return salvaged[0]
+
+
+def _salvage(message: Message) -> tuple[Extraction, int] | None:
+    """:func:`.structured.salvage` of an answer within :data:`.untrusted.MAX_RESPONSE_CHARS`; an
+    oversized one is never read for items."""
+    if response_size(message) > untrusted.MAX_RESPONSE_CHARS:
+        return None
+    return structured.salvage(message, prompt.TOOL_NAME)
 
 
 def parse(message: Message, problems: Counter[str] | None = None) -> tuple[Extraction | None, str, str | None]:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from sessionpipe_runner.processors.verification.schema import Domain, tool_input_schema
+from sessionpipe_runner.processors.verification.structured import strict_schema
 
 TOOL_NAME = "record_knowledge"
 
@@ -53,7 +54,8 @@ def tool_definition() -> dict[str, Any]:
     return {
         "name": TOOL_NAME,
         "description": "Record the knowledge items found in the conversation (an empty list if none).",
-        "input_schema": tool_input_schema(),
+        "input_schema": strict_schema(tool_input_schema()),
+        "strict": True,  # the API enforces the schema: no malformed answer to repair (see .structured)
     }
 
 

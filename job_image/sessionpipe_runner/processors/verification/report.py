@@ -65,6 +65,7 @@ def verification_report(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     for entry in items.values():
         by_type[entry["detection_type"]] = by_type.get(entry["detection_type"], 0) + 1
     return {
+        "llm": llm_spending(con),
         "items": list(items.values()),
         "totals": {
             "items": len(items),
@@ -72,6 +73,22 @@ def verification_report(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             "by_detection_type": dict(sorted(by_type.items())),
         },
     }
+
+
+def llm_spending(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """What the recorded verification runs spent on the LLM: calls, tokens, dollars (from their summaries)."""
+    row = con.execute(
+        """
+        SELECT count(*),
+               coalesce(sum(CAST(json_extract(summary, '$.counters.llm_calls') AS BIGINT)), 0),
+               coalesce(sum(CAST(json_extract(summary, '$.counters.llm_tokens') AS BIGINT)), 0),
+               coalesce(sum(CAST(json_extract(summary, '$.counters.llm_cost_microusd') AS BIGINT)), 0)
+        FROM processor_runs
+        WHERE processor = 'verification' AND summary IS NOT NULL
+        """
+    ).fetchone()
+    runs, calls, tokens, microusd = row if row is not None else (0, 0, 0, 0)
+    return {"runs": runs, "calls": calls, "tokens": tokens, "cost_usd": round(microusd / 1e6, 6)}
 
 
 def _iso(epoch_ms: int) -> str:
@@ -86,11 +103,15 @@ def _preview(text: str) -> str:
 
 def render_text(data: dict[str, Any]) -> str:
     """The report for a terminal: one block per item, its sources indented below it."""
-    totals = data["totals"]
+    totals, spent = data["totals"], data["llm"]
+    spending = (
+        f"LLM: {spent['calls']:,} calls, {spent['tokens']:,} tokens, ${spent['cost_usd']:.4f} "
+        f"over {spent['runs']:,} run(s)"
+    )
     if not totals["items"]:
-        return "no knowledge items yet"
+        return f"no knowledge items yet\n{spending}"
     kinds = ", ".join(f"{kind} {count}" for kind, count in totals["by_detection_type"].items())
-    lines = [f"{totals['items']} knowledge items ({kinds}), {totals['evidence']} pieces of evidence", ""]
+    lines = [f"{totals['items']} knowledge items ({kinds}), {totals['evidence']} pieces of evidence", spending, ""]
     for item in data["items"]:
         lines.append(
             f"[{for_terminal(item['detection_type'])}] {for_terminal(item['title'])}  "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -208,12 +208,18 @@ def _delete_orphans(con: duckdb.DuckDBPyConnection, items: Sequence[str]) -> Non
         )
 
 
-def replace_sessions(con: duckdb.DuckDBPyConnection, extractions: Sequence[SessionExtraction]) -> int:
+def replace_sessions(
+    con: duckdb.DuckDBPyConnection, extractions: Sequence[SessionExtraction], keep_existing: Collection[str] = ()
+) -> int:
     """Replace the evidence of these sessions with their new items; returns evidence rows written.
 
-    Runs inside the caller's transaction.
+    The sessions in ``keep_existing`` (read incrementally) keep their evidence and gain the new
+    items, except those whose quote the session already has. Runs inside the caller's transaction.
     """
-    touched = _delete_evidence(con, [extraction.session_file for extraction in extractions])
+    touched = _delete_evidence(
+        con, [extraction.session_file for extraction in extractions if extraction.session_file not in keep_existing]
+    )
+    quoted = _quotes(con, keep_existing)
     known = _known_items(con)
     evidence: dict[str, tuple[object, ...]] = {}
     for extraction in extractions:
@@ -247,6 +253,8 @@ def replace_sessions(con: duckdb.DuckDBPyConnection, extractions: Sequence[Sessi
                     [extraction.extracted_at, target],
                 )
             key = evidence_id(extraction.session_file, target, item.user_quote)
+            if (extraction.session_file, " ".join(item.user_quote.split())) in quoted:
+                continue
             evidence[key] = (
                 key,
                 target,
@@ -265,6 +273,16 @@ def replace_sessions(con: duckdb.DuckDBPyConnection, extractions: Sequence[Sessi
     tables.insert_rows(con, EVIDENCE, list(evidence.values()))
     _delete_orphans(con, touched)
     return len(evidence)
+
+
+def _quotes(con: duckdb.DuckDBPyConnection, session_files: Collection[str]) -> set[tuple[str, str]]:
+    """(session file, whitespace-normalised quote) of the evidence these sessions already have."""
+    if not session_files:
+        return set()
+    rows = con.execute(
+        f"SELECT session_file, user_quote FROM {EVIDENCE} WHERE session_file = ANY(?)", [list(session_files)]
+    ).fetchall()
+    return {(session_file, " ".join(quote.split())) for session_file, quote in rows}
 
 
 def forget_sessions(con: duckdb.DuckDBPyConnection, session_files: Sequence[str]) -> None:
