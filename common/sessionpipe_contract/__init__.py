@@ -89,6 +89,10 @@ OUTCOME_LEASE_NOT_ACQUIRED: Final = "lease_not_acquired"
 OUTCOME_LEASE_LOST: Final = "lease_lost"
 OUTCOME_TERMINATED: Final = "terminated"
 
+#: The run counter in which LLM-calling processors report what their calls cost, in millionths of a
+#: dollar (counters are integers); the operator also exports it in dollars.
+COUNTER_LLM_COST_MICROUSD: Final = "llm_cost_microusd"
+
 #: Keys of the compact run summary the runner writes to the termination message (a JSON object).
 #: ``started``/``finished`` are RFC 3339 UTC; ``duration_seconds`` a float; the counts integers.
 SUMMARY_KEYS: Final = (

@@ -23,6 +23,11 @@ RUN_COUNTERS = Counter(
     "What finished runs reported doing or spending (the summary's counters: llm_calls, llm_tokens...).",
     ["namespace", "sessionprocessor", "processor", "counter"],
 )
+LLM_COST = Counter(
+    "sessionpipe_llm_cost_usd_total",
+    "Dollars finished runs reported spending on LLM calls (their llm_cost_microusd counter / 1e6).",
+    ["namespace", "sessionprocessor", "processor"],
+)
 RECONCILE_ERRORS = Counter(
     "sessionpipe_reconcile_errors_total",
     "Handler invocations that failed with an error (invalid specs are not errors).",

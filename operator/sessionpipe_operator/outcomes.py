@@ -14,7 +14,12 @@ from typing import Any
 
 import kopf
 
-from sessionpipe_contract import LABEL_INSTANCE, LABEL_PROCESSOR, OUTCOME_LEASE_NOT_ACQUIRED
+from sessionpipe_contract import (
+    COUNTER_LLM_COST_MICROUSD,
+    LABEL_INSTANCE,
+    LABEL_PROCESSOR,
+    OUTCOME_LEASE_NOT_ACQUIRED,
+)
 from sessionpipe_operator import events, metrics
 from sessionpipe_operator import status as status_rules
 from sessionpipe_operator.jobs import JOB_NAME_LABEL, job_outcome, job_succeeded, termination_message
@@ -65,6 +70,8 @@ def record_finished_job(state: OperatorState, namespace: str, job: dict[str, Any
     metrics.RUNS.labels(**labels, outcome=outcome).inc()
     for counter, value in ((summary or {}).get("counters") or {}).items():
         metrics.RUN_COUNTERS.labels(**labels, counter=counter).inc(value)
+        if counter == COUNTER_LLM_COST_MICROUSD:
+            metrics.LLM_COST.labels(**labels).inc(value / 1e6)
     message = run_message(meta.name, outcome, record)
     if outcome == OUTCOME_LEASE_NOT_ACQUIRED:
         events.post_info(recorded_on.body, reason="RunSkipped", message=message)

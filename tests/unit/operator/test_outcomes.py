@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+from prometheus_client import REGISTRY
+
 from sessionpipe_operator import outcomes
 from sessionpipe_operator.state import OperatorState
 from tests.unit.operator.conftest import PostedEvent
@@ -74,3 +76,17 @@ def test_a_job_with_success_criteria_met_but_not_complete_is_not_recorded_yet(ku
 def test_a_job_of_a_processor_not_in_the_index_is_not_recorded(kube: FakeKube, processor: str) -> None:
     job = finished_job(kube, processor, "daily-1", "Complete")
     assert not outcomes.needs_recording(job, None)
+
+
+def test_a_runs_llm_cost_in_microdollars_is_exported_in_dollars(
+    state: OperatorState, kube: FakeKube, logger: logging.Logger, processor: str
+) -> None:
+    job = finished_job(kube, processor, "daily-1", "Complete")
+    spent = {**SUMMARY, "counters": {"llm_calls": 3, "llm_cost_microusd": 1_250_000}}
+    pod_with_message(kube, "daily-1", json.dumps(spent))
+    labels = {"namespace": NS, "sessionprocessor": "daily", "processor": read(kube, processor).spec.processor}
+    before = REGISTRY.get_sample_value("sessionpipe_llm_cost_usd_total", labels) or 0.0
+    outcomes.record_finished_job(state, NS, job, logger)
+    assert REGISTRY.get_sample_value("sessionpipe_llm_cost_usd_total", labels) == before + 1.25
+    cost_counter = {**labels, "counter": "llm_cost_microusd"}
+    assert REGISTRY.get_sample_value("sessionpipe_run_counters_total", cost_counter) == 1_250_000

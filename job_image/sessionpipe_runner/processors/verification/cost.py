@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sessionpipe_contract import ENV_PRICING
+from sessionpipe_contract import COUNTER_LLM_COST_MICROUSD, ENV_PRICING
 from sessionpipe_runner.processors.base import BadSettings, RunContext
 from sessionpipe_runner.processors.usage.pricing import PriceTable, PricingError, call_cost, load_prices
 from sessionpipe_runner.processors.verification.llm import CallStats
 
-COUNTER = "llm_cost_microusd"
+COUNTER = COUNTER_LLM_COST_MICROUSD
 #: The Message Batches API bills every token at half the price.
 BATCH_DISCOUNT = 0.5
 
