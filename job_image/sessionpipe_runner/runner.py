@@ -23,8 +23,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import duckdb
+import _duckdb  # the engine alone: see sessionpipe_runner.store
 
 from sessionpipe_contract import (
     EXIT_FAILED,
@@ -55,6 +56,9 @@ from sessionpipe_runner.store import runs
 from sessionpipe_runner.store.state import StateRow
 from sessionpipe_runner.summary import RunSummary, write_termination_message
 from sessionpipe_runner.work import Examined, Outcome
+
+if TYPE_CHECKING:
+    import duckdb
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +414,7 @@ def _terminated(job: Run) -> None:
 def _abandon(job: Run) -> None:
     """After losing the lease: write nothing more, just drop the connection."""
     if job.con is not None:
-        with contextlib.suppress(duckdb.Error):
+        with contextlib.suppress(_duckdb.Error):
             job.con.close()
         job.con = None
 
@@ -422,5 +426,5 @@ def _close_after_failure(job: Run) -> None:
         return
     try:
         job.finish(con)
-    except (duckdb.Error, LeaseLost, Terminated):
+    except (_duckdb.Error, LeaseLost, Terminated):
         _abandon(job)

@@ -23,7 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
+# The engine itself, not the ``duckdb`` package: that wrapper (relations, expressions, its version
+# through importlib.metadata) costs a run ~0.2 s of imports and none of it is used here. The
+# connection, its errors and parameterised statements are the engine's; what needs the wrapper
+# (registering an Arrow table) imports it where it is done (:mod:`sessionpipe_runner.tables`).
+import _duckdb
 
 from sessionpipe_runner import migrations
 from sessionpipe_runner.migrations import Migration
@@ -38,6 +42,8 @@ from sessionpipe_runner.store.state import (
 from sessionpipe_runner.tables import StoreError, column_names, has_column, table_columns, transaction
 
 if TYPE_CHECKING:
+    import duckdb
+
     from sessionpipe_runner.processors.base import Processor
 
 __all__ = [
@@ -126,12 +132,12 @@ def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = N
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=config)
-    except duckdb.IOException as error:
+        return _duckdb.connect(str(path), read_only=read_only, config=config)
+    except _duckdb.IOException as error:
         if "lock" in str(error).lower():
             raise DatabaseLocked(f"database {path} is open in another process: {error}") from error
         raise StoreError(f"cannot open database {path}: {error}") from error
-    except duckdb.Error as error:
+    except _duckdb.Error as error:
         raise StoreError(f"cannot open database {path}: {error}") from error
 
 
