@@ -5,9 +5,10 @@ The runner's tables, each with the module that reads and writes it:
 - ``schema_migrations``: which migration of which owner (``runner`` or a processor) was applied
   (:mod:`sessionpipe_runner.migrations`).
 - ``session_processor_state``: one row per (processor, session file): what was seen (size, mtime,
-  hash of the complete lines), the processor version, items, attempts, last error and status, and
-  ``vanished_at``: when a run first missed the file (``NULL`` while it is on the volume)
-  (:mod:`.state`).
+  hash of the complete lines), the processor version, items, attempts, last error and status,
+  ``vanished_at``: when a run first missed the file (``NULL`` while it is on the volume), and
+  ``content_length`` / ``line_count``: where the complete lines committed end, so that a file that
+  only grew is processed from there (:mod:`.state`).
 - ``processor_runs``: one row per run with its JSON summary; a run killed before it could record
   its end stays ``running`` until the next writer marks it ``abandoned`` (:mod:`.runs`).
 - ``writer_epochs``: one row per lease acquisition, the fence that stops a deposed writer
@@ -110,6 +111,14 @@ RUNNER_MIGRATIONS: tuple[Migration, ...] = (
         "0002_vanished_at",
         "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS vanished_at TIMESTAMPTZ;",
     ),
+    # Where the committed lines end (bytes) and how many they are: a file that only grew since is
+    # processed from there (Claude Code only appends). NULL (rows of an earlier build, a file
+    # read in pieces) means "read it whole".
+    Migration(
+        "0003_committed_length",
+        "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS content_length BIGINT;"
+        "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS line_count BIGINT;",
+    ),
 )
 
 
@@ -141,8 +150,9 @@ def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = N
         raise StoreError(f"cannot open database {path}: {error}") from error
 
 
-def migrate(con: duckdb.DuckDBPyConnection, processor: Processor | None = None) -> None:
-    """Bring the runner's tables, and a processor's, up to date."""
-    migrations.apply_migrations(con, "runner", RUNNER_MIGRATIONS)
+def migrate(con: duckdb.DuckDBPyConnection, processor: Processor | None = None) -> list[str]:
+    """Bring the runner's tables, and a processor's, up to date; returns the ids applied now."""
+    applied = migrations.apply_migrations(con, "runner", RUNNER_MIGRATIONS)
     if processor is not None:
-        migrations.apply_migrations(con, f"processor:{processor.name}", processor.migrations())
+        applied += migrations.apply_migrations(con, f"processor:{processor.name}", processor.migrations())
+    return applied

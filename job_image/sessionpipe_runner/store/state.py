@@ -25,6 +25,9 @@ class StateRow(NamedTuple):
     processor_version: str
     attempts: int
     status: str
+    items: int = 0
+    content_length: int | None = None  # bytes of the complete lines committed (NULL: not known)
+    line_count: int | None = None  # lines in them
 
 
 _make_state_row = partial(tuple.__new__, StateRow)  # StateRow(*row) without a Python-level call
@@ -42,7 +45,7 @@ def _file_stats(files: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
 #: The rule by which :func:`~sessionpipe_runner.scan.decide` calls a file unchanged, in SQL.
 _UNSETTLED_STATE = f"""
 SELECT scanned.session_file, state.size, state.mtime_ns, state.content_hash, state.processor_version,
-       state.attempts, state.status
+       state.attempts, state.status, state.items, state.content_length, state.line_count
 FROM {_FILE_STATS} AS scanned
 LEFT JOIN session_processor_state AS state
        ON state.processor = $processor AND state.session_file = scanned.session_file
