@@ -180,9 +180,9 @@ class Run:
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan.files)
         version = self.processor.version
-        scanned = [(file.key, file.size, file.mtime_ns) for file in scan.files]
-        self._mark_vanished(con, [file.key for file in scan.files])
-        unsettled = store.unsettled_state(con, self.processor.name, version, scanned)
+        store.record_scan(con, [(file.key, file.size, file.mtime_ns) for file in scan.files])
+        self._mark_vanished(con)
+        unsettled = store.unsettled_state(con, self.processor.name, version)
         self.states = {key: state for key, state in unsettled.items() if state is not None}
         candidates: list[tuple[SessionFile, Committed | None]] = []
         for file, decision in plan(scan.files, unsettled, version):
@@ -208,11 +208,11 @@ class Run:
             return Committed(state.content_hash)
         return Committed(state.content_hash, state.content_length, state.line_count)
 
-    def _mark_vanished(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> None:
+    def _mark_vanished(self, con: duckdb.DuckDBPyConnection) -> None:
         """Mark files the scan no longer finds as vanished (their rows stay), and found ones as live."""
         marked: list[tuple[int, int]] = []
         name, user = self.processor.name, self.settings.user
-        self.fence.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, keys, _now())))
+        self.fence.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, _now())))
         vanished, reappeared = marked[0]
         self.changed |= bool(vanished or reappeared)
         if vanished:
