@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+sys.path.insert(0, str(DEFAULT_OUT.parent.parent))  # run as a script or as a module (-m)
+
+from bench.bench_usage import installed_env  # noqa: E402
+
 USERS = 50
 PROJECTS_PER_USER = 20
 TARGET_SECONDS = 1.0  # issue 13 (was 3 s)
@@ -95,7 +99,7 @@ def run(sessions: Path, db: Path) -> tuple[float, dict[str, object]]:
     script = Path(sys.executable).with_name("sessionpipe")
     command = [str(script), "run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=installed_env())
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"sessionpipe exited {result.returncode}:\n{result.stderr}")
