@@ -69,9 +69,19 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> Measured:
     return Measured(elapsed, memory, stdout)
 
 
+def installed_env() -> dict[str, str]:
+    """This environment as an installed sessionpipe runs in: with its bytecode cached.
+
+    A shell that sets ``PYTHONDONTWRITEBYTECODE`` (this machine's does) makes every run compile
+    sessionpipe's modules again, about 0.1 s that neither an installed package nor the image pays.
+    """
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def sessionpipe_run(sessions: Path, db: Path) -> Measured:
     script = Path(sys.executable).with_name("sessionpipe")
-    return timed([str(script), "run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"])
+    command = [str(script), "run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
+    return timed(command, env=installed_env())
 
 
 def ccusage_env(config_dirs: list[Path]) -> dict[str, str]:
@@ -166,10 +176,34 @@ def ccusage_config_dirs(sessions: Path, scratch: Path) -> list[Path]:
     return config_dirs
 
 
-def main() -> int:
-    args = corpus_arguments(__doc__.splitlines()[0])
-    source = ensure_corpus(args.out, args.megabytes, args.users, args.seed)
-    launcher = ccusage.install()
+@dataclass
+class CorpusRun:
+    """What :func:`measure` found on one corpus: both tools' runs, interleaved, and the cross-check."""
+
+    size: int  # bytes of session files
+    files: int
+    users: int
+    cold: list[Measured]
+    theirs_cold: list[Measured]
+    incremental: list[Measured]
+    theirs_again: list[Measured]
+    our_tokens: int
+    their_tokens: int
+    publish: list[float]  # seconds to publish the snapshot of the database the runs left
+
+    def median(self, runs: str) -> float:
+        measured: list[Measured] = getattr(self, runs)
+        return statistics.median(m.seconds for m in measured)
+
+    @property
+    def peak_pss_mb(self) -> float:
+        return max(m.memory.pss_mb for m in [*self.cold, *self.incremental])
+
+
+def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
+    """Cold and incremental runs of both tools on a working copy of ``source``, interleaved."""
+    from sessionpipe_runner.snapshot import publish_snapshot
+
     with tempfile.TemporaryDirectory(prefix="bench-usage-") as scratch_name:
         scratch = Path(scratch_name)
         sessions = scratch / "sessions"
@@ -177,36 +211,49 @@ def main() -> int:
         size = corpus_bytes(sessions)
         config_dirs = ccusage_config_dirs(sessions, scratch)
         warm_page_cache(sessions)
-        print(
-            f"corpus: {size / MB:.1f} MB, {sum(1 for _ in sessions.rglob('*.jsonl'))} files, {len(config_dirs)} users"
-        )
 
         cold: list[Measured] = []
         theirs_cold: list[Measured] = []
-        for attempt in range(args.repeat):
+        for attempt in range(repeat):
             cold.append(sessionpipe_run(sessions, scratch / f"cold-{attempt}.duckdb"))
             theirs_cold.append(ccusage_monthly(launcher, config_dirs))
-        db = scratch / f"cold-{args.repeat - 1}.duckdb"
+        db = scratch / f"cold-{repeat - 1}.duckdb"
         our_tokens = our_total_tokens(db)
         their_tokens = int(json.loads(theirs_cold[-1].stdout)["totals"]["totalTokens"])
 
         target_file = max(sessions.rglob("*.jsonl"), key=lambda p: p.stat().st_size)
         incremental: list[Measured] = []
         theirs_again: list[Measured] = []
-        for attempt in range(args.repeat):
+        for attempt in range(repeat):
             append_call(target_file, attempt)
             run = sessionpipe_run(sessions, db)
             summary = summary_of(run)
             assert summary["processed"] == 1 and summary["unchanged"] == summary["scanned"] - 1, summary
             incremental.append(run)
             theirs_again.append(ccusage_monthly(launcher, config_dirs))
+        publish = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            publish_snapshot(db)
+            publish.append(time.perf_counter() - started)
+        files = sum(1 for _ in sessions.rglob("*.jsonl"))
+    return CorpusRun(
+        size, files, len(config_dirs), cold, theirs_cold, incremental, theirs_again, our_tokens, their_tokens, publish
+    )
 
-    cold_s = statistics.median(m.seconds for m in cold)
-    ccusage_cold_s = statistics.median(m.seconds for m in theirs_cold)
-    incremental_s = statistics.median(m.seconds for m in incremental)
-    ccusage_again_s = statistics.median(m.seconds for m in theirs_again)
+
+def main() -> int:
+    args = corpus_arguments(__doc__.splitlines()[0])
+    source = ensure_corpus(args.out, args.megabytes, args.users, args.seed)
+    result = measure(source, ccusage.install(), args.repeat)
+    size = result.size
+    print(f"corpus: {size / MB:.1f} MB, {result.files} files, {result.users} users")
+    cold, theirs_cold, incremental = result.cold, result.theirs_cold, result.incremental
+    cold_s, ccusage_cold_s = result.median("cold"), result.median("theirs_cold")
+    incremental_s, ccusage_again_s = result.median("incremental"), result.median("theirs_again")
+    our_tokens, their_tokens = result.our_tokens, result.their_tokens
     ours = [m.memory for m in [*cold, *incremental]]
-    peak = max(m.pss_mb for m in ours)
+    peak = result.peak_pss_mb
     cold_mb_s = size / MB / cold_s
     ratio = ccusage_again_s / incremental_s
 

@@ -77,6 +77,7 @@ class BatchWriter:
         self.summary = summary
         self.states = states
         self.max_attempts = max_attempts
+        self.commits = 0  # batches committed (each changed what readers of the database see)
 
     def flush(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         """Commit a batch; if the batch's write fails, retry its sessions one at a time.
@@ -102,8 +103,10 @@ class BatchWriter:
             failed = Batch(failures=[(file, snapshot, error)], seen=batch.seen)
             self.fence.commit(con, lambda: self._write(con, failed))
             self._count(failed)
+            self.commits += 1
             return
         self._count(batch)
+        self.commits += 1
 
     def _write(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         now = _now()
@@ -111,7 +114,8 @@ class BatchWriter:
         if batch.outputs:
             self.processor.write(con, [(file, output) for file, output, _ in batch.outputs])
         for file, output, snapshot in batch.outputs:
-            rows.append(self._state_row(file, snapshot, output.items, 0, None, "done", now))
+            items = output.items + (self._committed_items(file) if output.appended else 0)
+            rows.append(self._state_row(file, snapshot, items, 0, None, "done", now))
         for file, tried, error in batch.failures:
             attempts = self._previous_attempts(file) + 1
             status = "quarantined" if attempts >= self.max_attempts else "failed"
@@ -124,6 +128,7 @@ class BatchWriter:
         summary = self.summary
         for _, output, _ in batch.outputs:
             summary.processed += 1
+            summary.appended += output.appended
             summary.items += output.items
             summary.issues.update(output.issues)
             summary.counters.update(output.counters)
@@ -132,6 +137,11 @@ class BatchWriter:
             summary.failures[file.key] = work.error_text(error)
             if self._previous_attempts(file) + 1 >= self.max_attempts:
                 summary.quarantined += 1
+
+    def _committed_items(self, file: SessionFile) -> int:
+        """The items recorded for a file's committed lines (what an appended tail's items add to)."""
+        known = self.states.get(file.key)
+        return known.items if known is not None else 0
 
     def _previous_attempts(self, file: SessionFile) -> int:
         known = self.states.get(file.key)
@@ -163,4 +173,7 @@ class BatchWriter:
             status,
             now,
             None,  # vanished_at: the file was just seen
+            # Where the committed lines end; not known of lines read in pieces around one too long.
+            snapshot.length if snapshot is not None and not snapshot.long_lines else None,
+            snapshot.lines if snapshot is not None and not snapshot.long_lines else None,
         )

@@ -8,38 +8,65 @@ code 2, a database that cannot be read or written with one line and exit code 1,
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
-
-import duckdb
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 from sessionpipe_contract import ENV_LOG_FORMAT, EXIT_DATABASE_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from sessionpipe_runner import signals, store
-from sessionpipe_runner.commands import (
-    demo,
-    forget,
-    pricing,
-    processors,
-    quickstart,
-    report,
-    reset,
-    run_now,
-    serve,
-    status,
-)
-from sessionpipe_runner.commands import run as run_command
-from sessionpipe_runner.commands.common import CommandParser, DatabaseBusy, HelpFormatter, OneLineParser
-from sessionpipe_runner.lease.factory import LeaseBusy
-from sessionpipe_runner.processors import registry
+from sessionpipe_runner import signals
+from sessionpipe_runner.commands.parsers import CommandParser, HelpFormatter, OneLineParser
 from sessionpipe_runner.settings import UsageError
 
+
+@dataclass(frozen=True)
+class Command:
+    """A command as the top-level help lists it; its module is imported only when it is used.
+
+    The module (``sessionpipe_runner.commands.<module>``) has ``DESCRIPTION``, ``EXAMPLES``,
+    ``add_arguments(parser)`` and ``handle(args)``. Importing every command to build the parser
+    made each run (and ``--help``) pay for DuckDB's wrapper, the reports and the pricing importer.
+    """
+
+    name: str
+    module: str
+    help: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(f"sessionpipe_runner.commands.{self.module}")
+
+    def complete(self, p: argparse.ArgumentParser) -> None:
+        """Give the command's parser its text and arguments, once this command is the one used."""
+        module = self.load()
+        p.description, p.epilog = module.DESCRIPTION, module.EXAMPLES
+        module.add_arguments(p)
+        p.set_defaults(handler=module.handle)
+
+
 #: The commands in the order ``sessionpipe --help`` lists them.
-COMMANDS = (run_command, status, report, serve, reset, forget, processors, pricing, demo, quickstart, run_now)
+COMMANDS = (
+    Command("run", "run", "run one processor over the sessions once"),
+    Command("status", "status", "sessions done / failed / quarantined per processor, and the last runs"),
+    Command("report", "report", "reports of a processor's results"),
+    Command("serve", "serve", "a read-only web dashboard, JSON API and /metrics of the database's snapshot"),
+    Command("reset", "reset", "make sessions be processed again on the next run"),
+    Command("forget", "forget", "delete session files' state and rows for good (vanished files, a user's files)"),
+    Command("processors", "processors", "list the installed processors"),
+    Command("pricing", "pricing", "list the model prices the usage processor uses, or import a LiteLLM price table"),
+    Command("demo", "demo", "generate realistic demo transcripts"),
+    Command(
+        "quickstart",
+        "quickstart",
+        "run usage on your Claude Code transcripts (or demo data) and print a monthly report",
+    ),
+    Command("run-now", "run_now", "ask the operator to run a SessionProcessor now (a cluster)"),
+)
 
 
 EXAMPLES = """examples:
@@ -56,25 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
+    parser.add_argument("--version", action=VersionAction, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=CommandParser, help="what to do"
     )
     for command in COMMANDS:
-        p = commands.add_parser(
-            command.NAME,
-            help=command.HELP,
-            description=command.DESCRIPTION,
-            epilog=command.EXAMPLES,
-            formatter_class=HelpFormatter,
-        )
-        command.add_arguments(p)
-        p.set_defaults(handler=command.handle)
+        p = commands.add_parser(command.name, help=command.help, formatter_class=HelpFormatter)
+        assert isinstance(p, CommandParser)
+        p.complete_later(command.complete)
     return parser
+
+
+class VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (``importlib.metadata`` costs every run ~20 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        print(f"{parser.prog} {installed_version()}")
+        parser.exit()
 
 
 def installed_version() -> str:
     """The installed distribution's version (``pyproject.toml``), or ``unknown`` when run from a bare tree."""
+    from importlib import metadata
+
     try:
         return metadata.version("sessionpipe")
     except metadata.PackageNotFoundError:
@@ -129,34 +160,57 @@ def _log_to_stderr(chosen: str = "plain") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(report.processor_as_report(sys.argv[1:] if argv is None else argv))
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["report"]:
+        from sessionpipe_runner.commands.report import processor_as_report
+
+        arguments = processor_as_report(arguments)
+    args = build_parser().parse_args(arguments)
     try:
         _log_to_stderr(log_format(os.environ))
     except UsageError as error:
         print(f"sessionpipe: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if args.handler is not run_command.handle:
+    if args.command != "run":
         signals.stop_recording()  # only a run turns SIGTERM into a summary
     try:
         code: int = args.handler(args)
     except UsageError as error:
         print(f"sessionpipe: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except DatabaseBusy as error:
-        print(f"sessionpipe: {error}", file=sys.stderr)
-        return EXIT_DATABASE_BUSY
-    except LeaseBusy as error:
-        print(f"sessionpipe: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except (registry.ProcessorLoadError, store.StoreError) as error:
-        print(f"sessionpipe: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_FAILED
-    except duckdb.Error as error:  # a damaged file fails on the block a statement reads, not on opening
-        print(f"sessionpipe: error: the database cannot be used: {_one_line(error)}", file=sys.stderr)
-        return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as error:
+        failed = _failure(error)
+        if failed is None:
+            raise
+        code, line = failed
+        print(line, file=sys.stderr)
     return code
+
+
+def _failure(error: Exception) -> tuple[int, str] | None:
+    """The exit code and stderr line of a command's expected failure; ``None`` for a bug.
+
+    Imported here, not at the top: only a command that ran can fail this way, and it has
+    imported these modules already.
+    """
+    import _duckdb
+
+    from sessionpipe_runner.commands.common import DatabaseBusy
+    from sessionpipe_runner.lease.factory import LeaseBusy
+    from sessionpipe_runner.processors.registry import ProcessorLoadError
+    from sessionpipe_runner.tables import StoreError
+
+    if isinstance(error, DatabaseBusy):
+        return EXIT_DATABASE_BUSY, f"sessionpipe: {error}"
+    if isinstance(error, LeaseBusy):
+        return EXIT_FAILED, f"sessionpipe: {error}"
+    if isinstance(error, ProcessorLoadError | StoreError):
+        return EXIT_FAILED, f"sessionpipe: error: {_one_line(error)}"
+    if isinstance(error, _duckdb.Error):  # a damaged file fails on the block a statement reads, not on opening
+        return EXIT_FAILED, f"sessionpipe: error: the database cannot be used: {_one_line(error)}"
+    return None
 
 
 def _one_line(error: BaseException) -> str:

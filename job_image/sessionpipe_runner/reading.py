@@ -23,6 +23,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import xxhash
@@ -48,6 +49,14 @@ class NotARegularFile(OSError):
     """The session file's path names a FIFO, a device or a directory: not read."""
 
 
+class Committed(NamedTuple):
+    """What the store recorded of a file's complete lines when a run last committed its rows."""
+
+    content_hash: str | None  # of the complete lines then (:attr:`Snapshot.content_hash`)
+    length: int | None = None  # how many bytes they were (``None``: not recorded, read it whole)
+    lines: int | None = None  # how many lines they were
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A file's complete lines as read now, and the file's size and mtime at that moment."""
@@ -62,6 +71,16 @@ class Snapshot:
     #: detection, not security; ~20x faster than blake2b).
     content_hash: str
     long_lines: int = 0  # lines over MAX_LINE_BYTES, given to the processor as empty lines
+    lines: int = 0  # complete lines in ``data`` (a last one without its newline included)
+    #: Bytes at the start of ``data`` that are the lines a run already committed, unchanged (their
+    #: hash is the one recorded): only what follows is new. 0 when the file is read as new.
+    appended_from: int = 0
+    first_line: int = 1  # the number of the first line of :attr:`appended` in the file
+
+    @property
+    def appended(self) -> bytes:
+        """The complete lines after the committed prefix (all of them when there is none)."""
+        return self.data[self.appended_from :] if self.appended_from else self.data
 
     def without_data(self) -> Snapshot:
         """The same snapshot without the bytes, once they are processed (what a worker sends back)."""
@@ -234,22 +253,59 @@ def _read(fd: int, size: int) -> bytes:
     return b"".join(pieces)
 
 
-def read_snapshot(location: str | Path, root: str = "", line_limit: int = MAX_LINE_BYTES) -> Snapshot:
+def _line_count(data: bytes) -> int:
+    """Lines in complete lines' bytes: one per newline, and a last line without one."""
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def _after_committed(data: bytes, committed: Committed | None) -> tuple[int, str]:
+    """(bytes of ``data`` that are the committed lines, unchanged, or 0; the hash of all of ``data``).
+
+    The prefix counts only when it still hashes as recorded and ends a line: a committed last line
+    without its newline may have been continued since. Hashing the prefix on the way to the whole
+    hash costs nothing extra (xxh3 streams); a rewritten prefix is caught by the hash, however
+    the file's size moved.
+    """
+    length = committed.length if committed is not None and committed.lines is not None else None
+    if committed is None or length is None or not 0 < length <= len(data) or data[length - 1] != 0x0A:  # b"\n"
+        return 0, xxhash.xxh3_128_hexdigest(data)
+    hasher = xxhash.xxh3_128()
+    with memoryview(data) as view:
+        hasher.update(view[:length])
+        unchanged = hasher.hexdigest() == committed.content_hash
+        hasher.update(view[length:])
+    return (length if unchanged else 0), hasher.hexdigest()
+
+
+def read_snapshot(
+    location: str | Path, root: str = "", line_limit: int = MAX_LINE_BYTES, committed: Committed | None = None
+) -> Snapshot:
     """Read a file once, as :func:`open_session_file` opens it; size and mtime come from the open
     descriptor, and only the bytes there were then are read, so they match.
 
     A file no longer than ``line_limit`` is read whole, in one piece (no line of it can be too
     long); a longer one in chunks no longer than a line may be, through :class:`_BoundedLines`
     (whose complete lines are copied once into ``bytes`` at the end).
+
+    With ``committed`` (what a run committed of this file), a file that only grew since is
+    recognised: :attr:`Snapshot.appended` is then just the new lines. (A file longer than
+    ``line_limit`` is always given whole.)
     """
+    appended_from, first_line = 0, 1
     fd, info = open_session_file(str(location), root)
     try:
         if info.st_size <= line_limit:
             raw = _read(fd, info.st_size)
             data, partial = complete_prefix(raw)
-            size, content_hash, long_lines = len(raw), xxhash.xxh3_128_hexdigest(data), 0
+            size, long_lines = len(raw), 0
+            appended_from, content_hash = _after_committed(data, committed)
+            if appended_from and committed is not None and committed.lines is not None:
+                first_line = committed.lines + 1
+                lines = committed.lines + _line_count(data[appended_from:])
+            else:
+                lines = _line_count(data)
         else:
-            lines = _BoundedLines(line_limit)
+            bounded = _BoundedLines(line_limit)
             size = 0
             chunk_size = min(READ_CHUNK_BYTES, line_limit)  # so a chunk holds at most one line too long
             while size < info.st_size:
@@ -257,9 +313,10 @@ def read_snapshot(location: str | Path, root: str = "", line_limit: int = MAX_LI
                 if not chunk:
                     break  # truncated while being read
                 size += len(chunk)
-                lines.feed(chunk)
-            data, partial, content_hash = lines.finish()
-            long_lines = lines.long_lines
+                bounded.feed(chunk)
+            data, partial, content_hash = bounded.finish()
+            long_lines = bounded.long_lines
+            lines = _line_count(data)
     finally:
         os.close(fd)
     return Snapshot(
@@ -270,4 +327,7 @@ def read_snapshot(location: str | Path, root: str = "", line_limit: int = MAX_LI
         partial_tail=partial,
         content_hash=content_hash,
         long_lines=long_lines,
+        lines=lines,
+        appended_from=appended_from,
+        first_line=first_line,
     )

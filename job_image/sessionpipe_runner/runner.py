@@ -23,8 +23,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import duckdb
+import _duckdb  # the engine alone: see sessionpipe_runner.store
 
 from sessionpipe_contract import (
     EXIT_FAILED,
@@ -47,6 +48,7 @@ from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
 from sessionpipe_runner.processors.base import BadSettings, FailRun, Processor, RunContext, SessionFile, StopRun
 from sessionpipe_runner.progress import Progress
+from sessionpipe_runner.reading import Committed
 from sessionpipe_runner.scan import Decision, plan, scan_roots
 from sessionpipe_runner.settings import RunSettings
 from sessionpipe_runner.signals import Sigterm, Terminated, sigterm_raises
@@ -55,6 +57,9 @@ from sessionpipe_runner.store import runs
 from sessionpipe_runner.store.state import StateRow
 from sessionpipe_runner.summary import RunSummary, write_termination_message
 from sessionpipe_runner.work import Examined, Outcome
+
+if TYPE_CHECKING:
+    import duckdb
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +114,15 @@ class Run:
         self.states: dict[str, StateRow] = {}
         self.phase = Phase.STARTING
         self.progress: Progress | None = None
+        #: Whether this run committed anything readers see besides its own run record (a
+        #: migration, a session's rows or state, a vanished mark): only then is a snapshot due.
+        self.changed = False
 
     # --- phases ---------------------------------------------------------------------------
     def open(self, lease_deadline: float) -> duckdb.DuckDBPyConnection:
         con = self._connect(lease_deadline)
         self.con = con
-        store.migrate(con, self.processor)
+        self.changed |= bool(store.migrate(con, self.processor))
         with store.transaction(con):
             epoch = self.fence.claim(con, processor=self.processor.name, run_id=self.summary.run_id, now=_now())
             runs.record_start(con, self.summary, epoch)
@@ -181,17 +189,17 @@ class Run:
             self.sigterm.check()
             self.fence.commit(con, lambda: self.summary.issues.update(self.processor.finish(con)))
 
-    def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, str | None]]:
-        """Scan the volume and decide: the candidates, each with the hash its content had, if known."""
+    def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, Committed | None]]:
+        """Scan the volume and decide: the candidates, each with what the store knows of its content."""
         scan = scan_roots(self.settings.session_roots, self.settings.user)
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan.files)
         version = self.processor.version
-        scanned = [(file.key, file.size, file.mtime_ns) for file in scan.files]
-        self._mark_vanished(con, [file.key for file in scan.files])
-        unsettled = store.unsettled_state(con, self.processor.name, version, scanned)
+        store.record_scan(con, [(file.key, file.size, file.mtime_ns) for file in scan.files])
+        self._mark_vanished(con)
+        unsettled = store.unsettled_state(con, self.processor.name, version)
         self.states = {key: state for key, state in unsettled.items() if state is not None}
-        candidates: list[tuple[SessionFile, str | None]] = []
+        candidates: list[tuple[SessionFile, Committed | None]] = []
         for file, decision in plan(scan.files, unsettled, version):
             if decision is Decision.UNCHANGED:
                 self.summary.unchanged += 1
@@ -199,17 +207,29 @@ class Run:
                 self.summary.skipped += 1
                 self.summary.issues["quarantined_unchanged"] += 1
             else:
-                state = self.states.get(file.key)
-                known = state.content_hash if decision is Decision.CHECK and state is not None else None
-                candidates.append((file, known))
+                candidates.append((file, self._committed(file, decision)))
         return candidates
 
-    def _mark_vanished(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> None:
+    def _committed(self, file: SessionFile, decision: Decision) -> Committed | None:
+        """What the store knows of a file to check: its hash, and where its lines end if they are done.
+
+        Only a file whose rows are all committed (``done``) may be processed from the end of its
+        lines; a quarantined file's hash only tells a touched file from a changed one.
+        """
+        state = self.states.get(file.key)
+        if decision is not Decision.CHECK or state is None:
+            return None
+        if state.status != "done":
+            return Committed(state.content_hash)
+        return Committed(state.content_hash, state.content_length, state.line_count)
+
+    def _mark_vanished(self, con: duckdb.DuckDBPyConnection) -> None:
         """Mark files the scan no longer finds as vanished (their rows stay), and found ones as live."""
         marked: list[tuple[int, int]] = []
         name, user = self.processor.name, self.settings.user
-        self.fence.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, keys, _now())))
+        self.fence.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, _now())))
         vanished, reappeared = marked[0]
+        self.changed |= bool(vanished or reappeared)
         if vanished:
             self.summary.issues["session_file_vanished"] += vanished
         if reappeared:
@@ -218,7 +238,7 @@ class Run:
     def _columns(self, con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
         return {table: store.table_columns(con, table) for table in self.processor.tables}
 
-    def _examine_here(self, candidates: Sequence[tuple[SessionFile, str | None]]) -> Iterator[Examined | None]:
+    def _examine_here(self, candidates: Sequence[tuple[SessionFile, Committed | None]]) -> Iterator[Examined | None]:
         """Examine candidates in this process; ``None`` for one left for the next run."""
         attempted = 0
         stopped = False
@@ -299,6 +319,7 @@ class Run:
                 writer.flush(con, pending)
                 pending = Batch()
         writer.flush(con, pending)
+        self.changed |= writer.commits > 0
         if summary.stopped_early is not None:
             summary.message = f"stopped early: {summary.stopped_early}"
 
@@ -323,7 +344,14 @@ class Run:
 
 
 def _publish(job: Run) -> None:
-    """Publish the snapshot of a committed run; a failure is noted, since the run's data is safe."""
+    """Publish the snapshot of a committed run; a failure is noted, since the run's data is safe.
+
+    A run that changed nothing readers see keeps the published snapshot: it holds the same data
+    (only this run's own record is missing from it), and copying the whole database made a run
+    with nothing to do cost as much as the database is large.
+    """
+    if not job.changed and snapshot_path(job.settings.database).is_file():
+        return
     job.phase = Phase.PUBLISHING
     try:
         snapshot.publish_snapshot(job.settings.database)
@@ -435,7 +463,7 @@ def _terminated(job: Run) -> None:
 def _abandon(job: Run) -> None:
     """After losing the lease: write nothing more, just drop the connection."""
     if job.con is not None:
-        with contextlib.suppress(duckdb.Error):
+        with contextlib.suppress(_duckdb.Error):
             job.con.close()
         job.con = None
 
@@ -447,5 +475,5 @@ def _close_after_failure(job: Run) -> None:
         return
     try:
         job.finish(con)
-    except (duckdb.Error, LeaseLost, Terminated):
+    except (_duckdb.Error, LeaseLost, Terminated):
         _abandon(job)

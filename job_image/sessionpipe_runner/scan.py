@@ -82,7 +82,7 @@ def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
     try:
         if user is not None:
             user_key = key_part(user)
-            _walk(_enter(os.dup(root_fd), location, [], user_key != user, result), user_key, location, result)
+            _walk(_enter(user_key, os.dup(root_fd), location, [], user_key != user, result), location, result)
         else:
             _walk_users(root_fd, location, result)
     finally:
@@ -133,12 +133,17 @@ class _Folder:
     parts: list[str]  # key components below the user's folder
     escaped: bool  # whether the user's or one of these components is an escaped name
     entries: Iterator[os.DirEntry[str]]
+    #: What every file's key and location here start with (computed once per folder, not per file).
+    key_prefix: str = ""
+    location_prefix: str = ""
 
 
-def _enter(fd: int, location: str, parts: list[str], escaped: bool, result: ScanResult) -> _Folder:
+def _enter(user: str, fd: int, location: str, parts: list[str], escaped: bool, result: ScanResult) -> _Folder:
     """The folder open as ``fd``, listed (``fd`` is closed if listing is interrupted)."""
     try:
-        return _Folder(fd, location, parts, escaped, iter(_entries(fd, result)))
+        entries = iter(_entries(fd, result))
+        key_prefix = "/".join([user, *parts]) + "/"
+        return _Folder(fd, location, parts, escaped, entries, key_prefix, _join(location, ""))
     except BaseException:
         os.close(fd)
         raise
@@ -156,8 +161,8 @@ def _walk_users(root_fd: int, location: str, result: ScanResult) -> None:
             fd = _open_folder(root_fd, entry.name, result)
             if fd is not None:
                 user = key_part(entry.name)
-                folder = _enter(fd, _join(location, entry.name), [], user != entry.name, result)
-                _walk(folder, user, location, result)
+                folder = _enter(user, fd, _join(location, entry.name), [], user != entry.name, result)
+                _walk(folder, location, result)
         elif kind is not _Kind.COUNTED:
             result.issues["outside_user_folder" if entry.name.endswith(SESSION_SUFFIX) else "not_jsonl"] += 1
 
@@ -209,13 +214,14 @@ def _points_to_directory(entry: os.DirEntry[str]) -> bool:
         return False  # a loop, or a target that cannot be looked at
 
 
-def _walk(user_folder: _Folder, user: str, root: str, result: ScanResult) -> None:
+def _walk(user_folder: _Folder, root: str, result: ScanResult) -> None:
     """Add the session files of one user's folder (its descriptor is closed here), depth first.
 
     At most :data:`MAX_FOLDER_DEPTH` + 1 folders are open at once, one per level.
 
     Without recursion: the depth of the tree is the volume's to choose.
     """
+    user = user_folder.key_prefix[:-1]
     stack = [user_folder]
     try:
         while stack:
@@ -223,6 +229,11 @@ def _walk(user_folder: _Folder, user: str, root: str, result: ScanResult) -> Non
             entry = next(folder.entries, None)
             if entry is None:
                 os.close(stack.pop().fd)
+                continue
+            # Most entries are session files: a regular file by the listing's d_type (no system
+            # call, never a symlink) skips the general sorting below.
+            if entry.name.endswith(SESSION_SUFFIX) and _plain_file(entry):
+                _add_file(entry, False, folder, user, root, result)
                 continue
             kind = _kind(entry, result)
             if kind is _Kind.DIRECTORY:
@@ -234,12 +245,20 @@ def _walk(user_folder: _Folder, user: str, root: str, result: ScanResult) -> Non
                     part = key_part(entry.name)
                     location = _join(folder.location, entry.name)
                     escaped = folder.escaped or part != entry.name
-                    stack.append(_enter(fd, location, [*folder.parts, part], escaped, result))
+                    stack.append(_enter(user, fd, location, [*folder.parts, part], escaped, result))
             elif kind is not _Kind.COUNTED:
                 _add_file(entry, kind is _Kind.SYMLINK, folder, user, root, result)
     finally:
         for folder in stack:
             os.close(folder.fd)
+
+
+def _plain_file(entry: os.DirEntry[str]) -> bool:
+    """Whether the listing says ``entry`` is a regular file (a symlink is not); ``False`` when in doubt."""
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False  # the general path looks again and counts why
 
 
 def _add_file(
@@ -260,15 +279,18 @@ def _add_file(
     if not stat.S_ISREG(info.st_mode):
         result.issues["not_a_file"] += 1
         return
-    part = key_part(name)
-    relative = [*folder.parts, part]
-    project, session_id = session_identity(relative)
+    part = name if name.isascii() else key_part(name)
+    parts = folder.parts
+    if len(parts) >= 2:
+        project, session_id = parts[0], parts[1]  # session_identity, without a list per file
+    else:
+        project, session_id = session_identity([*parts, part])
     if folder.escaped or part != name:
         result.escaped.append(len(result.files))
     result.files.append(
         SessionFile(
-            key="/".join([user, *relative]),
-            location=_join(folder.location, name),
+            key=folder.key_prefix + part,
+            location=folder.location_prefix + name,
             user=user,
             project=project,
             session_id=session_id,

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 from pathlib import Path
+
+#: ``FICLONE`` (<linux/fs.h>): make a file share another's blocks, copy-on-write (Btrfs, XFS with
+#: reflink, bcachefs, OCFS2). Not in Python's ``fcntl`` module before 3.12.
+FICLONE = 0x40049409
 
 
 def snapshot_path(database: Path) -> Path:
@@ -27,13 +32,28 @@ def publish_snapshot(database: Path) -> Path:
     target = snapshot_path(database)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(database, temporary)
+        if not _clone(database, temporary):
+            shutil.copyfile(database, temporary)  # in-kernel (sendfile), but every byte
         temporary.replace(target)
     except BaseException:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
         raise
     return target
+
+
+def _clone(source: Path, target: Path) -> bool:
+    """Make ``target`` a copy-on-write clone of ``source``, in constant time; ``False`` if the file
+    system cannot (ext4, tmpfs, NFS), and then no ``target`` is left."""
+    with source.open("rb") as original:
+        try:
+            with target.open("wb") as clone:
+                fcntl.ioctl(clone.fileno(), FICLONE, original.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
+            return False
+    return True
 
 
 def remove_stale_snapshots(database: Path) -> int:

@@ -29,6 +29,7 @@ class RunSummary:
     unchanged: int = 0  # same size and mtime as last time: not read
     hashed: int = 0  # read and hashed because size or mtime changed
     processed: int = 0  # processed and marked done
+    appended: int = 0  # of those, how many only grew and were processed from their committed lines' end
     skipped: int = 0  # hashed and found unchanged, quarantined, or left for a later run
     errors: int = 0  # sessions whose processing failed this run
     quarantined: int = 0  # of those, how many reached the attempt limit now

@@ -46,11 +46,11 @@ def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str,
 
 def column_names(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     """A table's column names in order (a result description: several times cheaper than the catalog)."""
-    import duckdb
+    import _duckdb
 
     try:
         description = con.execute(f"SELECT * FROM {table} LIMIT 0").description
-    except duckdb.CatalogException:
+    except _duckdb.CatalogException:
         raise StoreError(f"no table named {table!r}") from None
     return [str(column[0]) for column in description or ()]
 
@@ -96,6 +96,8 @@ def insert_rows(
 
 
 def _insert_table(con: duckdb.DuckDBPyConnection, verb: str, table: str, arrow: pa.Table) -> None:
+    import duckdb  # noqa: F401  # the wrapper tells the engine how to scan Arrow tables (the engine alone cannot)
+
     con.register("_sessionpipe_insert", arrow)
     try:
         con.execute(f"{verb} INTO {table} SELECT * FROM _sessionpipe_insert")

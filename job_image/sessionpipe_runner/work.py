@@ -31,7 +31,7 @@ from sessionpipe_runner.processors.base import (
     StopRun,
     check_declared_tables,
 )
-from sessionpipe_runner.reading import NotARegularFile, Snapshot, SymlinkRefused, read_snapshot
+from sessionpipe_runner.reading import Committed, NotARegularFile, Snapshot, SymlinkRefused, read_snapshot
 
 if TYPE_CHECKING:
     from multiprocessing.pool import AsyncResult, Pool
@@ -93,13 +93,15 @@ class Examined:
         return self.outcome in (Outcome.PROCESSED, Outcome.FAILED, Outcome.STOP_RUN, Outcome.FAIL_RUN)
 
 
-def examine(processor: Processor, file: SessionFile, known_hash: str | None) -> Examined:
-    """Read ``file`` and process it, unless its complete lines still hash to ``known_hash``.
+def examine(processor: Processor, file: SessionFile, known: Committed | None) -> Examined:
+    """Read ``file`` and process it, unless its complete lines still hash to what is ``known``.
 
+    A file whose committed lines (``known``) are still there unchanged is given to an
+    :attr:`~Processor.appendable` processor from their end: only the lines appended since.
     Never raises for the file's or the processor's sake: every ending is an :class:`Outcome`.
     """
     try:
-        snapshot = read_snapshot(file.location, file.root)
+        snapshot = read_snapshot(file.location, file.root, committed=known if processor.appendable else None)
     except FileNotFoundError:
         return Examined(file, Outcome.VANISHED)
     except SymlinkRefused:
@@ -109,10 +111,14 @@ def examine(processor: Processor, file: SessionFile, known_hash: str | None) -> 
     except OSError:
         return Examined(file, Outcome.UNREADABLE)
     file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
-    if known_hash is not None and known_hash == snapshot.content_hash:
+    if known is not None and known.content_hash == snapshot.content_hash:
         return Examined(file, Outcome.TOUCHED_UNCHANGED, snapshot)
     try:
-        output = processor.process(file, snapshot.data)
+        if snapshot.appended_from:
+            output = processor.process_appended(file, snapshot.appended, snapshot.first_line)
+            output.appended = True
+        else:
+            output = processor.process(file, snapshot.data)
     except StopRun as stop:
         return Examined(file, Outcome.STOP_RUN, snapshot, error=stop)
     except FailRun as error:
@@ -240,12 +246,12 @@ def _tables(examined: Sequence[Examined]) -> dict[str, pa.Table]:
     }
 
 
-def _examine_chunk(tasks: Sequence[tuple[SessionFile, str | None]]) -> Chunk:
+def _examine_chunk(tasks: Sequence[tuple[SessionFile, Committed | None]]) -> Chunk:
     processor = _worker_processor
     assert processor is not None, "worker used before its initializer ran"
     chunk = Chunk(examined=[])
-    for file, known_hash in tasks:
-        examined = examine(processor, file, known_hash)
+    for file, known in tasks:
+        examined = examine(processor, file, known)
         if examined.snapshot is not None:
             examined.snapshot = examined.snapshot.without_data()
         if examined.outcome is Outcome.FAILED and examined.error is not None:
@@ -280,10 +286,10 @@ def _examine_chunk(tasks: Sequence[tuple[SessionFile, str | None]]) -> Chunk:
 
 
 def chunked(
-    tasks: Iterable[tuple[SessionFile, str | None]], files: int = CHUNK_FILES, size: int = CHUNK_BYTES
-) -> Iterator[list[tuple[SessionFile, str | None]]]:
+    tasks: Iterable[tuple[SessionFile, Committed | None]], files: int = CHUNK_FILES, size: int = CHUNK_BYTES
+) -> Iterator[list[tuple[SessionFile, Committed | None]]]:
     """Consecutive tasks grouped so that a chunk holds at most ``files`` files or about ``size`` bytes."""
-    chunk: list[tuple[SessionFile, str | None]] = []
+    chunk: list[tuple[SessionFile, Committed | None]] = []
     chunk_bytes = 0
     for task in tasks:
         chunk.append(task)
@@ -312,7 +318,7 @@ class WorkerPool:
             workers, initializer=_init_worker, initargs=(os.getpid(), processor, dict(columns))
         )
 
-    def examine(self, tasks: Iterable[tuple[SessionFile, str | None]]) -> Iterator[Examined]:
+    def examine(self, tasks: Iterable[tuple[SessionFile, Committed | None]]) -> Iterator[Examined]:
         """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``."""
         in_flight: collections.deque[AsyncResult[Chunk]] = collections.deque()
         chunks = chunked(tasks)

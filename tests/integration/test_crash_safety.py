@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.runner_support import install_test_plugin, sessionpipe, sessionpipe_env
+from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 
 WRAPPER = Path(__file__).resolve().parent.parent / "crash_wrapper.py"
 
@@ -79,28 +79,66 @@ def test_killed_run_then_rerun_equals_uninterrupted_run(
     assert tables(db) == tables(reference)
 
 
-def test_kill_points_cover_a_run_that_is_already_incremental(
-    world: tuple[Path, dict[str, str], Path], tmp_path: Path
-) -> None:
-    """A crash while reprocessing grown files leaves the earlier results whole as well."""
-    sessions, env, _ = world
+def grow_and_kill(
+    sessions: Path, env: dict[str, str], tmp_path: Path, point: str, lines: str
+) -> tuple[list[str], Path, Path]:
+    """Run a copy of ``sessions`` into two databases, append ``lines`` to some files, and run one
+    database again, SIGKILLed at ``point``. Returns the run's arguments, that database and the other."""
     grown_sessions = tmp_path / "sessions"
     shutil.copytree(sessions, grown_sessions)
     db, reference = tmp_path / "db.duckdb", tmp_path / "reference.duckdb"
-    args = ["run", "--processor", "lines", "--sessions", str(grown_sessions)]
+    args = ["run", "--processor", "lines", "--sessions", str(grown_sessions), "--json"]
     for target in (db, reference):
         assert sessionpipe(*args, "--db", target, env=env).returncode == 0
     for path in sorted(grown_sessions.rglob("session-0*.jsonl")):
         with path.open("a") as handle:
-            handle.write('{"grown": true}\n')
+            handle.write(lines)
     killed = subprocess.run(
-        [sys.executable, str(WRAPPER), "sql:COMMIT:3", "--", *args, "--db", str(db)],
+        [sys.executable, str(WRAPPER), point, "--", *args, "--db", str(db)],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert killed.returncode == -signal.SIGKILL
+    assert killed.returncode == -signal.SIGKILL, f"the kill point was never reached: {killed.stderr}"
+    return args, db, reference
+
+
+def test_kill_points_cover_a_run_that_is_already_incremental(
+    world: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    """A crash while reprocessing grown files leaves the earlier results whole as well."""
+    sessions, env, _ = world
+    args, db, reference = grow_and_kill(sessions, env, tmp_path, "sql:COMMIT:3", '{"grown": true}\n')
     for target in (db, reference):
         assert sessionpipe(*args, "--db", target, env=env).returncode == 0
+    assert tables(db) == tables(reference)
+
+
+#: Points of a run that processes grown files from their committed lines' end (each session in its
+#: own transaction: commits 1 and 2 are the writer epoch and the vanished marks): after the tail is
+#: processed and before, during or right after the commit of its rows and state.
+APPEND_KILL_POINTS = [
+    "fn:sessionpipe_runner.tables:insert_rows:2",  # the first tail's rows written, its state row not yet
+    "fn:sessionpipe_runner.store.state:upsert_state:2",  # the second tail's rows written, its state not yet
+    "sql:COMMIT:4",  # right before the second tail's commit
+    "sql-after:COMMIT:5",  # right after the third's
+]
+
+
+@pytest.mark.parametrize("point", APPEND_KILL_POINTS)
+def test_a_run_killed_between_a_tail_and_its_commit_loses_and_duplicates_nothing(
+    point: str, world: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    """Only the appended lines are processed; a kill before their commit leaves the prefix's rows alone.
+
+    ``line_rows`` has a primary key on (session, line): a tail inserted twice would fail the run.
+    """
+    sessions, env, _ = world
+    env = {**env, "TESTPLUGIN_APPENDABLE": "1"}
+    args, db, reference = grow_and_kill(sessions, env, tmp_path, point, '{"grown": true}\n{"grown": 2}\n')
+    for target in (db, reference):
+        again = run_summary(sessionpipe(*args, "--db", target, env=env))
+        assert (again["errors"], again["appended"]) == (0, again["processed"]), again
+        assert again["appended"] > 0
     assert tables(db) == tables(reference)

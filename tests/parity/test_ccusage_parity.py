@@ -221,3 +221,22 @@ def test_daily_report_has_ccusages_fields(tmp_path: Path, ccusage_installed: Pat
         assert_same_usage(our_day, their_day, our_day["date"])
         assert_same_models(our_day, their_day, our_day["date"])
     assert set(theirs["totals"]) <= set(ours["totals"])
+
+
+def test_usage_lines_spaced_as_valid_json_count_though_ccusage_20_0_24_skips_them(
+    tmp_path: Path, ccusage_installed: Path
+) -> None:
+    """``"usage": {`` (a space after the colon) is valid JSON; ccusage 20.0.24 finds usage lines by
+    the compact spelling only and leaves such a line out, sessionpipe counts it (README, "Reports")."""
+    compact = json.loads(_call(1, "claude-sonnet-4-20250514", {"input_tokens": 10, "output_tokens": 100}))
+    spaced = json.loads(_call(2, "claude-sonnet-4-20250514", {"input_tokens": 20, "output_tokens": 200}))
+    config = tmp_path / "claude"
+    session = config / "projects" / "probe-project" / "probe.jsonl"
+    session.parent.mkdir(parents=True)
+    session.write_text(json.dumps(compact, separators=(",", ":")) + "\n" + json.dumps(spaced) + "\n")
+    assert '"usage": {' in session.read_text()
+    db = tmp_path / "usage.duckdb"
+    run = sessionpipe("run", "--processor", "usage", "--sessions", config / "projects", "--user", "probe", "--db", db)
+    assert run.returncode == EXIT_OK, run.stderr
+    assert ccusage.run("daily", config)["totals"]["totalTokens"] == 110  # the compact line only
+    assert _report(db, "day")["totals"]["totalTokens"] == 330  # both

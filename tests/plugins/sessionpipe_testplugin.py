@@ -57,6 +57,7 @@ class LinesProcessor(Processor):
     tables = ("line_rows",)
     batchable = os.environ.get("TESTPLUGIN_BATCHABLE", "1") == "1"
     parallel = os.environ.get("TESTPLUGIN_PARALLEL", "0") == "1"
+    appendable = os.environ.get("TESTPLUGIN_APPENDABLE", "0") == "1"
     FAIL_MARKER = b"PLEASE-FAIL"
 
     def migrations(self) -> Sequence[Migration]:
@@ -72,6 +73,9 @@ class LinesProcessor(Processor):
         return LinesReport()
 
     def process(self, session: SessionFile, data: bytes) -> Output:
+        return self.process_appended(session, data, 1)
+
+    def process_appended(self, session: SessionFile, data: bytes, first_line: int) -> Output:
         # Knobs for tests of the runner: a slow processor, a file that vanishes mid-run, and a
         # DuckDB statement to be interrupted in process() or in write().
         started_log = os.environ.get("TESTPLUGIN_STARTED_LOG")  # one line per session begun, for tests to wait on
@@ -91,7 +95,7 @@ class LinesProcessor(Processor):
         if self.FAIL_MARKER in data:
             raise RuntimeError(f"refusing {session.key}: it asks to fail")
         lines = data.splitlines()
-        rows = [(session.key, number, len(line)) for number, line in enumerate(lines, start=1)]
+        rows = [(session.key, number, len(line)) for number, line in enumerate(lines, start=first_line)]
         return Output(rows={"line_rows": rows}, items=len(rows))
 
     # A custom write, only when asked for: a slow statement in the runner's transaction, or a look

@@ -1,16 +1,16 @@
-"""What the commands share: one-line parser errors, loading a processor, reading the database."""
+"""What the commands share: common flags, loading a processor, reading the database.
+
+The parser classes are in :mod:`.parsers` (the top-level help imports them without any command).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING
 
-import duckdb
-
-from sessionpipe_contract import ENV_DB, ENV_LEASE_WAIT, EXIT_USAGE
+from sessionpipe_contract import ENV_DB, ENV_LEASE_WAIT
 from sessionpipe_runner import store
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.processors.base import Processor
@@ -23,53 +23,12 @@ from sessionpipe_runner.settings import (
 )
 from sessionpipe_runner.snapshot import snapshot_path
 
+if TYPE_CHECKING:
+    import duckdb
+
 
 class DatabaseBusy(Exception):
     """A run holds the database and has published no snapshot yet: try again when it is done."""
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Wraps a one-paragraph description; keeps text with line breaks (the examples) as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if "\n" in text:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Reports a command-line mistake in one line that points at --help, not a usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-class CommandParser(OneLineParser):
-    """A command's parser, which may add arguments only when the command is the one being parsed.
-
-    ``sessionpipe report`` lists the installed processors' reports: loading every processor to
-    build the parser of every command would make each ``run`` pay for all of them.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending: list[Callable[[argparse.ArgumentParser], None]] = []
-
-    def complete_later(self, add: Callable[[argparse.ArgumentParser], None]) -> None:
-        """Call ``add(self)`` before this parser first parses or prints its help."""
-        self._pending.append(add)
-
-    def _complete(self) -> None:
-        while self._pending:
-            self._pending.pop(0)(self)
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        self._complete()
-        return super().parse_known_args(args, namespace)
-
-    def format_help(self) -> str:
-        self._complete()
-        return super().format_help()
 
 
 def add_db_flag(p: argparse.ArgumentParser) -> None:

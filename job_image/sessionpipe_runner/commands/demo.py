@@ -9,7 +9,6 @@ from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner.settings import arg_type, positive_int
 
 NAME = "demo"
-HELP = "generate realistic demo transcripts"
 DESCRIPTION = (
     "Write realistic Claude Code transcripts (several users, projects, models and months) under DIR, "
     "in the <user>/<project>/<session>.jsonl layout the runner reads. The same seed writes the same files."

@@ -22,7 +22,6 @@ from sessionpipe_runner.snapshot import publish_snapshot, remove_stale_snapshots
 from sessionpipe_runner.store.queries import forget_sessions, forgettable
 
 NAME = "forget"
-HELP = "delete session files' state and rows for good (vanished files, a user's files)"
 DESCRIPTION = (
     "Delete session files' state and every processor's rows for them, for good: the files that vanished "
     "from the volume, one user's files, or one file. --dry-run lists them first."

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionpipe_contract import ENV_PRICING, EXIT_OK
-from sessionpipe_runner.commands.common import HelpFormatter
+from sessionpipe_runner.commands.parsers import HelpFormatter
 from sessionpipe_runner.processors.usage.pricing import (
     SHIPPED_PRICING,
     ModelPrice,
@@ -28,7 +28,6 @@ from sessionpipe_runner.processors.usage.pricing import (
 from sessionpipe_runner.settings import UsageError
 
 NAME = "pricing"
-HELP = "list the model prices the usage processor uses, or import a LiteLLM price table"
 DESCRIPTION = (
     "List every model the usage processor can price, its rates in USD per million tokens and where "
     f"the price comes from: the shipped {SHIPPED_PRICING} or the file named by {ENV_PRICING} "

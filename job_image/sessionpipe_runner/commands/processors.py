@@ -10,7 +10,6 @@ from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner.processors import registry
 
 NAME = "processors"
-HELP = "list the installed processors"
 DESCRIPTION = (
     "List the installed processors (built-in and plugins registered under the sessionpipe.processors "
     "entry point), their versions and where they come from; a processor that fails to load says why."

@@ -15,7 +15,6 @@ from sessionpipe_contract import ENV_SESSIONS, EXIT_OK
 from sessionpipe_runner.settings import claude_projects_dirs
 
 NAME = "quickstart"
-HELP = "run usage on your Claude Code transcripts (or demo data) and print a monthly report"
 DESCRIPTION = (
     "Run the usage processor on your Claude Code transcripts (SESSIONPIPE_SESSIONS, else the projects folders "
     "of CLAUDE_CONFIG_DIR, else ~/.config/claude/projects and ~/.claude/projects) into ./sessionpipe.duckdb "

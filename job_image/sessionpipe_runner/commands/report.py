@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from sessionpipe_contract import EXIT_OK
-from sessionpipe_runner.commands.common import CommandParser, HelpFormatter, add_db_flag, open_for_reading
+from sessionpipe_runner.commands.common import add_db_flag, open_for_reading
+from sessionpipe_runner.commands.parsers import CommandParser, HelpFormatter
 from sessionpipe_runner.processors import registry
 from sessionpipe_runner.reports import Report, ReportError, report_json
 from sessionpipe_runner.settings import UsageError, database_path
 
 NAME = "report"
-HELP = "reports of a processor's results"
 DESCRIPTION = (
     "Print the report a processor contributes (REPORT is the processor's name; --processor NAME is "
     "accepted in its place, as in run and reset). Reads the snapshot while a run holds the database."

@@ -13,7 +13,6 @@ from sessionpipe_runner.settings import UsageError, database_path
 from sessionpipe_runner.store.queries import NoStateToReset, reset_sessions
 
 NAME = "reset"
-HELP = "make sessions be processed again on the next run"
 DESCRIPTION = (
     "Forget one processor's state and rows for some sessions, so that its next run processes them again: "
     "one file, the quarantined ones, or all. Other processors' state and rows are left alone."

@@ -47,7 +47,6 @@ from sessionpipe_runner.settings import (
 from sessionpipe_runner.summary import RunSummary
 
 NAME = "run"
-HELP = "run one processor over the sessions once"
 DESCRIPTION = (
     "Run one processor over the session files once: scan the sessions directory, process the new and "
     "changed files into the DuckDB file, print a summary. Every flag has a SESSIONPIPE_* variable; the "

@@ -20,7 +20,6 @@ from typing import Any
 from sessionpipe_contract import ANNOTATION_RUN_NOW, API_GROUP, API_VERSION, EXIT_FAILED, EXIT_OK, EXIT_USAGE, PLURAL
 
 NAME = "run-now"
-HELP = "ask the operator to run a SessionProcessor now (a cluster)"
 DESCRIPTION = (
     "Ask the operator to start a run of a SessionProcessor now, by setting the sessionpipe.io/run-now "
     "annotation to a fresh token; the operator starts a Job from its CronJob, or records a RunSkipped "

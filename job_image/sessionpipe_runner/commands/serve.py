@@ -15,7 +15,6 @@ from sessionpipe_runner.commands.common import add_db_flag
 from sessionpipe_runner.settings import UsageError, arg_type, database_path
 
 NAME = "serve"
-HELP = "a read-only web dashboard, JSON API and /metrics of the database's snapshot"
 DESCRIPTION = (
     "Serve the newest published snapshot of the database: pages with charts (overview, users, "
     "projects, sessions, 5-hour blocks, verification findings, runs), /api/usage, /api/verification and "

@@ -12,7 +12,6 @@ from sessionpipe_runner.settings import database_path
 from sessionpipe_runner.store.queries import status_data
 
 NAME = "status"
-HELP = "sessions done / failed / quarantined per processor, and the last runs"
 DESCRIPTION = (
     "Per processor: how many session files are done, failed or quarantined, how many vanished from "
     "the volume, and its last runs. Reads the snapshot while a run holds the database."

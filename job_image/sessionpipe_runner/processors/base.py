@@ -85,6 +85,9 @@ class Output:
     #: ``rows`` already converted to Arrow, by table: filled by the runner's worker processes
     #: (see :attr:`Processor.parallel`), never by processors.
     arrow: dict[str, pa.Table] = field(default_factory=dict)
+    #: Set by the runner when this is the output of :meth:`Processor.process_appended`: the rows
+    #: are added to the session's stored rows, which :meth:`Processor.write` must keep.
+    appended: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,11 @@ class Processor:
     #: :meth:`start` set up (no budgets, no shared state, picklable after ``start``), and that keeps
     #: the default :meth:`write`, may be run in worker processes (``--workers``) on large runs.
     parallel: ClassVar[bool] = False
+    #: A processor whose rows for a line depend on that line alone (not on the lines before it) may
+    #: be given only the lines appended to a file since its rows were committed (Claude Code only
+    #: appends to a transcript): the runner calls :meth:`process_appended` with them when the
+    #: committed lines are still there unchanged, and :meth:`write` adds the rows to the stored ones.
+    appendable: ClassVar[bool] = False
 
     def migrations(self) -> Sequence[Migration]:
         """Schema steps that create and evolve this processor's tables and views."""
@@ -170,12 +178,22 @@ class Processor:
         """
         raise NotImplementedError
 
+    def process_appended(self, session: SessionFile, data: bytes, first_line: int) -> Output:
+        """Turn the lines appended to a session since its last commit into rows (:attr:`appendable`).
+
+        ``data`` holds the complete lines after those committed; its first line is the file's line
+        ``first_line`` (1-based). The output must be exactly the rows (and items) that
+        :meth:`process` of the whole file gives for those lines.
+        """
+        raise NotImplementedError
+
     def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
         """Store the output of one or more sessions inside the runner's open transaction.
 
         The default replaces those sessions' rows in :attr:`tables` (one delete and one bulk insert
-        per table). Override to merge across sessions, calling :func:`replace_session_rows` for the
-        plain tables.
+        per table), except that rows of an :attr:`Output.appended` output are added to the stored
+        ones. Override to merge across sessions, calling :func:`replace_session_rows` for the plain
+        tables.
         """
         replace_session_rows(con, self.tables, batch)
 
@@ -230,9 +248,12 @@ def replace_session_rows(
     tables: Sequence[str],
     batch: Sequence[tuple[SessionFile, Output]],
 ) -> None:
-    """Delete the batch's sessions from ``tables`` and insert their new rows in bulk."""
-    keys = [session.key for session, _ in batch]
-    for table in tables:
+    """Delete the batch's sessions from ``tables`` and insert their new rows in bulk.
+
+    A session whose output is :attr:`Output.appended` keeps its rows: the new ones add to them.
+    """
+    keys = [session.key for session, output in batch if not output.appended]
+    for table in tables if keys else ():
         con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [keys])
     for session, output in batch:
         check_declared_tables(session, output, tables)

@@ -5,9 +5,10 @@ The runner's tables, each with the module that reads and writes it:
 - ``schema_migrations``: which migration of which owner (``runner`` or a processor) was applied
   (:mod:`sessionpipe_runner.migrations`).
 - ``session_processor_state``: one row per (processor, session file): what was seen (size, mtime,
-  hash of the complete lines), the processor version, items, attempts, last error and status, and
-  ``vanished_at``: when a run first missed the file (``NULL`` while it is on the volume)
-  (:mod:`.state`).
+  hash of the complete lines), the processor version, items, attempts, last error and status,
+  ``vanished_at``: when a run first missed the file (``NULL`` while it is on the volume), and
+  ``content_length`` / ``line_count``: where the complete lines committed end, so that a file that
+  only grew is processed from there (:mod:`.state`).
 - ``processor_runs``: one row per run with its JSON summary; a run killed before it could record
   its end stays ``running`` until the next writer marks it ``abandoned`` (:mod:`.runs`).
 - ``writer_epochs``: one row per lease acquisition, the fence that stops a deposed writer
@@ -23,7 +24,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
+# The engine itself, not the ``duckdb`` package: that wrapper (relations, expressions, its version
+# through importlib.metadata) costs a run ~0.2 s of imports and none of it is used here. The
+# connection, its errors and parameterised statements are the engine's; what needs the wrapper
+# (registering an Arrow table) imports it where it is done (:mod:`sessionpipe_runner.tables`).
+import _duckdb
 
 from sessionpipe_runner import migrations
 from sessionpipe_runner.migrations import Migration
@@ -31,6 +36,7 @@ from sessionpipe_runner.store.state import (
     STATE_TABLE,
     StateRow,
     mark_vanished,
+    record_scan,
     unsettled_state,
     update_seen,
     upsert_state,
@@ -38,6 +44,8 @@ from sessionpipe_runner.store.state import (
 from sessionpipe_runner.tables import StoreError, column_names, has_column, table_columns, transaction
 
 if TYPE_CHECKING:
+    import duckdb
+
     from sessionpipe_runner.processors.base import Processor
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "has_column",
     "mark_vanished",
     "migrate",
+    "record_scan",
     "table_columns",
     "transaction",
     "unsettled_state",
@@ -104,6 +113,14 @@ RUNNER_MIGRATIONS: tuple[Migration, ...] = (
         "0002_vanished_at",
         "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS vanished_at TIMESTAMPTZ;",
     ),
+    # Where the committed lines end (bytes) and how many they are: a file that only grew since is
+    # processed from there (Claude Code only appends). NULL (rows of an earlier build, a file
+    # read in pieces) means "read it whole".
+    Migration(
+        "0003_committed_length",
+        "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS content_length BIGINT;"
+        "ALTER TABLE session_processor_state ADD COLUMN IF NOT EXISTS line_count BIGINT;",
+    ),
 )
 
 
@@ -126,17 +143,18 @@ def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = N
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=config)
-    except duckdb.IOException as error:
+        return _duckdb.connect(str(path), read_only=read_only, config=config)
+    except _duckdb.IOException as error:
         if "lock" in str(error).lower():
             raise DatabaseLocked(f"database {path} is open in another process: {error}") from error
         raise StoreError(f"cannot open database {path}: {error}") from error
-    except duckdb.Error as error:
+    except _duckdb.Error as error:
         raise StoreError(f"cannot open database {path}: {error}") from error
 
 
-def migrate(con: duckdb.DuckDBPyConnection, processor: Processor | None = None) -> None:
-    """Bring the runner's tables, and a processor's, up to date."""
-    migrations.apply_migrations(con, "runner", RUNNER_MIGRATIONS)
+def migrate(con: duckdb.DuckDBPyConnection, processor: Processor | None = None) -> list[str]:
+    """Bring the runner's tables, and a processor's, up to date; returns the ids applied now."""
+    applied = migrations.apply_migrations(con, "runner", RUNNER_MIGRATIONS)
     if processor is not None:
-        migrations.apply_migrations(con, f"processor:{processor.name}", processor.migrations())
+        applied += migrations.apply_migrations(con, f"processor:{processor.name}", processor.migrations())
+    return applied

@@ -148,6 +148,8 @@ class UsageProcessor(Processor):
     tables: ClassVar[Sequence[str]] = ("usage_rows",)
     batchable: ClassVar[bool] = True
     parallel: ClassVar[bool] = True
+    #: A usage line's row depends on that line alone; calls are deduplicated at query time.
+    appendable: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.prices: PriceTable | None = None
@@ -198,10 +200,14 @@ class UsageProcessor(Processor):
 
     def process(self, session: SessionFile, data: bytes) -> Output:
         """One row per kept usage line; lines left out are counted in ``issues`` by reason."""
+        return self.process_appended(session, data, 1)
+
+    def process_appended(self, session: SessionFile, data: bytes, first_line: int) -> Output:
+        """The rows of ``data``'s lines, numbered from ``first_line`` (the lines appended to a file)."""
         if self.prices is None:
             self.prices = load_prices()
         prices = self.prices
-        parsed = parse_usage_lines(data)
+        parsed = parse_usage_lines(data, first_line=first_line)
         output = Output(issues=parsed.issues)
         key, user, project, session_id = session.key, session.user, session.project, session.session_id
         version = prices.version

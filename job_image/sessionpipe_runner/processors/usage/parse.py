@@ -420,12 +420,18 @@ def read_line_untyped(line_no: int, raw: bytes) -> UsageLine | None:
     return usage_line(line_no, _decode(raw))
 
 
-def parse_usage_lines(data: bytes, read: Callable[[int, bytes], UsageLine | None] = read_line) -> ParseResult:
-    """Every kept usage line of a transcript's bytes, in file order, and the issues met."""
+def parse_usage_lines(
+    data: bytes, read: Callable[[int, bytes], UsageLine | None] = read_line, first_line: int = 1
+) -> ParseResult:
+    """Every kept usage line of a transcript's bytes, in file order, and the issues met.
+
+    ``first_line`` is the number of ``data``'s first line in the file (``data`` may be the lines
+    appended after those already stored).
+    """
     result = ParseResult()
     lines, issues = result.lines, result.issues
     position = 0
-    line_no = 1
+    line_no = first_line
     counted_to = 0  # line_no is the number of the line starting at counted_to
     while True:
         hit = data.find(USAGE_MARK, position)

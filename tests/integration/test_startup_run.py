@@ -1,0 +1,37 @@
+"""A run with nothing to do imports neither Arrow nor DuckDB's Python wrapper nor any other command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.runner_support import CORPUS
+from tests.unit.test_startup import heavy, loaded_modules
+
+#: What a run that finds every file unchanged must not load. (DuckDB's engine, ``_duckdb``, it
+#: needs: the state is in the database.)
+NOT_FOR_A_RUN_WITH_NOTHING_TO_DO = (
+    "pyarrow",
+    "duckdb",
+    "multiprocessing",
+    *(
+        f"sessionpipe_runner.commands.{name}"
+        for name in ("demo", "forget", "pricing", "processors", "quickstart", "report", "reset", "run_now", "status")
+    ),
+)
+
+
+def test_a_run_with_nothing_to_do_imports_no_arrow_no_wrapper_and_no_other_command(tmp_path: Path) -> None:
+    projects = str(CORPUS / "ccusage-fixtures" / "projects")  # read in place, as one user's projects/
+    argv = [
+        "run",
+        "--processor",
+        "usage",
+        "--sessions",
+        projects,
+        "--user",
+        "alice",
+        "--db",
+        str(tmp_path / "u.duckdb"),
+    ]
+    loaded_modules(argv)  # the first run writes the rows
+    assert heavy(loaded_modules(argv), NOT_FOR_A_RUN_WITH_NOTHING_TO_DO) == []

@@ -1,0 +1,55 @@
+"""Start-up cost: ``sessionpipe --help`` imports no engine, no Arrow and no command it does not run.
+
+Each check runs the console script's ``main`` in a fresh interpreter and lists the modules it
+loaded: a module imported at the top of any command (or of the CLI itself) shows up here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+#: What ``--help`` must not load: DuckDB's engine and its pure-Python wrapper, Arrow, and every
+#: command's module (the top-level help needs each command's name and one-line help only).
+NOT_FOR_HELP = ("pyarrow", "duckdb", "_duckdb", "sessionpipe_runner.commands.", "sessionpipe_runner.runner")
+
+
+def loaded_modules(argv: list[str]) -> set[str]:
+    """The modules ``sessionpipe <argv>`` has imported when it exits."""
+    script = (
+        "import json, sys\n"
+        "from sessionpipe_runner.__main__ import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stdout.flush()\n"
+        "sys.stderr.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    return set(json.loads(done.stderr.rsplit("MODULES ", 1)[1]))
+
+
+#: The command line's parser classes: what the top-level parser is built from.
+PARSERS = "sessionpipe_runner.commands.parsers"
+
+
+def heavy(modules: set[str], prefixes: tuple[str, ...]) -> list[str]:
+    """The loaded modules that are, or are below, one of ``prefixes`` (a prefix ending in a dot: below only)."""
+    return sorted(
+        m
+        for m in modules - {PARSERS}
+        if any(m == p or m.startswith(p if p.endswith(".") else p + ".") for p in prefixes)
+    )
+
+
+def test_help_imports_neither_duckdb_nor_pyarrow_nor_any_command() -> None:
+    assert heavy(loaded_modules(["--help"]), NOT_FOR_HELP) == []
+
+
+def test_a_command_help_imports_that_command_only() -> None:
+    modules = loaded_modules(["status", "--help"])
+    commands = {m for m in modules if m.startswith("sessionpipe_runner.commands.")}
+    assert commands <= {"sessionpipe_runner.commands.status", "sessionpipe_runner.commands.common", PARSERS}
+    assert heavy(modules, ("pyarrow", "duckdb")) == []
