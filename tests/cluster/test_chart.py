@@ -317,7 +317,7 @@ def test_every_rendered_pod_meets_the_restricted_pod_security_profile(
 
     control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     rendered = _helm(control_plane, "template", "ps", str(CHART), "-n", namespace).stdout
-    deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
+    deployments = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment"]
     settings = OperatorSettings.from_env({"SESSIONPIPE_OPERATOR_JOB_IMAGE": "example.org/job:1"})
     specs = {
         "usage": {
@@ -334,7 +334,9 @@ def test_every_rendered_pod_meets_the_restricted_pod_security_profile(
             "llm": {"model": "claude-sonnet-4-6", "apiKeySecretRef": {"name": "anthropic", "key": "key"}},
         },
     }
-    pods = [_pod_from(deployment["spec"]["template"], "operator")]
+    # The operator and the dashboard.
+    pods = [_pod_from(deployment["spec"]["template"], deployment["metadata"]["name"]) for deployment in deployments]
+    assert len(pods) == 2
     for name, spec in specs.items():
         owner = {"apiVersion": "sessionpipe.io/v1alpha1", "kind": "SessionProcessor", "name": name, "uid": "0"}
         cronjob = build_cronjob(name, namespace, owner, SessionProcessorSpec.model_validate(spec), settings)
