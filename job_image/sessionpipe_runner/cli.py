@@ -20,7 +20,18 @@ import duckdb
 
 from sessionpipe_contract import ENV_LOG_FORMAT, EXIT_DATABASE_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from sessionpipe_runner import signals, store
-from sessionpipe_runner.commands import demo, forget, pricing, processors, quickstart, report, reset, run_now, status
+from sessionpipe_runner.commands import (
+    demo,
+    forget,
+    pricing,
+    processors,
+    quickstart,
+    report,
+    reset,
+    run_now,
+    serve,
+    status,
+)
 from sessionpipe_runner.commands import run as run_command
 from sessionpipe_runner.commands.common import CommandParser, DatabaseBusy, HelpFormatter, OneLineParser
 from sessionpipe_runner.lease.factory import LeaseBusy
@@ -28,7 +39,7 @@ from sessionpipe_runner.processors import registry
 from sessionpipe_runner.settings import UsageError
 
 #: The commands in the order ``sessionpipe --help`` lists them.
-COMMANDS = (run_command, status, report, reset, forget, processors, pricing, demo, quickstart, run_now)
+COMMANDS = (run_command, status, report, serve, reset, forget, processors, pricing, demo, quickstart, run_now)
 
 
 EXAMPLES = """examples:

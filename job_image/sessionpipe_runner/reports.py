@@ -9,6 +9,7 @@ read-only (or its snapshot while a run writes it), and prints the report's JSON 
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import date
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 
 class ReportError(Exception):
     """The report cannot be made (no data yet, a bad date…); explained to the user in one line."""
+
+
+class NoData(ReportError):
+    """The processor whose report was asked for has not run on this database yet."""
 
 
 class Report:
@@ -36,6 +41,11 @@ class Report:
         """(JSON-able data, plain-text rendering) of the report; raise :class:`ReportError` for bad requests."""
         raise NotImplementedError
 
+    def data(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[str, Any]:
+        """The JSON-able data alone (``--json`` and ``sessionpipe serve``'s API); a report whose text
+        is costly to render overrides this to skip it."""
+        return self.build(con, args)[0]
+
     def notes(self, data: dict[str, Any]) -> list[str]:
         """Lines for stderr beside the text table (a caveat about the numbers); the JSON data says them itself."""
         return []
@@ -45,7 +55,12 @@ def require_table(con: duckdb.DuckDBPyConnection, table: str, processor: str) ->
     """Raise :class:`ReportError` unless ``table`` exists: the processor has not run on this database."""
     found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()
     if not found or not found[0]:
-        raise ReportError(f"no {processor} data in this database yet: run 'sessionpipe run --processor {processor}'")
+        raise NoData(f"no {processor} data in this database yet: run 'sessionpipe run --processor {processor}'")
+
+
+def report_json(data: dict[str, Any]) -> str:
+    """A report's data as ``--json`` prints it and the dashboard's API returns it (one spelling)."""
+    return json.dumps(data, indent=2, default=str)
 
 
 def iso_date(text: str) -> date:

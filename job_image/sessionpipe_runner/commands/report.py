@@ -7,7 +7,6 @@ hook, built-ins and plugins alike, and are looked up only when this command runs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from collections.abc import Sequence
 from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner.commands.common import CommandParser, HelpFormatter, add_db_flag, open_for_reading
 from sessionpipe_runner.processors import registry
-from sessionpipe_runner.reports import Report, ReportError
+from sessionpipe_runner.reports import Report, ReportError, report_json
 from sessionpipe_runner.settings import UsageError, database_path
 
 NAME = "report"
@@ -100,10 +99,10 @@ def handle(args: argparse.Namespace) -> int:
     con = open_for_reading(database)
     with con:
         try:
-            data, text = report.build(con, args)
+            data, text = (report.data(con, args), "") if args.json else report.build(con, args)
         except ReportError as error:
             raise UsageError(str(error)) from None
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    print(report_json(data) if args.json else text)
     if not args.json:
         for note in report.notes(data):
             print(note, file=sys.stderr)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner.commands.common import add_db_flag, open_for_reading
+from sessionpipe_runner.reports import report_json
 from sessionpipe_runner.settings import database_path
 from sessionpipe_runner.store.queries import status_data
 
@@ -33,7 +33,7 @@ def handle(args: argparse.Namespace) -> int:
     with con:
         data = status_data(con)
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        print(report_json(data))
         return EXIT_OK
     if not data["processors"]:
         print(f"{database}: no processor has run yet")

@@ -113,3 +113,16 @@ def forget_sessions(
         for name, keys in keys_by_processor.items():
             processors[name].forget(con, keys)
             con.execute(f"DELETE FROM {STATE_TABLE} WHERE processor = ? AND session_file = ANY(?)", [name, keys])
+
+
+def troubled_sessions(con: duckdb.DuckDBPyConnection, limit: int = 200) -> list[dict[str, Any]]:
+    """The session files a processor failed on or quarantined, latest first, with the last error."""
+    rows = con.execute(
+        "SELECT processor, session_file, user_name, status, attempts, last_error,"
+        " strftime(timezone('UTC', processed_at), '%Y-%m-%dT%H:%M:%SZ')"
+        " FROM session_processor_state WHERE status IN ('failed', 'quarantined')"
+        " ORDER BY processed_at DESC, processor, session_file LIMIT ?",
+        [limit],
+    ).fetchall()
+    names = ("processor", "session_file", "user", "status", "attempts", "last_error", "processed_at")
+    return [dict(zip(names, row, strict=True)) for row in rows]

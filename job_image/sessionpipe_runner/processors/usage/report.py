@@ -99,9 +99,10 @@ def _entry(group: _Group, by: str) -> dict[str, Any]:
 class Selection:
     """Which calls a report counts and how it cuts time.
 
-    ``since`` and ``until`` are inclusive days in the time zone ``tz``; ``users`` and ``projects``,
-    when given, keep only those users' / projects' calls; weeks start on ``start_of_week``
-    (0 is Sunday, as ccusage's default).
+    ``since`` and ``until`` are inclusive days in the time zone ``tz``; ``users``, ``projects`` and
+    ``models``, when given, keep only those users' / projects' / models' calls (a model as the
+    reports label it, ``-fast`` included); weeks start on ``start_of_week`` (0 is Sunday, as
+    ccusage's default).
     """
 
     since: date | None = None
@@ -110,20 +111,27 @@ class Selection:
     users: tuple[str, ...] = ()
     projects: tuple[str, ...] = ()
     start_of_week: int = 0
+    models: tuple[str, ...] = ()
 
 
+#: A call's model as ccusage labels it: fast mode is a model of its own.
+MODEL_LABEL_SQL = "CASE WHEN speed = 'fast' THEN model || '-fast' ELSE model END"
 #: The calls a report reads: each deduplicated call with its local time ``lt``, the first day of its
-#: local week, and its model as ccusage labels it; filtered by user and project (not by day: blocks
-#: are cut before they are filtered).
-CALLS_SQL = """
+#: local week, and its model as ccusage labels it; filtered by user, project and model (not by day:
+#: blocks are cut before they are filtered).
+CALLS_SQL = f"""
     SELECT *, timezone($tz, ts) AS lt,
         strftime(CAST(timezone($tz, ts) AS DATE)
             - CAST((dayofweek(timezone($tz, ts)) - $start_of_week + 7) % 7 AS INTEGER), '%Y-%m-%d') AS week_start,
-        CASE WHEN speed = 'fast' THEN model || '-fast' ELSE model END AS model_label
+        {MODEL_LABEL_SQL} AS model_label
     FROM usage_messages
     WHERE (len($users) = 0 OR list_contains($users, user_name))
         AND (len($projects) = 0 OR list_contains($projects, project))
+        AND (len($models) = 0 OR list_contains($models, {MODEL_LABEL_SQL}))
 """
+#: The four token sums (input, output, cache creation, cache read) and the cost of a group of calls.
+SUMS_SQL = """sum(input_tokens), sum(output_tokens), sum(cache_write_5m_tokens + cache_write_1h_tokens),
+    sum(cache_read_tokens), sum(cost_usd)"""
 
 
 def calls_parameters(selection: Selection) -> dict[str, Any]:
@@ -133,6 +141,7 @@ def calls_parameters(selection: Selection) -> dict[str, Any]:
         "start_of_week": selection.start_of_week,
         "users": list(selection.users),
         "projects": list(selection.projects),
+        "models": list(selection.models),
     }
 
 
@@ -160,9 +169,7 @@ def usage_report(
     rows = con.execute(
         f"""
         WITH calls AS ({CALLS_SQL})
-        SELECT {keys}, model_label, timezone('UTC', min(ts)), timezone('UTC', max(ts)),
-            sum(input_tokens), sum(output_tokens), sum(cache_write_5m_tokens + cache_write_1h_tokens),
-            sum(cache_read_tokens), sum(cost_usd)
+        SELECT {keys}, model_label, timezone('UTC', min(ts)), timezone('UTC', max(ts)), {SUMS_SQL}
         FROM calls
         WHERE ($since IS NULL OR CAST(lt AS DATE) >= $since) AND ($until IS NULL OR CAST(lt AS DATE) <= $until)
         GROUP BY {key_names}, model_label
@@ -190,6 +197,22 @@ def usage_report(
         list_name: [_entry(group, by) for group in ordered],
         "totals": {**token_fields(totals), "totalCost": total_cost},
     }
+
+
+def usage_by_user_and_model(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, list[int], float]]:
+    """(user, model label, [input, output, cache creation, cache read] tokens, cost) of every call
+    ever made, summed per user and model: the report's totals, cut finer (for ``/metrics``)."""
+    rows = con.execute(
+        f"""
+        WITH calls AS ({CALLS_SQL})
+        SELECT user_name, coalesce(model_label, ''), {SUMS_SQL}
+        FROM calls
+        GROUP BY ALL
+        ORDER BY ALL
+        """,
+        calls_parameters(Selection()),
+    ).fetchall()
+    return [(user, model, [int(value) for value in sums[:4]], float(sums[4])) for user, model, *sums in rows]
 
 
 def unpriced_usage(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict[str, Any]]:
@@ -304,20 +327,26 @@ class UsageReport(Report):
             metavar="DIR",
             help="only this project: its directory (/home/me/src/app) or its folder name (repeatable)",
         )
+        parser.add_argument(
+            "--model",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="only this model, as the report names it (claude-opus-4-1, …-fast; repeatable)",
+        )
         parser.add_argument("--breakdown", action="store_true", help="a row per model under each group in the table")
 
     def build(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-        require_table(con, "usage_rows", "usage")
-        if args.since and args.until and args.since > args.until:
-            raise ReportError(f"--since {args.since} is after --until {args.until}")
-        selection = Selection(
-            since=args.since,
-            until=args.until,
-            tz=args.tz or local_timezone(),
-            users=tuple(args.user),
-            projects=tuple(project_folder(name) for name in args.project),
-            start_of_week=args.start_of_week,
+        data = self.data(con, args)
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        names = project_names(con) if args.by in ("session", "project") else {}
+        return data, render_text(
+            data, args.by, breakdown=args.breakdown, width=width, project_names=names, tz=_selection(args).tz
         )
+
+    def data(self, con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[str, Any]:
+        require_table(con, "usage_rows", "usage")
+        selection = _selection(args)
         try:
             if args.by == "block":
                 data = block_report(con, selection, datetime.now(UTC))
@@ -328,15 +357,26 @@ class UsageReport(Report):
             raise ReportError(str(error)) from None
         if unpriced:
             data[UNPRICED_KEY] = unpriced
-        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-        names = project_names(con) if args.by in ("session", "project") else {}
-        return data, render_text(
-            data, args.by, breakdown=args.breakdown, width=width, project_names=names, tz=selection.tz
-        )
+        return data
 
     def notes(self, data: dict[str, Any]) -> list[str]:
         """The models left unpriced, named with their tokens."""
         return unpriced_notes(data)
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    """The calls ``report usage``'s flags select; ReportError when the days are the wrong way round."""
+    if args.since and args.until and args.since > args.until:
+        raise ReportError(f"--since {args.since} is after --until {args.until}")
+    return Selection(
+        since=args.since,
+        until=args.until,
+        tz=args.tz or local_timezone(),
+        users=tuple(args.user),
+        projects=tuple(project_folder(name) for name in args.project),
+        start_of_week=args.start_of_week,
+        models=tuple(args.model),
+    )
 
 
 def block_report(con: duckdb.DuckDBPyConnection, selection: Selection, now: datetime) -> dict[str, Any]:

@@ -43,8 +43,8 @@ def verification_report(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             "session_count": row[10],
             "sources": [],
         }
-    for item, session_file, user_name, quote, extracted_at in con.execute(
-        f"SELECT item_id, session_file, user_name, user_quote, epoch_ms(extracted_at) FROM {EVIDENCE} "
+    for item, session_file, user_name, project, quote, extracted_at in con.execute(
+        f"SELECT item_id, session_file, user_name, project, user_quote, epoch_ms(extracted_at) FROM {EVIDENCE} "
         "ORDER BY item_id, extracted_at, session_file, user_quote"
     ).fetchall():
         if item in items:
@@ -52,6 +52,7 @@ def verification_report(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                 {
                     "session_file": session_file,
                     "user": user_name,
+                    "project": project,
                     "quote": quote,
                     "extracted_at": _iso(extracted_at),
                 }

@@ -1,0 +1,96 @@
+"""The snapshot the dashboard reads: opened read-only, reopened when a run publishes a new one.
+
+A run publishes its snapshot by renaming a fresh copy over the old name (:mod:`..snapshot`), so
+the file's identity (device, inode, size, modification time) changes exactly when there is a new
+one. Each use compares it with the identity of the open file and reopens on a change; the old
+file, unlinked by the rename, goes away when it is closed. The dashboard never opens the
+database a run writes: DuckDB's file lock would make that run wait.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from sessionpipe_runner import store
+from sessionpipe_runner.snapshot import snapshot_path
+
+#: (device, inode, size, modification time in ns) of a snapshot file.
+Identity = tuple[int, int, int, int]
+
+
+class SnapshotUnavailable(Exception):
+    """There is no readable snapshot (none published yet, or a damaged file); one line for the user."""
+
+
+class SnapshotSource:
+    """The newest snapshot of ``database``, one connection at a time.
+
+    DuckDB connections are not for concurrent use; the dashboard's queries are short, so one lock
+    serialises them rather than juggling a connection per thread across snapshot switches.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.path = snapshot_path(database)
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._identity: Identity | None = None
+
+    @property
+    def identity(self) -> Identity | None:
+        """The identity of the snapshot file open now (None before the first use)."""
+        return self._identity
+
+    @contextmanager
+    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The open snapshot, reopened first if a newer one was published; held alone while in use.
+
+        Raises :class:`SnapshotUnavailable` when there is no snapshot or it cannot be opened.
+        """
+        with self._lock:
+            yield self._current()
+
+    def close(self) -> None:
+        """Close the open snapshot (the next use opens the newest again)."""
+        with self._lock:
+            self._close()
+
+    def _current(self) -> duckdb.DuckDBPyConnection:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._close()
+            raise SnapshotUnavailable(self._missing()) from None
+        except OSError as error:
+            self._close()
+            raise SnapshotUnavailable(f"cannot read the snapshot {self.path}: {error.strerror}") from None
+        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._con is None or identity != self._identity:
+            self._close()  # first: DuckDB would hand back its cached instance of the old file
+            try:
+                self._con = store.connect(self.path, read_only=True)
+            except store.StoreError as error:
+                raise SnapshotUnavailable(_first_line(str(error))) from None
+            self._identity = identity
+        return self._con
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+        self._con = None
+        self._identity = None
+
+    def _missing(self) -> str:
+        if not self.database.exists():
+            return f"database {self.database} does not exist: run 'sessionpipe run' first or pass --db"
+        return f"no snapshot of {self.database} yet ({self.path.name}): a run publishes one when it ends"
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else "unknown error"
