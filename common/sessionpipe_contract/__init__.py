@@ -88,6 +88,16 @@ OUTCOME_FAILED: Final = "failed"
 OUTCOME_LEASE_NOT_ACQUIRED: Final = "lease_not_acquired"
 OUTCOME_LEASE_LOST: Final = "lease_lost"
 OUTCOME_TERMINATED: Final = "terminated"
+#: Every outcome above (the operator exports a run count of each from a processor's start).
+OUTCOMES: Final = (
+    OUTCOME_SUCCEEDED,
+    OUTCOME_PARTIAL,
+    OUTCOME_STOPPED,
+    OUTCOME_FAILED,
+    OUTCOME_LEASE_NOT_ACQUIRED,
+    OUTCOME_LEASE_LOST,
+    OUTCOME_TERMINATED,
+)
 
 #: Keys of the compact run summary the runner writes to the termination message (a JSON object).
 #: ``started``/``finished`` are RFC 3339 UTC; ``duration_seconds`` a float; the counts integers.
