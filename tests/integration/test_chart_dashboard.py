@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from sessionpipe_operator.models import SessionProcessorSpec
 from sessionpipe_operator.render import build_cronjob
 from sessionpipe_operator.settings import OperatorSettings
-from tests.integration.test_chart_values import CHART, _helm
+from tests.integration.test_chart_values import CHART, _helm, _notes
 
 COLOCATION = "sessionpipe.io/database-claim"
 OWNER = {"apiVersion": "sessionpipe.io/v1alpha1", "kind": "SessionProcessor", "name": "p", "uid": "u1"}
@@ -194,3 +195,15 @@ def test_service_monitors_and_alert_rules_are_off_by_default_and_rendered_when_o
     assert monitors["rel-sessionpipe-operator"]["spec"]["endpoints"][0]["honorLabels"] is True
     rules = next(d for d in documents if d["kind"] == "PrometheusRule")["spec"]["groups"][0]["rules"]
     assert {rule["alert"] for rule in rules} == {"SessionpipeProcessorStale", "SessionpipeRunsFailing"}
+
+
+def test_notes_say_how_to_open_the_dashboard_and_read_a_report_without_it(tmp_path: Path) -> None:
+    notes = _notes(tmp_path / "on", "--set", "dashboard.databasePath=team/usage.duckdb")
+    assert "kubectl port-forward -n team svc/rel-sessionpipe-dashboard 8000\n" in notes
+    assert "http://127.0.0.1:8000" in notes
+    command = "kubectl exec -n team deploy/rel-sessionpipe-dashboard -- sessionpipe report usage"
+    assert f"{command} --db /data/db/team/usage.duckdb" in notes
+    moved = _notes(tmp_path / "port", "--set", "dashboard.service.port=80")
+    assert "svc/rel-sessionpipe-dashboard 8000:80" in moved
+    off = _notes(tmp_path / "off", "--set", "dashboard.enabled=false")
+    assert "port-forward" not in off and "kubectl run sessionpipe-report" in off
