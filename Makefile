@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke prometheus crd cluster-up cluster-down clean
+.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke browser prometheus crd cluster-up cluster-down clean
 
 # The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
 $(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
@@ -37,9 +37,14 @@ image-smoke: images
 	@test -n "$(SESSIONS)" -a -n "$(OUT)" || { echo "usage: make image-smoke SESSIONS=DIR OUT=DIR" >&2; exit 2; }
 	$(BIN)/python -m sessionpipe_kubetest image-smoke "$(SESSIONS)" "$(OUT)"
 
-# Prometheus (apt-get when missing): the monitoring test runs the chart's PromQL against a real one.
+# Headless Chromium (Debian's package, installed when missing) for the dashboard's browser test.
+browser:
+	scripts/install-missing.sh chromium=chromium
+
+# Prometheus (Debian's package, installed when missing): the monitoring test runs the chart's PromQL
+# against a real one.
 prometheus:
-	scripts/ensure-prometheus.sh
+	scripts/install-missing.sh prometheus=prometheus
 
 ccusage: $(STAMP)
 	$(BIN)/python -m tests.ccusage
@@ -58,8 +63,8 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit kubetest/tests
 
 # Set up everything (the venv, the control plane built from Go modules, ccusage from npm, the images
-# built with buildah, Prometheus from apt) and run every test, control-plane tests included.
-test: $(STAMP) controlplane ccusage images prometheus lint typecheck
+# built with buildah, Chromium and Prometheus from apt) and run every test, control-plane tests included.
+test: $(STAMP) controlplane ccusage images browser prometheus lint typecheck
 	$(BIN)/python -m pytest
 
 cluster-up: controlplane

@@ -1,26 +1,20 @@
 #!/bin/sh
-# Install with apt-get the Debian packages of the commands that are missing.
-# usage: install-missing.sh WHO COMMAND[:PACKAGE]... [-- PACKAGE...]
-# WHO names the caller in messages; a COMMAND without :PACKAGE is its own package; the packages
-# after -- are installed too, but only when something was missing. Debian/Ubuntu only; needs root
-# (or sudo) for apt-get.
+# Install Debian packages whose command is missing: each argument is COMMAND=PACKAGE, and
+# EXTRA_PACKAGES (space-separated) come along when anything is installed. Debian/Ubuntu only;
+# needs root (or sudo) for apt-get. Used by ensure-image-tools.sh and `make browser`.
 set -eu
-who=$1
-shift
 missing=""
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-    command -v "${1%%:*}" >/dev/null 2>&1 || missing="$missing ${1#*:}"
-    shift
+for pair in "$@"; do
+    command -v "${pair%%=*}" >/dev/null 2>&1 || missing="$missing ${pair#*=}"
 done
-[ $# -gt 0 ] && shift
 [ -z "$missing" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "$who: please install:$missing (no apt-get here)" >&2
+    echo "install-missing: please install:$missing (no apt-get here)" >&2
     exit 1
 fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "$who: installing$missing" >&2
+echo "install-missing: installing$missing" >&2
 $sudo apt-get update -qq
-# shellcheck disable=SC2086  # the package list is meant to split
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing "$@" >&2
+# shellcheck disable=SC2086  # the package lists are meant to split
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing ${EXTRA_PACKAGES:-} >&2

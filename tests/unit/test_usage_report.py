@@ -441,3 +441,29 @@ def test_periods_of_synthetic_placeholders_only_are_not_shown_as_empty_rows(tmp_
     assert [d["date"] for d in data["daily"]] == ["2026-01-09", "2026-01-10"]  # the JSON keeps ccusage's rows
     assert "2026-01-09" in render_text(data, "day") and "2026-01-10" not in render_text(data, "day")
     assert "<synthetic>" not in render_text(models, "model")
+
+
+def test_model_narrows_a_report_to_that_models_calls_fast_mode_included(tmp_path: Path) -> None:
+    fast = json.loads(assistant_line(3, "claude-opus-4-1", {"input_tokens": 7, "output_tokens": 3}))
+    fast["message"]["usage"]["speed"] = "fast"
+    lines = [
+        assistant_line(1, "claude-opus-4-1", {"input_tokens": 100, "output_tokens": 10}),
+        assistant_line(2, "claude-sonnet-4-20250514", {"input_tokens": 1000, "output_tokens": 200}),
+        json.dumps(fast) + "\n",
+    ]
+    place(tmp_path / "sessions", "alice/-work/s.jsonl", "".join(lines).encode())
+    db = tmp_path / "usage.duckdb"
+    run_usage(tmp_path / "sessions", db)
+    with reading(db) as con:
+        opus = UsageReport().data(con, usage_arguments("--by", "model", "--tz", "UTC", "--model", "claude-opus-4-1"))
+        both = UsageReport().data(
+            con,
+            usage_arguments(
+                "--by", "model", "--tz", "UTC", "--model", "claude-opus-4-1-fast", "--model", "claude-opus-4-1"
+            ),
+        )
+    assert [(m["model"], m["inputTokens"]) for m in opus["models"]] == [("claude-opus-4-1", 100)]
+    assert sorted((m["model"], m["inputTokens"]) for m in both["models"]) == [
+        ("claude-opus-4-1", 100),
+        ("claude-opus-4-1-fast", 7),
+    ]

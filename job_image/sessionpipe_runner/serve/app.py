@@ -7,7 +7,6 @@ so, or one line for the API and probes); nothing ever answers with a traceback.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,16 @@ from typing import Any
 import duckdb
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessionpipe_runner.processors import registry
-from sessionpipe_runner.processors.usage.report import local_timezone, usage_by_user_and_model
+from sessionpipe_runner.processors.usage.report import local_timezone, materialize_calls, usage_by_user_and_model
 from sessionpipe_runner.reports import NoData, ReportError, report_json
 from sessionpipe_runner.serve import pages
 from sessionpipe_runner.serve.charts import money, short_number
@@ -34,13 +35,43 @@ from sessionpipe_runner.store.queries import status_data
 HERE = Path(__file__).resolve().parent
 JSON = "application/json"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+#: Every response forbids scripts and anything not served by the dashboard itself: the pages need
+#: none, and should an unescaped name ever slip through, the browser still would not run it.
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'none'; object-src 'none'; img-src 'self' data:; "
+        b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class Dashboard:
     """The app's state: the snapshot, the reports' query parsers, the templates, the default zone."""
 
     def __init__(self, database: Path, default_tz: str | None = None) -> None:
-        self.source = SnapshotSource(database)
+        self.source = SnapshotSource(database, prepare=materialize_calls)
         self.default_tz = default_tz or local_timezone()
         self.usage = report_query(_report("usage"))
         self.verification = report_query(_report("verification"))
@@ -54,15 +85,14 @@ class Dashboard:
     # -- probes, metrics, API -------------------------------------------------------------
 
     def healthz(self, request: Request) -> Response:
-        with self.source.connection() as con:
-            con.execute("SELECT count(*) FROM processor_runs").fetchone()
+        with self.source.connection() as snapshot:
+            snapshot.con.execute("SELECT count(*) FROM processor_runs").fetchone()
         return PlainTextResponse("ok\n")
 
     def metrics(self, request: Request) -> Response:
-        with self.source.connection() as con:
-            rows = usage_by_user_and_model(con) if _has_table(con, "usage_messages") else []
-            identity = self.source.identity
-        published = identity[3] / 1e9 if identity else 0.0
+        with self.source.connection() as snapshot:
+            rows = usage_by_user_and_model(snapshot.con) if snapshot.has("usage_messages") else []
+        published = snapshot.identity[3] / 1e9
         return Response(exposition(rows, published), media_type=PROMETHEUS_TEXT)
 
     def api_usage(self, request: Request) -> Response:
@@ -73,14 +103,14 @@ class Dashboard:
 
     def api_runs(self, request: Request) -> Response:
         refuse_parameters(request)
-        with self.source.connection() as con:
-            data = status_data(con)
+        with self.source.connection() as snapshot:
+            data = status_data(snapshot.con)
         return Response(report_json(data), media_type=JSON)
 
     def _report_json(self, query: ReportQuery, request: Request) -> Response:
         args = query.parse(request.query_params.multi_items())
-        with self.source.connection() as con:
-            data = query.report.data(con, args)
+        with self.source.connection() as snapshot:
+            data = query.report.data(snapshot.con, args)
         return Response(report_json(data), media_type=JSON)
 
     # -- pages ----------------------------------------------------------------------------
@@ -90,8 +120,8 @@ class Dashboard:
 
         def endpoint(request: Request) -> Response:
             filters = parse_filters(request.query_params.multi_items(), self.default_tz, extra)
-            with self.source.connection() as con:
-                context = build(con, filters)
+            with self.source.connection() as snapshot:
+                context = build(snapshot, filters)
             context.update(request=request, filters=filters, page=template.removesuffix(".html"))
             return self.templates.TemplateResponse(request, template, context)
 
@@ -116,11 +146,6 @@ def _report(name: str) -> Any:
     if report is None:
         raise RuntimeError(f"processor {name} has no report")
     return report
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()
-    return bool(found and found[0])
 
 
 def _wants_page(request: Request) -> bool:
@@ -161,9 +186,9 @@ def create_app(database: Path, default_tz: str | None = None) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(SecurityHeaders)],
         exception_handlers={
             QueryError: bad_request,
-            argparse.ArgumentError: bad_request,
             NoData: no_data,
             ReportError: bad_request,
             SnapshotUnavailable: unavailable,

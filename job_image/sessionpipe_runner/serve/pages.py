@@ -11,37 +11,31 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import duckdb
-
 from sessionpipe_runner.processors.usage.groupings import GROUPINGS
 from sessionpipe_runner.processors.usage.report import Selection, block_report, usage_report
 from sessionpipe_runner.processors.verification.report import verification_report
 from sessionpipe_runner.processors.verification.store import ITEMS
 from sessionpipe_runner.serve.charts import horizontal_bars, money, stacked_bars
 from sessionpipe_runner.serve.params import Filters
+from sessionpipe_runner.serve.snapshots import OpenSnapshot
 from sessionpipe_runner.store.queries import status_data, troubled_sessions
 
 #: The groupings the overview's time charts offer.
 TIME_GROUPINGS = ("day", "week", "month")
 #: Rows in a "top" list, and at most in a long table (sessions).
 TOP = 10
-TABLE_LIMIT = 500
+TABLE_LIMIT = 200
 #: Blocks per user in the blocks page's chart and table.
 RECENT_BLOCKS = 48
 TOKEN_KEYS = ("inputTokens", "outputTokens", "cacheCreationTokens", "cacheReadTokens")
 
 
-def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()
-    return bool(found and found[0])
-
-
-def _usage(con: duckdb.DuckDBPyConnection, by: str, selection: Selection) -> dict[str, Any]:
+def _usage(snapshot: OpenSnapshot, by: str, selection: Selection) -> dict[str, Any]:
     """The usage report as ``report usage --json`` gives it, or an empty one before any usage run."""
-    if not _has_table(con, "usage_messages"):
+    if not snapshot.has("usage_messages"):
         empty = dict.fromkeys((*TOKEN_KEYS, "totalTokens"), 0)
         return {GROUPINGS[by][1]: [], "totals": {**empty, "totalCost": 0.0}}
-    return usage_report(con, by, selection=selection)
+    return usage_report(snapshot.con, by, selection=selection)
 
 
 def cache_read_share(totals: Mapping[str, Any]) -> float | None:
@@ -71,16 +65,16 @@ def month_keys(now: datetime, tz: str) -> tuple[str, str]:
     return local.strftime("%Y-%m"), f"{year:04d}-{month:02d}"
 
 
-def overview(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]:
+def overview(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
     """Cost and tokens over time stacked by model, this month against last, the cache-read share, tops."""
     by = filters.extra.get("by", "day")
     selection = filters.selection()
-    series = _usage(con, by, selection)
+    series = _usage(snapshot, by, selection)
     entries = series[GROUPINGS[by][1]]
     key = GROUPINGS[by][2][0]
     this_key, last_key = month_keys(datetime.now(UTC), filters.tz)
-    months = {m["month"]: m for m in _usage(con, "month", filters.selection(since=None, until=None))["monthly"]}
-    tops = {name: _usage(con, name, selection)[GROUPINGS[name][1]][:TOP] for name in ("user", "project", "model")}
+    months = {m["month"]: m for m in _usage(snapshot, "month", filters.selection(since=None, until=None))["monthly"]}
+    tops = {name: _usage(snapshot, name, selection)[GROUPINGS[name][1]][:TOP] for name in ("user", "project", "model")}
     return {
         "by": by,
         "groupings": TIME_GROUPINGS,
@@ -106,8 +100,8 @@ def overview(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]
     }
 
 
-def _ranked(con: duckdb.DuckDBPyConnection, filters: Filters, by: str, title: str) -> dict[str, Any]:
-    report = _usage(con, by, filters.selection())
+def _ranked(snapshot: OpenSnapshot, filters: Filters, by: str, title: str) -> dict[str, Any]:
+    report = _usage(snapshot, by, filters.selection())
     entries = report[GROUPINGS[by][1]]
     key = GROUPINGS[by][2][0]  # a session is named by its id, the first of its key's parts
     return {
@@ -120,43 +114,46 @@ def _ranked(con: duckdb.DuckDBPyConnection, filters: Filters, by: str, title: st
     }
 
 
-def users(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]:
+def users(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
     """Every user, most cost first; each leads to the user's projects."""
-    return _ranked(con, filters, "user", "Cost by user")
+    return _ranked(snapshot, filters, "user", "Cost by user")
 
 
-def projects(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]:
+def projects(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
     """The projects (of the filtered user), most cost first; each leads to its sessions."""
-    return _ranked(con, filters, "project", "Cost by project")
+    return _ranked(snapshot, filters, "project", "Cost by project")
 
 
-def sessions(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]:
+def sessions(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
     """The sessions (of the filtered user and project), most cost first."""
-    return _ranked(con, filters, "session", "Cost by session (the most costly)")
+    return _ranked(snapshot, filters, "session", "Cost by session (the most costly)")
 
 
-def blocks(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]:
-    """Each user's recent 5-hour blocks (ccusage's rules), gaps left out."""
-    now = datetime.now(UTC)
-    names = [filters.user] if filters.user else [u["user"] for u in _usage(con, "user", filters.selection())["users"]]
-    people = []
-    for name in names[:TOP]:
-        report = block_report(con, filters.selection(users=(name,)), now) if _has_table(con, "usage_messages") else {}
-        recent = [b for b in report.get("blocks", []) if not b["isGap"]][-RECENT_BLOCKS:]
-        chart = stacked_bars(
-            [(b["startTime"][5:13].replace("T", " "), {"cost": b["costUSD"]}) for b in recent],
-            title=f"{name}: cost per 5-hour block (latest {len(recent)})",
-            format_value=money,
-            height=200,
-        )
-        people.append({"user": name, "blocks": list(reversed(recent)), "chart": chart})
-    return {"people": people, "more_users": max(len(names) - TOP, 0)}
+def blocks(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
+    """One user's recent 5-hour blocks (ccusage's rules), gaps left out: the filtered user, else the
+    user with the most cost in the selection; the other users are listed to pick from.
+
+    One user at a time: blocks are cut in Python over every call of the user, all of their history.
+    """
+    users = [u["user"] for u in _usage(snapshot, "user", filters.selection(users=()))["users"]]
+    name = filters.user or (users[0] if users else "")
+    recent: list[dict[str, Any]] = []
+    if name and snapshot.has("usage_messages"):
+        report = block_report(snapshot.con, filters.selection(users=(name,)), datetime.now(UTC))
+        recent = [b for b in report["blocks"] if not b["isGap"]][-RECENT_BLOCKS:]
+    chart = stacked_bars(
+        [(b["startTime"][5:13].replace("T", " "), {"cost": b["costUSD"]}) for b in recent],
+        title=f"{name}: cost per 5-hour block (latest {len(recent)}, UTC)",
+        format_value=money,
+        height=220,
+    )
+    return {"user": name, "users": users, "blocks": list(reversed(recent)), "chart": chart}
 
 
-def verification(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]:
+def verification(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
     """Knowledge items with their evidence quotes, kept when a source matches the user and project."""
     empty: dict[str, Any] = {"items": [], "totals": {"by_detection_type": {}}}
-    data = verification_report(con) if _has_table(con, ITEMS) else empty
+    data = verification_report(snapshot.con) if snapshot.has(ITEMS) else empty
     kind = filters.extra.get("kind", "")
     shown = []
     for item in data["items"]:
@@ -182,24 +179,22 @@ def _source_matches(source: Mapping[str, Any], filters: Filters) -> bool:
     )
 
 
-def runs(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, Any]:
+def runs(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
     """Each processor's sessions by status and last runs, and the sessions failed or quarantined."""
-    data = status_data(con)
+    data = status_data(snapshot.con)
     bars: Sequence[tuple[str, Mapping[str, float]]] = [
         (name, {status: float(count) for status, count in info["sessions"].items()})
         for name, info in data["processors"].items()
     ]
     return {
         "processors": data["processors"],
-        "troubled": troubled_sessions(con),
+        "troubled": troubled_sessions(snapshot.con),
         "chart": stacked_bars(bars, title="Session files by status, per processor", height=220),
     }
 
 
 #: (path, builder, template, the page's own parameters with their allowed values; () is any value)
-PAGES: tuple[
-    tuple[str, Callable[[duckdb.DuckDBPyConnection, Filters], dict[str, Any]], str, dict[str, tuple[str, ...]]], ...
-] = (
+PAGES: tuple[tuple[str, Callable[[OpenSnapshot, Filters], dict[str, Any]], str, dict[str, tuple[str, ...]]], ...] = (
     ("/", overview, "overview.html", {"by": TIME_GROUPINGS}),
     ("/users", users, "users.html", {}),
     ("/projects", projects, "projects.html", {}),

@@ -52,7 +52,7 @@ class ReportQuery:
 
 def report_query(report: Report) -> ReportQuery:
     """The query parameters of ``report``: each of its flags that takes a value, by its dest name."""
-    parser = _RaisingParser(add_help=False, exit_on_error=False)
+    parser = _RaisingParser(add_help=False)
     report.add_arguments(parser)
     flags = {
         action.dest: max(action.option_strings, key=len)

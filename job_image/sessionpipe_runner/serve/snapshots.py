@@ -10,8 +10,9 @@ database a run writes: DuckDB's file lock would make that run wait.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -23,6 +24,19 @@ from sessionpipe_runner.snapshot import snapshot_path
 Identity = tuple[int, int, int, int]
 
 
+@dataclass(frozen=True)
+class OpenSnapshot:
+    """A snapshot as opened: its connection, the names of its tables and views, its file's identity."""
+
+    con: duckdb.DuckDBPyConnection
+    tables: frozenset[str]
+    identity: Identity
+
+    def has(self, table: str) -> bool:
+        """Whether the snapshot has this table or view (a processor that never ran has none)."""
+        return table in self.tables
+
+
 class SnapshotUnavailable(Exception):
     """There is no readable snapshot (none published yet, or a damaged file); one line for the user."""
 
@@ -32,22 +46,18 @@ class SnapshotSource:
 
     DuckDB connections are not for concurrent use; the dashboard's queries are short, so one lock
     serialises them rather than juggling a connection per thread across snapshot switches.
+    ``prepare`` runs once on each newly opened snapshot (to compute what every request reuses).
     """
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
         self.database = database
+        self.prepare = prepare
         self.path = snapshot_path(database)
         self._lock = threading.Lock()
-        self._con: duckdb.DuckDBPyConnection | None = None
-        self._identity: Identity | None = None
-
-    @property
-    def identity(self) -> Identity | None:
-        """The identity of the snapshot file open now (None before the first use)."""
-        return self._identity
+        self._open: OpenSnapshot | None = None
 
     @contextmanager
-    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connection(self) -> Iterator[OpenSnapshot]:
         """The open snapshot, reopened first if a newer one was published; held alone while in use.
 
         Raises :class:`SnapshotUnavailable` when there is no snapshot or it cannot be opened.
@@ -60,7 +70,7 @@ class SnapshotSource:
         with self._lock:
             self._close()
 
-    def _current(self) -> duckdb.DuckDBPyConnection:
+    def _current(self) -> OpenSnapshot:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -70,20 +80,26 @@ class SnapshotSource:
             self._close()
             raise SnapshotUnavailable(f"cannot read the snapshot {self.path}: {error.strerror}") from None
         identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if self._con is None or identity != self._identity:
+        if self._open is None or identity != self._open.identity:
             self._close()  # first: DuckDB would hand back its cached instance of the old file
             try:
-                self._con = store.connect(self.path, read_only=True)
+                con = store.connect(self.path, read_only=True)
             except store.StoreError as error:
                 raise SnapshotUnavailable(_first_line(str(error))) from None
-            self._identity = identity
-        return self._con
+            try:
+                if self.prepare is not None:
+                    self.prepare(con)
+                names = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+            except BaseException:
+                con.close()  # a damaged file: the caller reports the error; the next use tries again
+                raise
+            self._open = OpenSnapshot(con, frozenset(name for (name,) in names), identity)
+        return self._open
 
     def _close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-        self._con = None
-        self._identity = None
+        if self._open is not None:
+            self._open.con.close()
+        self._open = None
 
     def _missing(self) -> str:
         if not self.database.exists():

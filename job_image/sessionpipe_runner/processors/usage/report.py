@@ -215,6 +215,18 @@ def usage_by_user_and_model(con: duckdb.DuckDBPyConnection) -> list[tuple[str, s
     return [(user, model, [int(value) for value in sums[:4]], float(sums[4])) for user, model, *sums in rows]
 
 
+def materialize_calls(con: duckdb.DuckDBPyConnection) -> None:
+    """Compute the deduplicated calls once for this connection: a temporary table ``usage_messages``
+    shadows the view of that name for every later query on it.
+
+    Only for a reader of a file that no longer changes (the dashboard's snapshot): the view
+    deduplicates ``usage_rows`` with a window over every row at each query, and a page asks
+    several. Nothing is written to the file (temporary tables live in memory).
+    """
+    if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'usage_messages'").fetchone() == (1,):
+        con.execute("CREATE TEMPORARY TABLE usage_messages AS SELECT * FROM main.usage_messages")
+
+
 def unpriced_usage(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict[str, Any]]:
     """The models whose selected calls had tokens but no price (counted at $0), with those calls' tokens."""
     rows = con.execute(
