@@ -189,6 +189,7 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
             con.close()
         assert used is not None and used[0] > 0
         _the_dashboard_shows_the_runs_totals(control_plane, namespace, database, dashboard_port)
+        _the_notes_report_command_works_in_the_dashboards_container(control_plane, namespace, database)
         # The chart grants the operator everything it asks the API server for: not one refusal.
         operator_logs = [
             control_plane.executor.log_path(namespace, p.name).read_text(errors="replace")
@@ -259,7 +260,12 @@ def _the_dashboard_shows_the_runs_totals(
         except (OSError, ValueError):
             return None
 
-    served = wait_for(served_usage, 120, f"the dashboard's /api/usage at {url}", interval=1)
+    log = control_plane.executor.log_path(namespace, name)
+    try:
+        served = wait_for(served_usage, 120, f"the dashboard's /api/usage at {url}", interval=1)
+    except AssertionError as error:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no output)"
+        raise AssertionError(f"{error}\ndashboard output:\n{tail}") from error
     report = subprocess.run(
         [str(Path(sys.executable).with_name("sessionpipe")), "report", "usage", "--by", "day", "--json"],
         capture_output=True,
@@ -277,6 +283,26 @@ def _the_dashboard_shows_the_runs_totals(
     processes = [p for p in control_plane.executor.processes() if p.name == name]
     prelude = control_plane.executor.pod_directory(namespace, processes[0].name) / processes[0].uid / "prelude.sh"
     assert images.ASSEMBLY in prelude.read_text(), "the dashboard ran outside the job image"
+
+
+def _the_notes_report_command_works_in_the_dashboards_container(
+    control_plane: ControlPlane, namespace: str, database: Path
+) -> None:
+    """The release notes' ``kubectl exec … -- sessionpipe report …``, run as that container would run it.
+
+    The test executor has no ``kubectl exec``: the command after ``--`` runs in the job image, as its
+    user, on a read-only root with the database folder bound read-only where the dashboard mounts it.
+    """
+    notes = _helm(control_plane, "get", "notes", "sp", "-n", namespace).stdout
+    line = next(line for line in notes.splitlines() if "kubectl exec" in line and "sessionpipe report" in line)
+    command = line.split(" -- ", 1)[1].split()
+    assert command[:3] == ["sessionpipe", "report", "usage"], line
+    run = images.ImageRun(
+        image=images.image_tag("job"), command=command, binds=[images.Bind(database, "/data/db", read_only=True)]
+    )
+    result = images.run_in_image(run, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Total" in result.stdout and "$" in result.stdout, result.stdout
 
 
 def _pod_ip(control_plane: ControlPlane, namespace: str, name: str) -> str | None:
