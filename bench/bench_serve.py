@@ -4,7 +4,9 @@
 the corpus (``gen_corpus.py``, cached), builds its database once with ``sessionpipe run --processor
 usage`` (cached beside the corpus), starts a real ``sessionpipe serve`` on a free loopback port, and
 for every URL sends 2 warm-up requests then ``--requests`` timed ones, one at a time. It prints the
-median and p95 of each and a MET/MISSED verdict against the target: p95 < 300 ms, warm.
+first request's time (computed from the snapshot: the dashboard keeps answers per snapshot and
+minute, so this is what a view costs the first time it is asked for), the median and p95 of the
+warm ones, and a MET/MISSED verdict against the target: p95 < 300 ms, warm.
 """
 
 from __future__ import annotations
@@ -90,15 +92,15 @@ def main() -> int:
     )
     missed = 0
     with serving(db) as base:
-        print(f"{'url':<52} {'median ms':>10} {'p95 ms':>8}  verdict")
+        print(f"{'url':<52} {'first ms':>9} {'median ms':>10} {'p95 ms':>8}  verdict")
         for path in URLS:
-            for _ in range(2):
-                timed_get(base + path)
+            first = timed_get(base + path)
+            timed_get(base + path)
             times = [timed_get(base + path) for _ in range(args.requests)]
             p95 = percentile(times, 0.95)
             verdict = "MET" if p95 < TARGET_P95_MS else "MISSED"
             missed += verdict == "MISSED"
-            print(f"{path:<52} {statistics.median(times):>10.1f} {p95:>8.1f}  {verdict}")
+            print(f"{path:<52} {first:>9.1f} {statistics.median(times):>10.1f} {p95:>8.1f}  {verdict}")
     print(f"{len(URLS) - missed}/{len(URLS)} under {TARGET_P95_MS:.0f} ms p95")
     return 0
 

@@ -19,8 +19,18 @@ from starlette.testclient import TestClient
 
 from sessionpipe_runner.serve.app import create_app
 from sessionpipe_runner.snapshot import snapshot_path
-from tests.runner_support import CORPUS, assert_same
-from tests.serve_support import XSS_FOLDER, build_dashboard_db, cli_json, get, run_usage, serving
+from tests.anthropic_replay import ReplayServer, error_reply
+from tests.runner_support import CORPUS, assert_same, run_summary, sessionpipe, sessionpipe_env
+from tests.serve_support import (
+    XSS_FOLDER,
+    XSS_USER,
+    build_dashboard_db,
+    cli_json,
+    get,
+    run_usage,
+    serving,
+    write_hostile_sessions,
+)
 
 BYS = ("day", "week", "month", "session", "user", "project", "model", "block")
 
@@ -197,3 +207,33 @@ def test_real_serve_follows_a_new_snapshot_and_never_blocks_a_run(tmp_path: Path
         assert_same(json.loads(body), cli_json("report", "usage", "--by", "user", "--tz", "UTC", "--db", db))
         status, body = get(base + "/healthz")
         assert (status, body) == (200, "ok\n")
+
+
+def test_the_runs_page_lists_failed_sessions_with_their_error(tmp_path: Path) -> None:
+    db = tmp_path / "failing.duckdb"
+    hostile = write_hostile_sessions(tmp_path / "hostile")
+    server = ReplayServer(responder=lambda body: error_reply(400, "invalid_request_error", "<b>refused</b> by the API"))
+    with server.running():
+        env = sessionpipe_env(ANTHROPIC_API_KEY="sk-ant-test-key", ANTHROPIC_BASE_URL=server.url)
+        run = sessionpipe(
+            "run",
+            "--processor",
+            "verification",
+            "--sessions",
+            hostile,
+            "--user",
+            XSS_USER,
+            "--db",
+            db,
+            "--json",
+            env=env,
+        )
+    assert run_summary(run)["errors"] >= 1, run.stdout
+    client = TestClient(create_app(db, default_tz="UTC"), raise_server_exceptions=False)
+    status = cli_json("status", "--db", db)
+    assert api(client, "/api/runs") == status
+    assert status["processors"]["verification"]["sessions"].get("failed", 0) >= 1  # type: ignore[index]
+    page = client.get("/runs")
+    assert page.status_code == 200
+    assert "talk-session.jsonl" in page.text and "&lt;b&gt;refused&lt;/b&gt;" in page.text
+    assert "<b>refused" not in page.text

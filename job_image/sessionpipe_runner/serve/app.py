@@ -7,6 +7,7 @@ so, or one line for the API and probes); nothing ever answers with a traceback.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,16 @@ from sessionpipe_runner.processors import registry
 from sessionpipe_runner.processors.usage.report import local_timezone, materialize_calls, usage_by_user_and_model
 from sessionpipe_runner.reports import NoData, ReportError, report_json
 from sessionpipe_runner.serve import pages
+from sessionpipe_runner.serve.cache import Answer, AnswerCache
 from sessionpipe_runner.serve.charts import money, short_number
 from sessionpipe_runner.serve.metrics import exposition
 from sessionpipe_runner.serve.params import QueryError, ReportQuery, parse_filters, report_query
-from sessionpipe_runner.serve.snapshots import SnapshotSource, SnapshotUnavailable
+from sessionpipe_runner.serve.snapshots import OpenSnapshot, SnapshotSource, SnapshotUnavailable
 from sessionpipe_runner.store.queries import status_data
 
 HERE = Path(__file__).resolve().parent
 JSON = "application/json"
+HTML = "text/html; charset=utf-8"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 #: Every response forbids scripts and anything not served by the dashboard itself: the pages need
 #: none, and should an unescaped name ever slip through, the browser still would not run it.
@@ -80,20 +83,22 @@ class Dashboard:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
         )
         environment.globals.update(money=money, short_number=short_number)
+        self.environment = environment
         self.templates = Jinja2Templates(env=environment)
+        self.answers = AnswerCache()
 
     # -- probes, metrics, API -------------------------------------------------------------
 
     def healthz(self, request: Request) -> Response:
-        with self.source.connection() as snapshot:
-            snapshot.con.execute("SELECT count(*) FROM processor_runs").fetchone()
+        self.source.check()
         return PlainTextResponse("ok\n")
 
     def metrics(self, request: Request) -> Response:
-        with self.source.connection() as snapshot:
+        def compute(snapshot: OpenSnapshot) -> Answer:
             rows = usage_by_user_and_model(snapshot.con) if snapshot.has("usage_messages") else []
-        published = snapshot.identity[3] / 1e9
-        return Response(exposition(rows, published), media_type=PROMETHEUS_TEXT)
+            return Answer(exposition(rows, published=snapshot.identity[3] / 1e9), PROMETHEUS_TEXT)
+
+        return self._answer(request, compute)
 
     def api_usage(self, request: Request) -> Response:
         return self._report_json(self.usage, request)
@@ -103,15 +108,22 @@ class Dashboard:
 
     def api_runs(self, request: Request) -> Response:
         refuse_parameters(request)
-        with self.source.connection() as snapshot:
-            data = status_data(snapshot.con)
-        return Response(report_json(data), media_type=JSON)
+        return self._answer(request, lambda snapshot: _json(status_data(snapshot.con)))
 
     def _report_json(self, query: ReportQuery, request: Request) -> Response:
         args = query.parse(request.query_params.multi_items())
+        return self._answer(request, lambda snapshot: _json(query.report.data(snapshot.con, args)))
+
+    def _answer(self, request: Request, compute: Callable[[OpenSnapshot], Answer]) -> Response:
+        """``compute``'s answer from the current snapshot, or the one kept for this request (see :mod:`.cache`)."""
         with self.source.connection() as snapshot:
-            data = query.report.data(snapshot.con, args)
-        return Response(report_json(data), media_type=JSON)
+            minute = int(time.time() // 60)
+            key = (snapshot.identity, request.url.path, tuple(request.query_params.multi_items()), minute)
+            answer = self.answers.get(key)
+            if answer is None:
+                answer = compute(snapshot)
+                self.answers.put(key, answer)
+        return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
 
     # -- pages ----------------------------------------------------------------------------
 
@@ -120,10 +132,13 @@ class Dashboard:
 
         def endpoint(request: Request) -> Response:
             filters = parse_filters(request.query_params.multi_items(), self.default_tz, extra)
-            with self.source.connection() as snapshot:
+
+            def render(snapshot: OpenSnapshot) -> Answer:
                 context = build(snapshot, filters)
-            context.update(request=request, filters=filters, page=template.removesuffix(".html"))
-            return self.templates.TemplateResponse(request, template, context)
+                context.update(request=request, filters=filters, page=template.removesuffix(".html"))
+                return Answer(self.environment.get_template(template).render(context).encode(), HTML)
+
+            return self._answer(request, render)
 
         return endpoint
 
@@ -133,6 +148,10 @@ class Dashboard:
             return PlainTextResponse(reason + "\n", status_code=status)
         context = {"request": request, "status": status, "reason": reason, "page": "error", "filters": None}
         return self.templates.TemplateResponse(request, "error.html", context, status_code=status)
+
+
+def _json(data: dict[str, Any]) -> Answer:
+    return Answer(report_json(data).encode(), JSON)
 
 
 def refuse_parameters(request: Request) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sessionpipe_runner.processors.usage.groupings import GROUPINGS
-from sessionpipe_runner.processors.usage.report import Selection, block_report, usage_report
+from sessionpipe_runner.processors.usage.report import Selection, block_report, project_folder, usage_report
 from sessionpipe_runner.processors.verification.report import verification_report
 from sessionpipe_runner.processors.verification.store import ITEMS
 from sessionpipe_runner.serve.charts import horizontal_bars, money, stacked_bars
@@ -175,7 +175,7 @@ def verification(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
 
 def _source_matches(source: Mapping[str, Any], filters: Filters) -> bool:
     return (not filters.user or source["user"] == filters.user) and (
-        not filters.project or source.get("project") == filters.project
+        not filters.project or source.get("project") == project_folder(filters.project)
     )
 
 
@@ -186,10 +186,19 @@ def runs(snapshot: OpenSnapshot, filters: Filters) -> dict[str, Any]:
         (name, {status: float(count) for status, count in info["sessions"].items()})
         for name, info in data["processors"].items()
     ]
+    recent = [
+        (
+            f"{name} {run['started_at'][5:16].replace('T', ' ')}",
+            {run["outcome"]: float(run["summary"].get("processed", 0))},
+        )
+        for name, info in data["processors"].items()
+        for run in reversed(info["last_runs"])
+    ]
     return {
         "processors": data["processors"],
         "troubled": troubled_sessions(snapshot.con),
         "chart": stacked_bars(bars, title="Session files by status, per processor", height=220),
+        "runs_chart": stacked_bars(recent, title="Sessions processed by each recent run, by outcome", height=220),
     }
 
 

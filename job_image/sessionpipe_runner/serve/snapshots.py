@@ -65,6 +65,22 @@ class SnapshotSource:
         with self._lock:
             yield self._current()
 
+    def check(self, busy_wait: float = 0.5) -> None:
+        """Raise :class:`SnapshotUnavailable` (or a DuckDB error) unless the snapshot can be read.
+
+        A probe must answer quickly: while a request holds the snapshot for longer than
+        ``busy_wait`` seconds (the first one after a new snapshot computes for a while), a snapshot
+        that opened fine counts as healthy without waiting.
+        """
+        if not self._lock.acquire(timeout=busy_wait):
+            if self._open is not None:
+                return
+            self._lock.acquire()
+        try:
+            self._current().con.execute("SELECT count(*) FROM processor_runs").fetchone()
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         """Close the open snapshot (the next use opens the newest again)."""
         with self._lock:
