@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke browser crd cluster-up cluster-down demo-cluster clean
+.PHONY: run test lint typecheck unit controlplane ccusage images image-smoke browser prometheus crd cluster-up cluster-down demo-cluster clean
 
 # The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
 $(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
@@ -41,6 +41,11 @@ image-smoke: images
 browser:
 	scripts/install-missing.sh chromium=chromium
 
+# Prometheus (Debian's package, installed when missing): the monitoring test runs the chart's PromQL
+# against a real one.
+prometheus:
+	scripts/install-missing.sh prometheus=prometheus
+
 ccusage: $(STAMP)
 	$(BIN)/python -m tests.ccusage
 
@@ -58,8 +63,8 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit kubetest/tests
 
 # Set up everything (the venv, the control plane built from Go modules, ccusage from npm, the images
-# built with buildah, Chromium) and run every test, control-plane tests included.
-test: $(STAMP) controlplane ccusage images browser lint typecheck
+# built with buildah, Chromium and Prometheus from apt) and run every test, control-plane tests included.
+test: $(STAMP) controlplane ccusage images browser prometheus lint typecheck
 	$(BIN)/python -m pytest
 
 cluster-up: controlplane

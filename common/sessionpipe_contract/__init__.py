@@ -88,6 +88,16 @@ OUTCOME_FAILED: Final = "failed"
 OUTCOME_LEASE_NOT_ACQUIRED: Final = "lease_not_acquired"
 OUTCOME_LEASE_LOST: Final = "lease_lost"
 OUTCOME_TERMINATED: Final = "terminated"
+#: Every outcome above (the operator exports a run count of each from a processor's start).
+OUTCOMES: Final = (
+    OUTCOME_SUCCEEDED,
+    OUTCOME_PARTIAL,
+    OUTCOME_STOPPED,
+    OUTCOME_FAILED,
+    OUTCOME_LEASE_NOT_ACQUIRED,
+    OUTCOME_LEASE_LOST,
+    OUTCOME_TERMINATED,
+)
 
 #: The run counter in which LLM-calling processors report what their calls cost, in millionths of a
 #: dollar (counters are integers); the operator also exports it in dollars.

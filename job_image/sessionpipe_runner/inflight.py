@@ -24,9 +24,10 @@ from concurrent.futures import Future
 
 from sessionpipe_runner import work
 from sessionpipe_runner.processors.base import Processor, SessionFile
+from sessionpipe_runner.reading import Committed
 from sessionpipe_runner.work import Examined
 
-Task = tuple[SessionFile, str | None]
+Task = tuple[SessionFile, Committed | None]
 _STOP = None
 
 

@@ -1,12 +1,17 @@
 """Prometheus metrics of the operator, served on the metrics port (``/metrics``).
 
 Runs are counted when the operator first records a finished Job in a SessionProcessor's status, so a
-restart that re-reads old Jobs does not count them twice.
+restart that re-reads old Jobs does not count them twice. A reconciled SessionProcessor's run series
+start at 0 (:func:`start_series`): Prometheus' ``increase()`` sees nothing of a series whose first
+sample is already 1, so without them the first run of each outcome would be missing from the
+Grafana dashboard and from the failed-runs alert.
 """
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+
+from sessionpipe_contract import COUNTER_LLM_COST_MICROUSD, OUTCOMES
 
 RUNS = Counter(
     "sessionpipe_runs_total",
@@ -54,6 +59,21 @@ LEADER = Gauge(
     "1 while this operator process holds the leader Lease and acts, 0 while it waits as a standby.",
     ["identity"],
 )
+
+
+#: The counters every LLM processor's runs report (the verification processor's; plugins' vary).
+LLM_COUNTERS = ("llm_calls", "llm_tokens", COUNTER_LLM_COST_MICROUSD)
+
+
+def start_series(namespace: str, sessionprocessor: str, processor: str, uses_llm: bool) -> None:
+    """Export the processor's run counts (and, with an LLM, its LLM counters) at 0 until runs add to them."""
+    labels = {"namespace": namespace, "sessionprocessor": sessionprocessor, "processor": processor}
+    for outcome in OUTCOMES:
+        RUNS.labels(**labels, outcome=outcome)
+    if uses_llm:
+        for counter in LLM_COUNTERS:
+            RUN_COUNTERS.labels(**labels, counter=counter)
+        LLM_COST.labels(**labels)
 
 
 def count_request(verb: str) -> None:

@@ -55,6 +55,7 @@ def reconcile_processor(
         state.desired[key] = desired
     if action != "unchanged":
         logger.info(f"CronJob {namespace}/{name} {action}")
+    metrics.start_series(namespace, name, spec.processor, uses_llm=spec.llm is not None)
     update_status(state, namespace, name, lambda cr, status: _reconciled_status(cr, status, spec, desired))
     # Two processors created at the same moment may each have checked before the other was indexed.
     reconcile_rivals(state, writer_key(namespace, spec), name, by_database, logger, refused=False)

@@ -74,7 +74,11 @@ def _render(control_plane: ControlPlane, release: str, namespace: str, *values: 
 
 def _operator_settings(documents: list[dict[str, Any]]) -> OperatorSettings:
     """The settings the chart gives the operator, read from the rendered Deployment's environment."""
-    deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
+    deployment = next(
+        doc
+        for doc in documents
+        if doc["kind"] == "Deployment" and doc["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return OperatorSettings.from_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
 

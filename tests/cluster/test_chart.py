@@ -4,7 +4,11 @@ and pods that meet the Pod Security "restricted" profile."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ import pytest
 import yaml
 
 from sessionpipe_kubetest import images
-from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.cluster import ControlPlane, free_port
 from sessionpipe_kubetest.volumes import bind_directory
 from sessionpipe_kubetest.waiting import wait_for
 from tests.runner_support import CORPUS, REPO
@@ -33,6 +37,12 @@ VALUE_SETS: dict[str, list[str]] = {
         "networkPolicy.enabled=true",
         "--set",
         "networkPolicy.egressCIDRs={10.0.0.1/32}",
+        "--set",
+        "dashboard.ingress.enabled=true",
+        "--set",
+        "dashboard.ingress.host=usage.example",
+        "--set",
+        "dashboard.colocate=false",
     ],
     "verification-with-claims-created": [
         "--set",
@@ -45,6 +55,9 @@ VALUE_SETS: dict[str, list[str]] = {
         "storage.database.create=true",
         "--set",
         "storage.database.accessModes={ReadWriteOncePod}",
+        # One pod at a time on such a claim: the chart refuses the dashboard beside the jobs.
+        "--set",
+        "dashboard.enabled=false",
     ],
     "own-service-accounts-and-json-logs": [
         "--set",
@@ -67,8 +80,6 @@ VALUE_SETS: dict[str, list[str]] = {
 
 
 def _helm(control_plane: ControlPlane, *args: str, check: bool = True) -> Any:
-    import subprocess
-
     result = subprocess.run(
         [str(control_plane.bin_dir / "helm"), *args, "--kubeconfig", str(control_plane.kubeconfig)],
         capture_output=True,
@@ -127,6 +138,8 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
     database.chmod(0o777)  # the job image's user (10001) writes the database
     bind_directory(control_plane, namespace, "transcripts", CORPUS, read_only=True)
     bind_directory(control_plane, namespace, "results", database)
+    # Pods share the host's network here: the dashboard listens on a port nobody else uses.
+    dashboard_port = free_port()
     _helm(
         control_plane,
         "install",
@@ -148,6 +161,8 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
         "anthropic.existingSecret=anthropic",
         "--set",
         "processors.verification.suspend=true",
+        "--set",
+        f"dashboard.port={dashboard_port}",
         *local_images,
     )
     try:
@@ -173,6 +188,8 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
         finally:
             con.close()
         assert used is not None and used[0] > 0
+        _the_dashboard_shows_the_runs_totals(control_plane, namespace, database, dashboard_port)
+        _the_notes_report_command_works_in_the_dashboards_container(control_plane, namespace, database)
         # The chart grants the operator everything it asks the API server for: not one refusal.
         operator_logs = [
             control_plane.executor.log_path(namespace, p.name).read_text(errors="replace")
@@ -217,6 +234,80 @@ def test_helm_install_runs_the_operator_and_a_run_now_completes_then_uninstall_l
         return [p.name for p in control_plane.executor.processes() if p.namespace == namespace and p.running]
 
     wait_for(lambda: not running(), 30, "the release's pod processes to exit after SIGTERM", interval=0.2)
+
+
+def _the_dashboard_shows_the_runs_totals(
+    control_plane: ControlPlane, namespace: str, database: Path, port: int
+) -> None:
+    """The dashboard pod (the job image, the claim read-only) answers at its pod address with the run's totals."""
+    found = json.loads(
+        control_plane.kubectl(
+            "get", "pods", "-l", "app.kubernetes.io/component=dashboard", "-o", "json", namespace=namespace
+        ).stdout
+    )["items"]
+    assert len(found) == 1, [pod["metadata"]["name"] for pod in found]
+    pod = found[0]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "database")
+    assert volume["persistentVolumeClaim"] == {"claimName": "results", "readOnly": True}
+    name = pod["metadata"]["name"]
+    address = wait_for(lambda: _pod_ip(control_plane, namespace, name), 120, "the dashboard pod's IP")
+    url = f"http://{address}:{port}"
+
+    def served_usage() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{url}/api/usage?by=day", timeout=10) as response:
+                return dict(json.loads(response.read()))
+        except (OSError, ValueError):
+            return None
+
+    log = control_plane.executor.log_path(namespace, name)
+    try:
+        served = wait_for(served_usage, 120, f"the dashboard's /api/usage at {url}", interval=1)
+    except AssertionError as error:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no output)"
+        raise AssertionError(f"{error}\ndashboard output:\n{tail}") from error
+    report = subprocess.run(
+        [str(Path(sys.executable).with_name("sessionpipe")), "report", "usage", "--by", "day", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "SESSIONPIPE_DB": str(database / "sessionpipe.duckdb")},
+    )
+    expected = json.loads(report.stdout)["totals"]
+    assert expected["totalTokens"] > 0
+    # Token counts exactly; the cost is a sum of floats DuckDB may add in another order.
+    assert {**served["totals"], "totalCost": None} == {**expected, "totalCost": None}
+    assert served["totals"]["totalCost"] == pytest.approx(expected["totalCost"], rel=1e-12)
+    # It serves from the job image, as the image's user, with the claim read-only.
+    processes = [p for p in control_plane.executor.processes() if p.name == name]
+    prelude = control_plane.executor.pod_directory(namespace, processes[0].name) / processes[0].uid / "prelude.sh"
+    assert images.ASSEMBLY in prelude.read_text(), "the dashboard ran outside the job image"
+
+
+def _the_notes_report_command_works_in_the_dashboards_container(
+    control_plane: ControlPlane, namespace: str, database: Path
+) -> None:
+    """The release notes' ``kubectl exec … -- sessionpipe report …``, run as that container would run it.
+
+    The test executor has no ``kubectl exec``: the command after ``--`` runs in the job image, as its
+    user, on a read-only root with the database folder bound read-only where the dashboard mounts it.
+    """
+    notes = _helm(control_plane, "get", "notes", "sp", "-n", namespace).stdout
+    line = next(line for line in notes.splitlines() if "kubectl exec" in line and "sessionpipe report" in line)
+    command = line.split(" -- ", 1)[1].split()
+    assert command[:3] == ["sessionpipe", "report", "usage"], line
+    run = images.ImageRun(
+        image=images.image_tag("job"), command=command, binds=[images.Bind(database, "/data/db", read_only=True)]
+    )
+    result = images.run_in_image(run, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Total" in result.stdout and "$" in result.stdout, result.stdout
+
+
+def _pod_ip(control_plane: ControlPlane, namespace: str, name: str) -> str | None:
+    pod = json.loads(control_plane.kubectl("get", "pod", name, "-o", "json", namespace=namespace).stdout)
+    return (pod.get("status") or {}).get("podIP") if (pod.get("status") or {}).get("phase") == "Running" else None
 
 
 def _can_i(control_plane: ControlPlane, account: str, verb: str, resource: str, namespace: str) -> bool:
@@ -318,7 +409,7 @@ def test_every_rendered_pod_meets_the_restricted_pod_security_profile(
 
     control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     rendered = _helm(control_plane, "template", "ps", str(CHART), "-n", namespace).stdout
-    deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
+    deployments = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment"]
     settings = OperatorSettings.from_env({"SESSIONPIPE_OPERATOR_JOB_IMAGE": "example.org/job:1"})
     specs = {
         "usage": {
@@ -335,7 +426,9 @@ def test_every_rendered_pod_meets_the_restricted_pod_security_profile(
             "llm": {"model": "claude-sonnet-4-6", "apiKeySecretRef": {"name": "anthropic", "key": "key"}},
         },
     }
-    pods = [_pod_from(deployment["spec"]["template"], "operator")]
+    # The operator and the dashboard.
+    pods = [_pod_from(deployment["spec"]["template"], deployment["metadata"]["name"]) for deployment in deployments]
+    assert len(pods) == 2
     for name, spec in specs.items():
         owner = {"apiVersion": "sessionpipe.io/v1alpha1", "kind": "SessionProcessor", "name": name, "uid": "0"}
         cronjob = build_cronjob(name, namespace, owner, SessionProcessorSpec.model_validate(spec), settings)

@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 NEEDS = {
     "test_images.py": "images",
     "test_chart_values.py": "helm",
+    "test_chart_dashboard.py": "helm",
 }
 
 

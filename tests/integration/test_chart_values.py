@@ -67,7 +67,7 @@ def _job_policy(*values: str) -> tuple[dict[str, list[str]] | None, dict[str, st
     result = _helm("template", "t", str(CHART), *values)
     assert result.returncode == 0, result.stderr
     documents: list[dict[str, Any]] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
+    deployment = _deployment(documents)
     env = {
         item["name"]: item.get("value", "") for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
@@ -157,8 +157,13 @@ def _documents(*values: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def _deployment(documents: list[dict[str, Any]]) -> dict[str, Any]:
-    return next(doc for doc in documents if doc["kind"] == "Deployment")
+def _deployment(documents: list[dict[str, Any]], component: str = "operator") -> dict[str, Any]:
+    """The operator's Deployment (or the dashboard's): the chart renders both."""
+    return next(
+        doc
+        for doc in documents
+        if doc["kind"] == "Deployment" and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    )
 
 
 def test_name_overrides_rename_every_resource_and_the_name_label() -> None:
@@ -262,7 +267,9 @@ def test_job_pods_of_the_charts_processors_take_labels_annotations_and_priority(
         template = cronjob["spec"]["jobTemplate"]["spec"]["template"]
         assert template["metadata"]["annotations"]["note"] == "hi"
         assert template["spec"]["priorityClassName"] == "batch-low"
-    # A processor's own podTemplate wins over the chart-wide job values, key by key.
-    assert specs["usage"]["podTemplate"]["labels"] == {"team": "usage-team", "tier": "x"}
-    assert specs["verification"]["podTemplate"]["labels"] == {"team": "data"}
-    assert all("podTemplate" not in spec for spec in _processor_specs().values())
+    # A processor's own podTemplate wins over the chart-wide job values, key by key (the co-location
+    # label with the dashboard joins them: dashboard.colocate).
+    colocated = {"sessionpipe.io/database-claim": "sessionpipe-db"}
+    assert specs["usage"]["podTemplate"]["labels"] == {"team": "usage-team", "tier": "x", **colocated}
+    assert specs["verification"]["podTemplate"]["labels"] == {"team": "data", **colocated}
+    assert all("podTemplate" not in spec for spec in _processor_specs("--set", "dashboard.colocate=false").values())

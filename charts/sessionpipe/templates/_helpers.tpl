@@ -85,3 +85,30 @@ seccompProfile:
 *
 {{- end -}}
 {{- end -}}
+
+{{/* The dashboard's pods. */}}
+{{- define "sessionpipe.dashboardSelector" -}}
+app.kubernetes.io/name: {{ include "sessionpipe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: dashboard
+{{- end -}}
+
+{{/* Co-location on a ReadWriteOnce database claim (dashboard.colocate): the label the dashboard and
+the job pods on that claim share, as key: value, and the pod affinity every one of them has to it.
+Empty when the dashboard is off or colocate is false. */}}
+{{- define "sessionpipe.colocationLabel" -}}
+{{- if and .Values.dashboard.enabled .Values.dashboard.colocate -}}
+sessionpipe.io/database-claim: {{ .Values.storage.database.claimName | trunc 63 | trimSuffix "-" | trimSuffix "." | quote }}
+{{- end -}}
+{{- end -}}
+
+{{- define "sessionpipe.colocationAffinity" -}}
+{{- with include "sessionpipe.colocationLabel" . -}}
+podAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - labelSelector:
+        matchLabels:
+          {{- . | nindent 10 }}
+      topologyKey: kubernetes.io/hostname
+{{- end -}}
+{{- end -}}

@@ -131,3 +131,30 @@ def test_an_invalid_schedule_shows_no_effective_cron(
     kube.edit(sessionprocessor_path(NS, "timed"), lambda body: body["spec"].update(schedule="every 7m"))
     reconcile_named(state, kube, "timed", logger)
     assert "schedule" not in read(kube, "timed").status
+
+
+def test_a_reconciled_processor_exports_its_run_series_at_zero_so_its_first_run_is_an_increase(
+    state: OperatorState, kube: FakeKube, logger: logging.Logger, posted: list[PostedEvent]
+) -> None:
+    """Prometheus' increase() cannot see a series born at 1: the first run of an outcome would not count."""
+    from prometheus_client import REGISTRY
+
+    llm = {"model": "claude-sonnet-4-6", "apiKeySecretRef": {"name": "anthropic", "key": "key"}}
+    create(kube, "fresh-usage")
+    create(kube, "fresh-verification", spec(processor="verification", llm=llm, database={"claimName": "other"}))
+    reconcile_named(state, kube, "fresh-usage", logger)
+    reconcile_named(state, kube, "fresh-verification", logger)
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": NS, **labels})
+
+    for outcome in ("succeeded", "completed_with_errors", "failed", "lease_lost", "terminated"):
+        labels = {"sessionprocessor": "fresh-usage", "processor": "usage", "outcome": outcome}
+        assert value("sessionpipe_runs_total", **labels) == 0, outcome
+    for counter in ("llm_calls", "llm_tokens", "llm_cost_microusd"):
+        labels = {"sessionprocessor": "fresh-verification", "processor": "verification", "counter": counter}
+        assert value("sessionpipe_run_counters_total", **labels) == 0, counter
+    assert value("sessionpipe_llm_cost_usd_total", sessionprocessor="fresh-verification", processor="verification") == 0
+    # A processor without an LLM reports no LLM counters.
+    labels = {"sessionprocessor": "fresh-usage", "processor": "usage", "counter": "llm_calls"}
+    assert value("sessionpipe_run_counters_total", **labels) is None
