@@ -14,6 +14,8 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ class Demo:
     :param directory: the demo's own folder: ``sessions/`` (generated transcripts) and ``database/``.
     :param namespace: where the chart is installed; its operator watches only this namespace.
     :param megabytes: about how much transcript data to generate (once).
+    :param dashboard_port: the dashboard's port; this control plane's pods share the host's network,
+        so it is also where the dashboard answers on this machine.
     """
 
     cluster: Kubectl
@@ -53,6 +57,11 @@ class Demo:
     directory: Path
     namespace: str = NAMESPACE
     megabytes: int = 4
+    dashboard_port: int = 8000
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
 
     @property
     def sessions(self) -> Path:
@@ -98,8 +107,9 @@ def prepare_volumes(demo: Demo) -> None:
     bind_directory(demo.cluster, demo.namespace, DATABASE_CLAIM, demo.database)
 
 
-def helm_values() -> list[str]:
-    """The chart values of the demo: the local images, and the two claims :func:`prepare_volumes` binds."""
+def helm_values(demo: Demo) -> list[str]:
+    """The chart values of the demo: the local images, the two claims :func:`prepare_volumes` binds,
+    and the dashboard's port."""
     values: list[str] = []
     for kind in images.KINDS:
         repository, tag = images.image_tag(kind).rsplit(":", 1)
@@ -112,6 +122,8 @@ def helm_values() -> list[str]:
         f"storage.database.claimName={DATABASE_CLAIM}",
         "--set",
         f"processors.{PROCESSOR}.enabled=true",
+        "--set",
+        f"dashboard.port={demo.dashboard_port}",
     ]
 
 
@@ -128,7 +140,7 @@ def install_chart(demo: Demo) -> None:
         str(demo.kubeconfig),
         "-n",
         demo.namespace,
-        *helm_values(),
+        *helm_values(demo),
         "--set",
         f"operator.watchNamespaces={{{demo.namespace}}}",
     ]
@@ -175,6 +187,21 @@ def run_now(demo: Demo, timeout: float = 600) -> RunResult:
     return RunResult(job=str(run["job"]), last_run=run, seconds=time.monotonic() - started)
 
 
+def dashboard_usage(demo: Demo, timeout: float = 120) -> dict[str, Any]:
+    """The dashboard's ``/api/usage`` once it answers with the run's snapshot (the dashboard pod
+    starts with the chart and shows a snapshot once a run has published one)."""
+
+    def answer() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{demo.dashboard_url}/api/usage?by=month", timeout=5) as response:
+                body: dict[str, Any] = json.load(response)
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        return body
+
+    return wait_for(answer, timeout, f"the dashboard at {demo.dashboard_url}", interval=1)
+
+
 def next_steps(demo: Demo, result: RunResult) -> str:
     """What to type next, for the person who ran the demo."""
     ns = demo.namespace
@@ -195,7 +222,8 @@ def next_steps(demo: Demo, result: RunResult) -> str:
             "Next:",
             f"  export KUBECONFIG={demo.kubeconfig} PATH={demo.helm.parent}:$PATH",
             *(f"  {command.ljust(width)}  # {what}" for command, what in commands),
-            "  # dashboard: not part of this demo yet (see the README for `sessionpipe serve` once it exists)",
+            f"  open {demo.dashboard_url}  # the dashboard (here pods share this machine's network; in a real "
+            "cluster: kubectl port-forward svc/<release>-sessionpipe-dashboard 8000)",
         ]
     )
 
@@ -206,4 +234,6 @@ def run(demo: Demo, timeout: float = 600) -> RunResult:
     generate_corpus(demo)
     prepare_volumes(demo)
     install_chart(demo)
-    return run_now(demo, timeout)
+    result = run_now(demo, timeout)
+    dashboard_usage(demo)
+    return result

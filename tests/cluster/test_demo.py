@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sessionpipe_kubetest import demo, images
-from sessionpipe_kubetest.cluster import ControlPlane
+from sessionpipe_kubetest.cluster import ControlPlane, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.images, pytest.mark.helm]
 
@@ -30,6 +30,7 @@ def test_the_demo_installs_the_chart_on_a_demo_corpus_and_a_usage_run_succeeds_t
         directory=tmp_path / "demo",
         namespace=namespace,
         megabytes=1,
+        dashboard_port=free_port(),  # pods share the host's network here
     )
     try:
         first = demo.run(the_demo)
@@ -49,7 +50,11 @@ def test_the_demo_installs_the_chart_on_a_demo_corpus_and_a_usage_run_succeeds_t
             demo.SESSIONS_CLAIM: "Bound",
             demo.DATABASE_CLAIM: "Bound",
         }
+        # The dashboard the chart installs answers on the port the steps print, with the run's totals.
+        shown = demo.dashboard_usage(the_demo)
+        assert shown["totals"]["totalTokens"] > 0, shown
         steps = demo.next_steps(the_demo, second)
+        assert f"open {the_demo.dashboard_url}" in steps
         for command in (f"kubectl get sproc -n {namespace}", f"kubectl describe sproc usage -n {namespace}"):
             assert command in steps
     finally:
