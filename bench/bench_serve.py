@@ -24,19 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script or as a module (-m)
 
 from bench.gen_corpus import DEFAULT_OUT, ensure_corpus  # noqa: E402
-from tests.serve_support import serving  # noqa: E402
+from tests.serve_support import PAGE_PATHS, serving  # noqa: E402
 
 TARGET_P95_MS = 300.0
 URLS = (
-    "/",
-    "/?by=week",
-    "/?by=month",
-    "/users",
-    "/projects",
-    "/sessions",
-    "/blocks",
-    "/verification",
-    "/runs",
+    *PAGE_PATHS,
     "/healthz",
     "/metrics",
     "/api/runs",

@@ -8,7 +8,6 @@ carry HTML in what the user said, and verification items from a replayed API on 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.anthropic_replay import ReplayServer
+from sessionpipe_kubetest.cluster import free_port
+from tests.anthropic_replay import ReplayServer, Responder
 from tests.runner_support import CORPUS, run_summary, sessionpipe, sessionpipe_env
 from tests.unit.test_usage_report import assistant_line
 from tests.unit.test_verification_processor import quote_first_user_turn, write_session
@@ -27,6 +27,8 @@ from tests.unit.test_verification_processor import quote_first_user_turn, write_
 CORPORA = ("sniffly", "claude-code-viewer", "ccusage-fixtures")
 XSS_FOLDER = "<img src=x onerror=alert(1)>"
 XSS_USER = "mallory"
+#: The dashboard's HTML views, as the tests and the benchmark request them.
+PAGE_PATHS = ("/", "/?by=week", "/?by=month", "/users", "/projects", "/sessions", "/blocks", "/verification", "/runs")
 XSS_QUOTE = "<script>alert('quote')</script> always run the linter before committing"
 
 
@@ -56,25 +58,20 @@ def build_dashboard_db(workdir: Path) -> Path:
         run_usage(CORPUS / corpus / "projects", corpus, db)
     hostile = write_hostile_sessions(workdir / "hostile")
     run_usage(hostile, XSS_USER, db)
-    server = ReplayServer(responder=quote_first_user_turn)
-    with server.running():
-        env = sessionpipe_env(ANTHROPIC_API_KEY="sk-ant-test-key", ANTHROPIC_BASE_URL=server.url)
-        result = sessionpipe(
-            "run",
-            "--processor",
-            "verification",
-            "--sessions",
-            hostile,
-            "--user",
-            XSS_USER,
-            "--db",
-            db,
-            "--json",
-            env=env,
-        )
+    result = run_verification(hostile, db, quote_first_user_turn)
     summary = run_summary(result)
     assert result.returncode == 0 and summary["items"] >= 1, summary
     return db
+
+
+def run_verification(hostile: Path, db: Path, responder: Responder) -> subprocess.CompletedProcess[str]:
+    """``sessionpipe run --processor verification`` of the hostile sessions against a fake API answering
+    with ``responder``."""
+    server = ReplayServer(responder=responder)
+    with server.running():
+        env = sessionpipe_env(ANTHROPIC_API_KEY="sk-ant-test-key", ANTHROPIC_BASE_URL=server.url)
+        argv = ("run", "--processor", "verification", "--sessions", hostile, "--user", XSS_USER, "--db", db, "--json")
+        return sessionpipe(*argv, env=env)
 
 
 def cli_json(*args: str | Path) -> object:
@@ -82,13 +79,6 @@ def cli_json(*args: str | Path) -> object:
     result = sessionpipe(*args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, str]:

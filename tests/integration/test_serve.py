@@ -19,15 +19,16 @@ from starlette.testclient import TestClient
 
 from sessionpipe_runner.serve.app import create_app
 from sessionpipe_runner.snapshot import snapshot_path
-from tests.anthropic_replay import ReplayServer, error_reply
-from tests.runner_support import CORPUS, assert_same, run_summary, sessionpipe, sessionpipe_env
+from tests.anthropic_replay import error_reply
+from tests.runner_support import CORPUS, assert_same, run_summary
 from tests.serve_support import (
+    PAGE_PATHS,
     XSS_FOLDER,
-    XSS_USER,
     build_dashboard_db,
     cli_json,
     get,
     run_usage,
+    run_verification,
     serving,
     write_hostile_sessions,
 )
@@ -133,17 +134,7 @@ def test_bad_input_is_a_400_with_a_one_line_reason(client: TestClient, path: str
 
 
 def test_every_page_renders_and_escapes_what_transcripts_say(client: TestClient) -> None:
-    for path in (
-        "/",
-        "/?by=week",
-        "/?by=month",
-        "/users",
-        "/projects",
-        "/sessions",
-        "/blocks",
-        "/verification",
-        "/runs",
-    ):
+    for path in PAGE_PATHS:
         response = client.get(path)
         assert response.status_code == 200, (path, response.text[:500])
         assert "<svg" in response.text and "<rect" in response.text, path
@@ -212,22 +203,8 @@ def test_real_serve_follows_a_new_snapshot_and_never_blocks_a_run(tmp_path: Path
 def test_the_runs_page_lists_failed_sessions_with_their_error(tmp_path: Path) -> None:
     db = tmp_path / "failing.duckdb"
     hostile = write_hostile_sessions(tmp_path / "hostile")
-    server = ReplayServer(responder=lambda body: error_reply(400, "invalid_request_error", "<b>refused</b> by the API"))
-    with server.running():
-        env = sessionpipe_env(ANTHROPIC_API_KEY="sk-ant-test-key", ANTHROPIC_BASE_URL=server.url)
-        run = sessionpipe(
-            "run",
-            "--processor",
-            "verification",
-            "--sessions",
-            hostile,
-            "--user",
-            XSS_USER,
-            "--db",
-            db,
-            "--json",
-            env=env,
-        )
+    refuse = lambda body: error_reply(400, "invalid_request_error", "<b>refused</b> by the API")  # noqa: E731
+    run = run_verification(hostile, db, refuse)
     assert run_summary(run)["errors"] >= 1, run.stdout
     client = TestClient(create_app(db, default_tz="UTC"), raise_server_exceptions=False)
     status = cli_json("status", "--db", db)
