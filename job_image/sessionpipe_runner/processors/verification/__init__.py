@@ -170,16 +170,10 @@ def quote_in_user_text(quote: str, user_texts: Sequence[str]) -> bool:
     return quotes.check_quote(quote, user_texts).accepted
 
 
-def prepare(data: bytes, max_turns: int, max_turn_chars: int, *, user_only: bool = False) -> _Prepared:
-    """The redacted conversation of the last ``max_turns`` turns, and the user texts quotes are checked against.
-
-    ``user_only`` leaves out the assistant's turns (the ``send: user-only`` setting).
-    """
+def prepare(data: bytes, max_turns: int, max_turn_chars: int) -> _Prepared:
+    """The redacted conversation of the last ``max_turns`` turns, and the user texts quotes are checked against."""
     issues: Counter[str] = Counter()
-    turns = conversation.extract_turns(data, issues)
-    if user_only:
-        turns = [turn for turn in turns if turn.role == "user"]
-    turns = turns[-max_turns:]
+    turns = conversation.extract_turns(data, issues)[-max_turns:]
     prepared = prepare_turns(turns, 0, max_turn_chars)
     prepared.issues.update(issues)
     return prepared
