@@ -160,16 +160,17 @@ class Run:
             )
         )
         candidates = self._plan(con)
+        bytes_total = sum(file.size for file, _ in candidates)
         self.progress = Progress(
             processor=self.processor.name,
             files_total=len(candidates),
-            bytes_total=sum(file.size for file, _ in candidates),
+            bytes_total=bytes_total,
             started=time.monotonic(),
         )
         self._report_progress()
         workers = 0
         if not settings.max_sessions:  # a cap counts attempts one by one, in order
-            workers = work.worker_count(settings.workers, self.processor, sum(f.size for f, _ in candidates))
+            workers = work.worker_count(settings.workers, self.processor, bytes_total)
         if workers:
             self.summary.workers = workers
             pool = work.WorkerPool(workers, self.processor, self._columns(con))
