@@ -189,6 +189,7 @@ class Run:
         if type(self.processor).finish is not Processor.finish:  # others pay no extra transaction
             self.sigterm.check()
             self.fence.commit(con, lambda: self.summary.issues.update(self.processor.finish(con)))
+            self.changed = True  # what finish() wrote (a submitted batch) is for readers too
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, Committed | None]]:
         """Scan the volume and decide: the candidates, each with what the store knows of its content."""
