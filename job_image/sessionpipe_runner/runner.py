@@ -195,17 +195,17 @@ class Run:
         """Scan the volume and decide: the candidates, each with what the store knows of its content."""
         scan = scan_roots(self.settings.session_roots, self.settings.user)
         self.summary.issues.update(scan.issues)
-        self.summary.scanned = len(scan.files)
+        self.summary.scanned = len(scan)
         version = self.processor.version
-        store.record_scan(con, [(file.key, file.size, file.mtime_ns) for file in scan.files])
+        store.record_scan(con, scan.keys, scan.sizes, scan.mtimes)
         self._mark_vanished(con)
         unsettled = store.unsettled_state(con, self.processor.name, version)
         self.states = {key: state for key, state in unsettled.items() if state is not None}
+        decided = plan(scan, unsettled, version)
+        self.summary.unchanged += decided.unchanged
         candidates: list[tuple[SessionFile, Committed | None]] = []
-        for file, decision in plan(scan.files, unsettled, version):
-            if decision is Decision.UNCHANGED:
-                self.summary.unchanged += 1
-            elif decision is Decision.QUARANTINED:
+        for file, decision in decided.decided:
+            if decision is Decision.QUARANTINED:
                 self.summary.skipped += 1
                 self.summary.issues["quarantined_unchanged"] += 1
             else:

@@ -46,9 +46,10 @@ def _file_stats(files: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
 SCANNED_TABLE = "scanned_files"
 
 
-def record_scan(con: duckdb.DuckDBPyConnection, files: Sequence[tuple[str, int, int]]) -> None:
-    """Hand the scanned files' (key, size, mtime_ns) to the database once, for the statements that
-    compare them with the state (:func:`unsettled_state`, :func:`mark_vanished`).
+def record_scan(con: duckdb.DuckDBPyConnection, keys: list[str], sizes: list[int], mtimes: list[int]) -> None:
+    """Hand the scanned files' keys, sizes and mtimes (ns; index ``i`` of each is one file) to the
+    database once, for the statements that compare them with the state (:func:`unsettled_state`,
+    :func:`mark_vanished`).
 
     Turning 100,000 keys into a statement's parameter is most of such a statement's cost; done
     once into a temporary table, the two statements after it cost a tenth of what they did.
@@ -56,11 +57,7 @@ def record_scan(con: duckdb.DuckDBPyConnection, files: Sequence[tuple[str, int, 
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {SCANNED_TABLE} AS SELECT unnest($keys::VARCHAR[]) AS session_file, "
         "unnest($sizes::BIGINT[]) AS size, unnest($mtimes::BIGINT[]) AS mtime_ns",
-        {
-            "keys": [file[0] for file in files],
-            "sizes": [file[1] for file in files],
-            "mtimes": [file[2] for file in files],
-        },
+        {"keys": keys, "sizes": sizes, "mtimes": mtimes},
     )
 
 
