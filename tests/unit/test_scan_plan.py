@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from sessionpipe_contract import EXIT_OK
 from sessionpipe_runner import store
+from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.base import SessionFile
 from sessionpipe_runner.processors.usage import UsageProcessor
@@ -57,8 +59,8 @@ def test_the_database_leaves_out_exactly_the_files_decide_calls_unchanged(tmp_pa
     scan = scan_sessions(sessions)
     files = scan.files
 
-    store.record_scan(con, scan.keys, scan.sizes, scan.mtimes)
-    unsettled = store.unsettled_state(con, "usage", VERSION)
+    compared = store.compare_scan(con, "usage", VERSION, None, (scan.keys, scan.sizes, scan.mtimes))
+    unsettled = compared.unsettled
 
     expected = [(file, decide(file, states.get(file.key), VERSION)) for file in sorted(files, key=lambda f: f.key)]
     unchanged = {file.key for file, decision in expected if decision is Decision.UNCHANGED}
@@ -74,8 +76,7 @@ def test_the_database_leaves_out_exactly_the_files_decide_calls_unchanged(tmp_pa
 def test_no_scanned_files_need_no_query(tmp_path: Path) -> None:
     con = store.connect(tmp_path / "db.duckdb")
     store.migrate(con)
-    store.record_scan(con, [], [], [])
-    assert store.unsettled_state(con, "usage", VERSION) == {}
+    assert store.compare_scan(con, "usage", VERSION, None, ([], [], [])) == ({}, [], [])
 
 
 def _counting_session_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -121,3 +122,28 @@ def test_a_run_builds_a_session_file_only_for_the_files_it_must_look_at(
 
     assert (third.scanned, third.unchanged, third.processed) == (30, 29, 1)
     assert set(built) == {"user1/-p0/s04.jsonl"}  # (reading it makes another, of the size read)
+
+
+def test_a_run_where_nothing_vanished_commits_only_its_own_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, db = tmp_path / "sessions", tmp_path / "usage.duckdb"
+    place(sessions, "alice/-app/kept.jsonl", 10, 7)
+    place(sessions, "alice/-app/gone.jsonl", 10, 7)
+    _usage_run(sessions, db)
+    commits: list[str] = []
+    original = Fence.commit
+
+    def counting(self: Fence, con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> None:
+        commits.append(getattr(work, "__qualname__", "?"))
+        original(self, con, work)
+
+    monkeypatch.setattr(Fence, "commit", counting)
+
+    _usage_run(sessions, db)
+
+    assert len(commits) == 1  # the run's end; comparing the scan with the state writes nothing
+    (sessions / "alice/-app/gone.jsonl").unlink()
+    gone = _usage_run(sessions, db)
+    assert gone.issues["session_file_vanished"] == 1
+    assert len(commits) == 3  # the vanished mark is committed, under the fence, when there is one
