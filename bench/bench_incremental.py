@@ -90,6 +90,11 @@ class IncrementalRun:
     our_tokens: int = 0
     their_tokens: int = 0
 
+    @property
+    def ratio(self) -> float:
+        """ccusage's median wall time over this build's."""
+        return statistics.median(m.wall for m in self.theirs) / statistics.median(m.wall for m in self.ours)
+
 
 def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | None = None) -> IncrementalRun:
     """Incremental runs of this build (and of ``base``) beside ccusage, interleaved, on a copy of ``source``."""
