@@ -415,7 +415,7 @@ def _drop_name_collisions(result: ScanResult) -> None:
     if dropped:
         result.issues["name_collision"] += len(dropped)
         result._drop(dropped)
-    result.escaped = []
+        result.escaped = []  # the indexes no longer hold
 
 
 class Decision(Enum):
@@ -452,7 +452,7 @@ def plan(scan: ScanResult, unsettled: Mapping[str, StateRow | None], version: st
     """Each file's decision: a file not in ``unsettled`` is unchanged, the others are decided by :func:`decide`.
 
     ``unsettled`` has the state (``None`` if there is none) of every file that may be anything but
-    unchanged, as :func:`~sessionpipe_runner.store.unsettled_state` finds them. Only those files
+    unchanged, as :func:`~sessionpipe_runner.store.compare_scan` finds them. Only those files
     get a :class:`SessionFile`.
     """
     if not unsettled:
