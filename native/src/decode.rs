@@ -1,15 +1,18 @@
 //! The fields of a transcript line that accounting reads, decoded with serde_json.
 //!
-//! Every value is visited (`deserialize_any`), so strings are unescaped and checked (a lone
-//! surrogate is an error, as in msgspec) and numbers parsed, but nothing outside the named fields
-//! is kept. A repeated key keeps its last value, as msgspec does, except `message`: msgspec gives up
-//! on a record whose `message` was ever something other than an object or null (see `Record`).
+//! Values are visited (`deserialize_any`), so strings are unescaped and checked (a lone surrogate
+//! is an error, as in msgspec) and numbers parsed (1e400 is an error, as in msgspec for a value it
+//! builds), but nothing outside the named fields is kept. The other keys of the line and of its
+//! `message` (the content: most of the bytes), which msgspec skips without building, are skipped
+//! with `IgnoredAny` when `SKIP_FAST` is set, which the caller does only for a line with no `\ud…`
+//! escape (whose surrogates msgspec would check) and too few brackets to nest 128 deep (where
+//! serde_json's and msgspec's limits differ). A repeated key keeps its last value, as msgspec does.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// A JSON value, reduced to what the rules look at.
 #[derive(Debug, Default)]
@@ -32,6 +35,20 @@ pub type Value<'a> = Node<'a, ()>;
 /// The keys of an object whose fields are read; any other key's value is only visited.
 pub trait Fields<'de>: Default {
     fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>;
+
+    /// Visit the value of a key that is not read.
+    fn skip<A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+        map.next_value::<Skip>().map(|_| ())
+    }
+}
+
+/// Skip an unread key's value of the line or its message: without visiting it when `FAST`.
+fn skip_unread<'de, A: MapAccess<'de>, const FAST: bool>(map: &mut A) -> Result<(), A::Error> {
+    if FAST {
+        map.next_value::<IgnoredAny>().map(|_| ())
+    } else {
+        map.next_value::<Skip>().map(|_| ())
+    }
 }
 
 impl<'de> Fields<'de> for () {
@@ -45,7 +62,9 @@ pub struct Skip;
 
 impl<'de> Deserialize<'de> for Skip {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NodeVisitor::<()>(PhantomData)).map(|_| Skip)
+        deserializer
+            .deserialize_any(NodeVisitor::<()>(PhantomData))
+            .map(|_| Skip)
     }
 }
 
@@ -111,7 +130,7 @@ impl<'de, T: Fields<'de>> Visitor<'de> for NodeVisitor<T> {
         let mut fields = T::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
             if !fields.read(&key.0, &mut map)? {
-                map.next_value::<Skip>()?;
+                T::skip(&mut map)?;
             }
         }
         Ok(Node::Object(fields))
@@ -161,18 +180,35 @@ fields!(Usage {
     speed: Value<'a> = "speed",
 });
 
-fields!(Message {
-    id: Value<'a> = "id",
-    model: Value<'a> = "model",
-    usage: Node<'a, Usage<'a>> = "usage",
-});
+#[derive(Default)]
+pub struct Message<'a, const FAST: bool> {
+    pub id: Value<'a>,
+    pub model: Value<'a>,
+    pub usage: Node<'a, Usage<'a>>,
+}
+
+impl<'de, const FAST: bool> Fields<'de> for Message<'de, FAST> {
+    fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "id" => self.id = map.next_value()?,
+            "model" => self.model = map.next_value()?,
+            "usage" => self.usage = map.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn skip<A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+        skip_unread::<A, FAST>(map)
+    }
+}
 
 /// The top-level fields. `message_refused` is set when any `message` value was neither an object
 /// nor null: msgspec's record type refuses the line then, and the reference reads it as a line
 /// without usage (whatever a later `message` key holds).
 #[derive(Default)]
-pub struct Record<'a> {
-    pub message: Node<'a, Message<'a>>,
+pub struct Record<'a, const FAST: bool> {
+    pub message: Node<'a, Message<'a, FAST>>,
     pub message_refused: bool,
     pub timestamp: Value<'a>,
     pub session_id: Value<'a>,
@@ -187,7 +223,7 @@ pub struct Record<'a> {
     pub speed: Value<'a>,
 }
 
-impl<'de> Fields<'de> for Record<'de> {
+impl<'de, const FAST: bool> Fields<'de> for Record<'de, FAST> {
     fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         match key {
             "message" => {
@@ -211,12 +247,16 @@ impl<'de> Fields<'de> for Record<'de> {
         }
         Ok(true)
     }
+
+    fn skip<A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+        skip_unread::<A, FAST>(map)
+    }
 }
 
 /// A whole line: `Err` when serde_json refuses it (the caller then asks the reference).
-pub fn line(raw: &[u8]) -> Result<Node<'_, Record<'_>>, serde_json::Error> {
+pub fn line<const FAST: bool>(raw: &[u8]) -> Result<Node<'_, Record<'_, FAST>>, serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_slice(raw);
-    let node = Node::<Record>::deserialize(&mut deserializer)?;
+    let node = Node::<Record<FAST>>::deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(node)
 }

@@ -45,7 +45,9 @@ fn scan<'a>(data: &'a [u8], first_line: i64, max_line_bytes: usize, too_long: &m
     let mut line_no = first_line;
     let mut counted_to = 0usize;
     while position <= data.len() {
-        let Some(relative) = finder.find(&data[position..]) else { break };
+        let Some(relative) = finder.find(&data[position..]) else {
+            break;
+        };
         let hit = position + relative;
         let start = memrchr(b'\n', &data[..hit]).map_or(0, |at| at + 1);
         let end = memchr(b'\n', &data[hit..]).map_or(data.len(), |at| hit + at);
@@ -57,10 +59,28 @@ fn scan<'a>(data: &'a [u8], first_line: i64, max_line_bytes: usize, too_long: &m
             continue;
         }
         let raw = &data[start..end];
-        found.push(Found { line_no, raw, outcome: rules::read_line(line_no, raw) });
+        found.push(Found {
+            line_no,
+            raw,
+            outcome: rules::read_line(line_no, raw),
+        });
     }
     found
 }
+
+/// `ModelPrice`'s fields as `price_rates` passes them: input, output, cache write, cache read, the
+/// four rates above 200k tokens (None when the model has none), the fast multiplier.
+type Rates = (
+    f64,
+    f64,
+    f64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    f64,
+);
 
 /// The per-token rates of one model, as `pricing.ModelPrice` holds them.
 #[derive(Clone, Copy)]
@@ -91,11 +111,21 @@ fn tiered(tokens: i64, rate: f64, above: Option<f64>) -> f64 {
 
 /// `pricing.call_cost`, summed in the same order.
 fn call_cost(price: &Price, line: &Line<'_>) -> f64 {
-    let write_1h_above = price.input_above_200k.map(|rate| rate * CACHE_WRITE_1H_INPUT_MULTIPLIER);
+    let write_1h_above = price
+        .input_above_200k
+        .map(|rate| rate * CACHE_WRITE_1H_INPUT_MULTIPLIER);
     let cost = tiered(line.input_tokens, price.input, price.input_above_200k)
         + tiered(line.output_tokens, price.output, price.output_above_200k)
-        + tiered(line.cache_write_5m_tokens, price.cache_write, price.cache_write_above_200k)
-        + tiered(line.cache_write_1h_tokens, price.input * CACHE_WRITE_1H_INPUT_MULTIPLIER, write_1h_above)
+        + tiered(
+            line.cache_write_5m_tokens,
+            price.cache_write,
+            price.cache_write_above_200k,
+        )
+        + tiered(
+            line.cache_write_1h_tokens,
+            price.input * CACHE_WRITE_1H_INPUT_MULTIPLIER,
+            write_1h_above,
+        )
         + tiered(line.cache_read_tokens, price.cache_read, price.cache_read_above_200k);
     if line.speed.as_deref() == Some("fast") {
         cost * price.fast_multiplier
@@ -135,7 +165,7 @@ impl<'py> Context<'py> {
         let price = if found.is_none() {
             None
         } else {
-            let rates: (f64, f64, f64, f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, f64) = found.extract()?;
+            let rates: Rates = found.extract()?;
             Some(Price {
                 input: rates.0,
                 output: rates.1,
@@ -254,7 +284,12 @@ fn usage_rows<'py>(
     data: &Bound<'py, PyBytes>,
     first_line: i64,
     max_line_bytes: usize,
-    session: (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>),
+    session: (
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+    ),
     pricing_version: Bound<'py, PyAny>,
     price_of: Bound<'py, PyAny>,
     parse_timestamp: Bound<'py, PyAny>,
@@ -276,10 +311,11 @@ fn usage_rows<'py>(
         prices: HashMap::new(),
         strings: HashMap::new(),
     };
-    let count = |reason: &str, counted: &mut Vec<(String, u64)>| match counted.iter_mut().find(|(name, _)| name == reason) {
-        Some(entry) => entry.1 += 1,
-        None => counted.push((reason.to_owned(), 1)),
-    };
+    let count =
+        |reason: &str, counted: &mut Vec<(String, u64)>| match counted.iter_mut().find(|(name, _)| name == reason) {
+            Some(entry) => entry.1 += 1,
+            None => counted.push((reason.to_owned(), 1)),
+        };
     let mut counted: Vec<(String, u64)> = Vec::new();
     if too_long > 0 {
         counted.push(("line_too_long".to_owned(), too_long));

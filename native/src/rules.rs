@@ -116,7 +116,11 @@ fn number(bytes: &[u8]) -> Option<u32> {
     if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(bytes.iter().fold(0u32, |total, digit| total * 10 + u32::from(digit - b'0')))
+    Some(
+        bytes
+            .iter()
+            .fold(0u32, |total, digit| total * 10 + u32::from(digit - b'0')),
+    )
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fff|.ffffff][Z|+00:00]`, the shape Claude Code writes; `None` for any
@@ -146,13 +150,23 @@ fn plain_timestamp(text: &str) -> Option<Timestamp<'static>> {
     if year == 0 || !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    Some(Timestamp::Parts(year as i32, month as u8, day as u8, hour as u8, minute as u8, second as u8, micros))
+    Some(Timestamp::Parts(
+        year as i32,
+        month as u8,
+        day as u8,
+        hour as u8,
+        minute as u8,
+        second as u8,
+        micros,
+    ))
 }
 
 /// The rules of the reference's `usage_line`, over a decoded record.
-fn usage_line<'a>(line_no: i64, mut record: decode::Record<'a>) -> Rule<Outcome<'a>> {
+fn usage_line<'a, const FAST: bool>(line_no: i64, mut record: decode::Record<'a, FAST>) -> Rule<Outcome<'a>> {
     if record.message_refused {
-        return Ok(Outcome::NoUsage);
+        // The reference then decodes the whole line (every number range-checked, every value
+        // built) to tell "no usage" from "not an object" or worse: it reads this rare line itself.
+        return Ok(Outcome::Defer);
     }
     let message = match std::mem::take(&mut record.message) {
         Node::Object(message) => message,
@@ -227,7 +241,11 @@ fn usage_line<'a>(line_no: i64, mut record: decode::Record<'a>) -> Rule<Outcome<
 }
 
 /// The reference's rules after the timestamp: they all leave a line out as `wrong_type`.
-fn after_timestamp<'a>(line: &mut Line<'a>, record: &decode::Record<'a>, usage: &decode::Usage<'a>) -> Result<(), &'static str> {
+fn after_timestamp<'a, const FAST: bool>(
+    line: &mut Line<'a>,
+    record: &decode::Record<'a, FAST>,
+    usage: &decode::Usage<'a>,
+) -> Result<(), &'static str> {
     const WRONG: &str = "wrong_type";
     line.is_sidechain = match record.is_sidechain {
         Node::Absent => false,
@@ -246,9 +264,10 @@ fn after_timestamp<'a>(line: &mut Line<'a>, record: &decode::Record<'a>, usage: 
     let cache_write = count(&usage.cache_creation_input_tokens, 0);
     let (write_5m, write_1h) = match &usage.cache_creation {
         Node::Absent | Node::Null => (cache_write, Some(0)),
-        Node::Object(breakdown) => {
-            (count(&breakdown.ephemeral_5m_input_tokens, 0), count(&breakdown.ephemeral_1h_input_tokens, 0))
-        }
+        Node::Object(breakdown) => (
+            count(&breakdown.ephemeral_5m_input_tokens, 0),
+            count(&breakdown.ephemeral_1h_input_tokens, 0),
+        ),
         _ => return Err(WRONG),
     };
     let tokens = [
@@ -266,8 +285,14 @@ fn after_timestamp<'a>(line: &mut Line<'a>, record: &decode::Record<'a>, usage: 
             _ => return Err(WRONG),
         }
     }
-    [line.input_tokens, line.output_tokens, _, line.cache_read_tokens, line.cache_write_5m_tokens, line.cache_write_1h_tokens] =
-        checked;
+    [
+        line.input_tokens,
+        line.output_tokens,
+        _,
+        line.cache_read_tokens,
+        line.cache_write_5m_tokens,
+        line.cache_write_1h_tokens,
+    ] = checked;
     line.web_search_requests = match &usage.server_tool_use {
         Node::Object(tools) => match count(&tools.web_search_requests, 0) {
             Some(number) if (0..=MAX_TOKENS).contains(&number) => number as i64,
@@ -275,7 +300,11 @@ fn after_timestamp<'a>(line: &mut Line<'a>, record: &decode::Record<'a>, usage: 
         },
         _ => 0,
     };
-    let speed = if matches!(usage.speed, Node::Absent) { &record.speed } else { &usage.speed };
+    let speed = if matches!(usage.speed, Node::Absent) {
+        &record.speed
+    } else {
+        &usage.speed
+    };
     line.speed = match speed {
         Node::Str(text) => Some(text.clone()),
         _ => None,
@@ -288,10 +317,31 @@ fn after_timestamp<'a>(line: &mut Line<'a>, record: &decode::Record<'a>, usage: 
 
 /// One line containing `"usage"`: the reference's `read_line`, or `Defer` to it.
 pub fn read_line(line_no: i64, raw: &[u8]) -> Outcome<'_> {
-    if std::str::from_utf8(raw).is_err() {
+    if simdutf8::basic::from_utf8(raw).is_err() {
         return Outcome::Skip("invalid_utf8");
     }
-    match decode::line(raw) {
+    if skips_fast(raw) {
+        decided(line_no, decode::line::<true>(raw))
+    } else {
+        decided(line_no, decode::line::<false>(raw))
+    }
+}
+
+/// Whether the unread values of a line may be skipped unvisited (see `decode`): no `\ud…` escape,
+/// and fewer than 128 opening brackets.
+fn skips_fast(raw: &[u8]) -> bool {
+    let finder = memchr::memmem::Finder::new(b"\\u");
+    let surrogate = finder
+        .find_iter(raw)
+        .any(|at| matches!(raw.get(at + 2), Some(b'd' | b'D')));
+    !surrogate && memchr::memchr2_iter(b'[', b'{', raw).nth(127).is_none()
+}
+
+fn decided<'a, const FAST: bool>(
+    line_no: i64,
+    decoded: Result<Node<'a, decode::Record<'a, FAST>>, serde_json::Error>,
+) -> Outcome<'a> {
+    match decoded {
         Err(_) => Outcome::Defer,
         Ok(Node::Object(record)) => usage_line(line_no, record).unwrap_or_else(|outcome| outcome),
         Ok(_) => Outcome::Skip("not_an_object"),

@@ -304,6 +304,37 @@ def escape_strings(record: dict[str, Json], rng: random.Random) -> bytes:
     return "".join(out).encode("utf-8", "surrogatepass")
 
 
+#: What a line's unread values (its message content, other keys) may hold: the compiled parser
+#: skips them unvisited only when no surrogate escape or deep nesting can be among them.
+UNREAD_VALUES = [
+    b"[" * 100 + b"]" * 100,
+    b"[" * 130 + b"]" * 130,
+    b"[" * 2000 + b"]" * 2000,
+    b"[" + b",".join([b'{"a":[1]}'] * 80) + b"]",
+    b'"\\ud800"',
+    b'"\\udc00 x"',
+    b'"\\ud83d\\ude00"',
+    b'"\\\\udxyz"',
+    b"1e400",
+    b"-0",
+    b"123456789012345678901234567890",
+    b'"tab\there"',
+]
+
+
+def unread_value(record: dict[str, Json], rng: random.Random) -> bytes:
+    """An odd value under a key nothing reads: in the message (like its content), the line or the usage."""
+    marker = "@@UNREAD@@"
+    message = record.get("message")
+    targets = [record]
+    if isinstance(message, dict):
+        targets.append(message)
+        if isinstance(message.get("usage"), dict):
+            targets.append(message["usage"])
+    rng.choice(targets)[rng.choice(["content", "extra", "iterations"])] = marker
+    return dumps(record, rng).replace(json.dumps(marker).encode(), rng.choice(UNREAD_VALUES))
+
+
 def mutate_bytes(raw: bytes, rng: random.Random) -> bytes:
     kind = rng.randrange(9)
     if kind == 0:
@@ -340,6 +371,8 @@ def mutants(line: bytes, rng: random.Random) -> Iterator[bytes]:
         delete_value,
         duplicate_key,
         escape_strings,
+        unread_value,
+        unread_value,
     ]
     for _ in range(MUTANTS_PER_LINE):
         copy = json.loads(line)
@@ -356,7 +389,7 @@ def mutants(line: bytes, rng: random.Random) -> Iterator[bytes]:
 def _is_json(raw: bytes) -> bool:
     try:
         return isinstance(json.loads(raw), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

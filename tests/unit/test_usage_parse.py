@@ -125,6 +125,15 @@ def test_bad_lines_are_counted_by_reason_and_the_good_ones_still_read() -> None:
             "wrong_type",
         ),
         (b'{"cwd": null, "message": {"usage": {"x": -1e400}}, "timestamp": "2025-01-01T00:00:00Z"}', "wrong_type"),
+        # nested deeper than Python's recursion limit lets msgspec go
+        (
+            b'{"message": {"usage": {}, "content": '
+            + b"[" * 5000
+            + b"]" * 5000
+            + b'}, "timestamp": "2025-01-01T00:00:00Z"}',
+            "too_deep",
+        ),
+        (b'{"message": {"usage": {}}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "too_deep"),
     ],
 )
 def test_lines_the_decoder_refuses_late_are_counted_not_raised(raw: bytes, reason: str) -> None:

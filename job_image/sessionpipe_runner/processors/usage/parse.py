@@ -387,11 +387,15 @@ def _decode(raw: bytes) -> _Record:
             raise _Skip("wrong_type") from None  # msgspec refuses a number like 1e400 in any value it builds
         except msgspec.DecodeError:
             raise _Skip("invalid_json") from None
+        except RecursionError:
+            raise _Skip("too_deep") from None
         if not isinstance(whole, dict):
             raise _Skip("not_an_object") from None
         return _Record()  # a line whose message is not an object has no usage
     except msgspec.DecodeError:
         raise _Skip("invalid_json") from None
+    except RecursionError:
+        raise _Skip("too_deep") from None
 
 
 def _check_utf8(raw: bytes) -> None:
@@ -415,6 +419,8 @@ def read_line(line_no: int, raw: bytes) -> UsageLine | None:
         return usage_line(line_no, _decode(raw))
     except msgspec.DecodeError:
         raise _Skip("invalid_json") from None
+    except RecursionError:  # msgspec goes as deep as Python's recursion limit lets it
+        raise _Skip("too_deep") from None
     message = record.message
     if message is None or message is msgspec.UNSET:
         return None
