@@ -26,7 +26,9 @@ pub enum Node<'a, T> {
     Float(f64),
     Str(Cow<'a, str>),
     Array,
-    Object(T),
+    /// Boxed: a `Record` holds nested objects, and moving them inline through serde's layers
+    /// showed up as memmove in profiles.
+    Object(Box<T>),
 }
 
 /// A value whose insides are not read.
@@ -133,7 +135,7 @@ impl<'de, T: Fields<'de>> Visitor<'de> for NodeVisitor<T> {
                 T::skip(&mut map)?;
             }
         }
-        Ok(Node::Object(fields))
+        Ok(Node::Object(Box::new(fields)))
     }
 }
 

@@ -343,7 +343,7 @@ fn decided<'a, const FAST: bool>(
 ) -> Outcome<'a> {
     match decoded {
         Err(_) => Outcome::Defer,
-        Ok(Node::Object(record)) => usage_line(line_no, record).unwrap_or_else(|outcome| outcome),
+        Ok(Node::Object(record)) => usage_line(line_no, *record).unwrap_or_else(|outcome| outcome),
         Ok(_) => Outcome::Skip("not_an_object"),
     }
 }
