@@ -266,7 +266,14 @@ impl<'py> Context<'py> {
             self.pricing_version.clone(),
             self.shared(&line.version),
         ];
-        Ok((PyTuple::new(py, items)?, missing))
+        let row = PyTuple::new(py, items)?;
+        // A run keeps a batch's rows alive until it writes them: left tracked, each is scanned by
+        // the cyclic GC until a collection untracks it (~0.1 CPU-s over 120,000 rows).
+        // SAFETY: `row` is a live tuple we own; its items are str, int, float, bool, None and
+        // datetime objects, none of which can form a reference cycle, so CPython itself would
+        // untrack it (as `_PyTuple_MaybeUntrack` does).
+        unsafe { pyo3::ffi::PyObject_GC_UnTrack(row.as_ptr().cast()) };
+        Ok((row, missing))
     }
 }
 

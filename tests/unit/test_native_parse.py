@@ -12,6 +12,7 @@ over the length limit, and offsets of the first line.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -88,6 +89,13 @@ def assert_same(data: bytes, first_line: int = 1) -> None:
 def test_the_compiled_reading_is_installed_and_used_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(usage_native.ENV_USAGE_READING, raising=False)
     assert usage_native.compiled_reading() is sessionpipe_native
+
+
+def test_the_compiled_rows_are_not_tracked_by_the_cyclic_gc() -> None:
+    """A run holds a batch's rows until it writes them; rows of atomic values need no GC scans."""
+    rows = read(processor(), transcripts()[0].read_bytes(), 1, "native").rows["usage_rows"]
+    assert rows
+    assert not any(gc.is_tracked(row) for row in rows)
 
 
 @pytest.mark.parametrize("path", transcripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
