@@ -255,9 +255,10 @@ impl<'de, const FAST: bool> Fields<'de> for Record<'de, FAST> {
     }
 }
 
-/// A whole line: `Err` when serde_json refuses it (the caller then asks the reference).
-pub fn line<const FAST: bool>(raw: &[u8]) -> Result<Node<'_, Record<'_, FAST>>, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+/// A whole line, already checked to be UTF-8 (so serde_json does not check its strings again):
+/// `Err` when serde_json refuses it (the caller then asks the reference).
+pub fn line<const FAST: bool>(text: &str) -> Result<Node<'_, Record<'_, FAST>>, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     let node = Node::<Record<FAST>>::deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(node)

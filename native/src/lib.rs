@@ -15,7 +15,7 @@
 mod decode;
 mod rules;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use memchr::{memchr, memchr_iter, memmem, memrchr};
 use pyo3::prelude::*;
@@ -315,8 +315,8 @@ fn usage_rows<'py>(
         parse_timestamp,
         datetime,
         utc,
-        prices: HashMap::new(),
-        strings: HashMap::new(),
+        prices: HashMap::default(),
+        strings: HashMap::default(),
     };
     let count =
         |reason: &str, counted: &mut Vec<(String, u64)>| match counted.iter_mut().find(|(name, _)| name == reason) {

@@ -317,13 +317,13 @@ fn after_timestamp<'a, const FAST: bool>(
 
 /// One line containing `"usage"`: the reference's `read_line`, or `Defer` to it.
 pub fn read_line(line_no: i64, raw: &[u8]) -> Outcome<'_> {
-    if simdutf8::basic::from_utf8(raw).is_err() {
+    let Ok(text) = simdutf8::basic::from_utf8(raw) else {
         return Outcome::Skip("invalid_utf8");
-    }
+    };
     if skips_fast(raw) {
-        decided(line_no, decode::line::<true>(raw))
+        decided(line_no, decode::line::<true>(text))
     } else {
-        decided(line_no, decode::line::<false>(raw))
+        decided(line_no, decode::line::<false>(text))
     }
 }
 
