@@ -6,11 +6,18 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit controlplane ccusage images image-smoke browser prometheus crd cluster-up cluster-down demo-cluster clean
 
-# The product (editable, with the dev extra) and the test cluster, its own package in kubetest/.
-$(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml
+# Cargo's build folder for native/, outside the tree so a fresh clone or a re-run reuses it.
+NATIVE_TARGET ?= $(HOME)/.cache/sessionpipe/native-target
+NATIVE_SOURCES := native/pyproject.toml native/Cargo.toml native/Cargo.lock native/sessionpipe_native.pyi $(wildcard native/src/*.rs)
+
+# The product (editable, with the dev extra), the test cluster (its own package in kubetest/) and
+# the compiled usage parser (native/: Rust, built by maturin from PyPI with cargo; native/README.md).
+$(STAMP): pyproject.toml constraints.txt kubetest/pyproject.toml $(NATIVE_SOURCES)
+	@command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs) to build native/" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' -e ./kubetest
+	CARGO_TARGET_DIR=$(NATIVE_TARGET) $(BIN)/python -m pip install --quiet --force-reinstall --no-deps ./native
 	touch $(STAMP)
 
 # Set up, then run the usage processor on the embedded default (your Claude Code transcripts in

@@ -44,6 +44,9 @@ from sessionpipe_kubetest.paths import REPOSITORY
 KINDS = ("job", "operator")
 #: What the Dockerfiles COPY (the same list as .dockerignore lets through): the build's inputs.
 CONTEXT_INPUTS = ("pyproject.toml", "constraints.txt", "README.md", "common", "job_image", "operator")
+#: The compiled usage parser's sources: the job image installs its wheel, built on the host
+#: (:func:`native_wheel`), so a change to them rebuilds that image.
+NATIVE_SOURCES = "native"
 #: The fallback base: Debian bookworm's Python 3.11, made by mmdebstrap.
 BASE_TAG = "localhost/sessionpipe-base:bookworm-3.11"
 BASE_PACKAGES = ("python3.11", "python3-venv", "python-is-python3", "ca-certificates", "passwd")
@@ -53,7 +56,9 @@ INPUTS_LABEL = "io.sessionpipe.inputs-hash"
 BASE_LABEL = "io.sessionpipe.python-image"
 #: Where the wheelhouse is bound during the build's RUN steps.
 WHEELHOUSE_IN_BUILD = "/wheelhouse"
-_IGNORED_PARTS = ("__pycache__", ".egg-info", ".pyc", ".mypy_cache", ".pytest_cache")
+#: Where the job image's build finds the compiled usage parser's wheel.
+NATIVE_WHEELS_IN_BUILD = "/native-wheels"
+_IGNORED_PARTS = ("__pycache__", ".egg-info", ".pyc", ".mypy_cache", ".pytest_cache", "native/target")
 
 
 class ImageError(RuntimeError):
@@ -104,7 +109,8 @@ def image_config(tag: str) -> dict[str, object] | None:
 
 def _input_files(repository: Path, dockerfile: str) -> list[Path]:
     files = [repository / dockerfile]
-    for name in CONTEXT_INPUTS:
+    names = (*CONTEXT_INPUTS, NATIVE_SOURCES) if dockerfile == "Dockerfile.job" else CONTEXT_INPUTS
+    for name in names:
         path = repository / name
         if path.is_file():
             files.append(path)
@@ -209,6 +215,24 @@ def python_image(repository: Path = REPOSITORY) -> str:
     return build_base()
 
 
+def _pip_into_folder(folder: Path, what: str, command: Sequence[str], repository: Path, **environment: str) -> bool:
+    """Run pip ``command`` (cwd ``repository``) to fill ``folder``, unless an earlier run completed it.
+
+    Returns whether it ran. A run that fails leaves the folder incomplete, to be filled again."""
+    done = folder / ".complete"
+    if done.exists():
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    _log(f"{what} into {folder}")
+    full = [sys.executable, "-m", "pip", *command]
+    env = {**os.environ, **environment}
+    result = subprocess.run(full, cwd=repository, capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0:
+        raise ImageError(f"{what} failed: {result.stderr.strip()[-2000:]}")
+    done.touch()
+    return True
+
+
 def wheelhouse(repository: Path = REPOSITORY) -> Path:
     """Download (once per constraints/pyproject) every pinned wheel both images install, plus the
     project's build backend, into a folder the build installs from with ``--no-index``."""
@@ -216,21 +240,31 @@ def wheelhouse(repository: Path = REPOSITORY) -> Path:
     for name in ("constraints.txt", "pyproject.toml"):
         digest.update((repository / name).read_bytes())
     folder = cache_dir() / "wheelhouse" / digest.hexdigest()[:16]
-    done = folder / ".complete"
-    if done.exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    _log(f"downloading the pinned wheels into {folder}")
     with (repository / "pyproject.toml").open("rb") as handle:
         backend: list[str] = tomllib.load(handle)["build-system"]["requires"]
     requirements = [f".[{kind}]" for kind in KINDS] + backend
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "-c", "constraints.txt", "-d", str(folder)]
-    result = subprocess.run([*command, *requirements], cwd=repository, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ImageError(f"pip download failed: {result.stderr.strip()[-2000:]}")
-    for built in folder.glob("sessionpipe-*"):  # the project itself is built from the context
-        built.unlink()
-    done.touch()
+    command = ["download", "--quiet", "-c", "constraints.txt", "-d", str(folder), *requirements]
+    if _pip_into_folder(folder, "downloading the pinned wheels", command, repository):
+        for built in folder.glob("sessionpipe-*"):  # the project itself is built from the context
+            built.unlink()
+    return folder
+
+
+def native_wheel(repository: Path = REPOSITORY) -> Path:
+    """Build the compiled usage parser's wheel (``native/``, Rust) on the host, once per source tree,
+    into a folder the job image's build installs it from.
+
+    The host is Debian bookworm like the images' base, so its ``linux_x86_64`` wheel (abi3,
+    CPython >= 3.11) runs there. maturin comes from PyPI (pip's isolated build); cargo's build
+    folder is the one ``make .venv/.installed`` uses."""
+    digest = hashlib.sha256()
+    for path in _input_files(repository, "Dockerfile.job"):
+        if path.is_relative_to(repository / NATIVE_SOURCES):
+            digest.update(str(path.relative_to(repository)).encode() + b"\0" + path.read_bytes() + b"\0")
+    folder = cache_dir() / "native-wheels" / digest.hexdigest()[:16]
+    target = Path.home() / ".cache" / "sessionpipe" / "native-target"
+    command = ["wheel", "--quiet", "--no-deps", "-w", str(folder), "./native"]
+    _pip_into_folder(folder, "building the sessionpipe-native wheel", command, repository, CARGO_TARGET_DIR=str(target))
     return folder
 
 
@@ -251,8 +285,14 @@ def image_size(tag: str) -> str:
     return str(json.loads(listed)[0]["size"])
 
 
-def _build_args(base: str) -> dict[str, str]:
-    return {"PYTHON_IMAGE": base, "PIP_INSTALL_OPTIONS": f"--no-index --find-links {WHEELHOUSE_IN_BUILD}"}
+def _build_args(kind: str, base: str) -> dict[str, str]:
+    if kind != "job":
+        return {"PYTHON_IMAGE": base, "PIP_INSTALL_OPTIONS": f"--no-index --find-links {WHEELHOUSE_IN_BUILD}"}
+    return {
+        "PYTHON_IMAGE": base,
+        "PIP_INSTALL_OPTIONS": f"--no-index --find-links {WHEELHOUSE_IN_BUILD} --find-links {NATIVE_WHEELS_IN_BUILD}",
+        "NATIVE_REQUIREMENT": "sessionpipe-native",
+    }
 
 
 def _labels(tag: str) -> dict[str, str]:
@@ -268,18 +308,21 @@ def up_to_date(kind: str, repository: Path = REPOSITORY) -> bool:
     base = labels.get(BASE_LABEL)
     if base is None:
         return False
-    return labels.get(INPUTS_LABEL) == inputs_hash(repository, f"Dockerfile.{kind}", _build_args(base))
+    return labels.get(INPUTS_LABEL) == inputs_hash(repository, f"Dockerfile.{kind}", _build_args(kind, base))
 
 
 def build_image(kind: str, base: str, wheels: Path, repository: Path = REPOSITORY) -> Built:
-    """Build ``Dockerfile.<kind>`` on ``base``, installing from the wheelhouse ``wheels``."""
+    """Build ``Dockerfile.<kind>`` on ``base``, installing from the wheelhouse ``wheels`` (and the
+    job image the native wheel, built here when its sources changed)."""
     tag = image_tag(kind, repository)
     dockerfile = f"Dockerfile.{kind}"
-    build_args = _build_args(base)
+    build_args = _build_args(kind, base)
     _log(f"building {tag} from {dockerfile} on {base}")
     started = time.monotonic()
     command = ["buildah", "bud", "--isolation", "chroot", "--pull-never", "--layers=false", "-f", dockerfile]
     command += ["-t", tag, "--volume", f"{wheels}:{WHEELHOUSE_IN_BUILD}:ro"]
+    if kind == "job":
+        command += ["--volume", f"{native_wheel(repository)}:{NATIVE_WHEELS_IN_BUILD}:ro"]
     for name, value in build_args.items():
         command += ["--build-arg", f"{name}={value}"]
     command += ["--label", f"{INPUTS_LABEL}={inputs_hash(repository, dockerfile, build_args)}"]

@@ -71,6 +71,21 @@ def test_the_inputs_hash_follows_the_sources_and_ignores_bytecode(tmp_path: Path
     assert inputs_hash(tmp_path, "Dockerfile.job", args) != first
 
 
+def test_the_job_images_inputs_include_the_native_sources_but_not_their_build(tmp_path: Path) -> None:
+    for name in ("Dockerfile.job", "Dockerfile.operator", "pyproject.toml", "constraints.txt", "README.md"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "native" / "src").mkdir(parents=True)
+    (tmp_path / "native" / "target").mkdir()
+    (tmp_path / "native" / "src" / "lib.rs").write_text("fn a() {}\n")
+    args = {"PYTHON_IMAGE": "base"}
+    job, operator = inputs_hash(tmp_path, "Dockerfile.job", args), inputs_hash(tmp_path, "Dockerfile.operator", args)
+    (tmp_path / "native" / "target" / "libx.so").write_bytes(b"\0")
+    assert inputs_hash(tmp_path, "Dockerfile.job", args) == job
+    (tmp_path / "native" / "src" / "lib.rs").write_text("fn b() {}\n")
+    assert inputs_hash(tmp_path, "Dockerfile.job", args) != job
+    assert inputs_hash(tmp_path, "Dockerfile.operator", args) == operator
+
+
 def test_mount_points_follow_the_image_symlinks_inside_the_image(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "var").mkdir()

@@ -77,6 +77,17 @@ def test_job_image_install_gives_the_runner_with_its_processors_and_no_operator(
     assert no_kopf.returncode != 0 and "ModuleNotFoundError" in no_kopf.stderr, no_kopf.stderr
 
 
+def test_job_image_reads_usage_with_the_compiled_parser(built: dict[str, images.Built]) -> None:
+    probe = (
+        "import sessionpipe_native\n"
+        "from sessionpipe_runner.processors.usage.native import compiled_reading\n"
+        "assert compiled_reading() is sessionpipe_native\n"
+        "print('native')"
+    )
+    result = _in_image(built["job"].tag, command=["python", "-c", probe])
+    assert result.returncode == 0 and result.stdout.strip() == "native", result.stderr
+
+
 def test_job_image_carries_no_build_tools_and_no_caches(built: dict[str, images.Built]) -> None:
     rootfs, _runtime = images.mounted_rootfs(built["job"].tag)
     tools = [f"{folder}/{tool}" for folder in ("usr/bin", "usr/local/bin") for tool in ("gcc", "cc", "make", "g++")]

@@ -112,6 +112,35 @@ def test_bad_lines_are_counted_by_reason_and_the_good_ones_still_read() -> None:
     assert result.lines == good.lines
 
 
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # msgspec refuses the ``message`` type first, then the line's syntax
+        (b'{"message": 5, "usage": 1', "invalid_json"),
+        (b'["usage"', "invalid_json"),
+        # a number past a double's range where a field is read
+        (b'{"costUSD": 1e400, "message": {"usage": {}}, "timestamp": "2025-01-01T00:00:00Z"}', "wrong_type"),
+        (
+            b'{"costUSD": ' + b"9" * 320 + b', "message": {"usage": {}}, "timestamp": "2025-01-01T00:00:00Z"}',
+            "wrong_type",
+        ),
+        (b'{"cwd": null, "message": {"usage": {"x": -1e400}}, "timestamp": "2025-01-01T00:00:00Z"}', "wrong_type"),
+        # nested deeper than Python's recursion limit lets msgspec go
+        (
+            b'{"message": {"usage": {}, "content": '
+            + b"[" * 5000
+            + b"]" * 5000
+            + b'}, "timestamp": "2025-01-01T00:00:00Z"}',
+            "too_deep",
+        ),
+        (b'{"message": {"usage": {}}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "too_deep"),
+    ],
+)
+def test_lines_the_decoder_refuses_late_are_counted_not_raised(raw: bytes, reason: str) -> None:
+    result = parse_usage_lines(raw)
+    assert (result.lines, dict(result.issues)) == ([], {reason: 1})
+
+
 def test_a_huge_line_is_counted_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     line = json.dumps(real_usage_line()).encode()
     monkeypatch.setattr(usage_parse, "MAX_LINE_BYTES", len(line) - 1)

@@ -14,14 +14,25 @@ file whose entries replace or add to the shipped ones.
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sessionpipe_contract import ENV_PRICING
 from sessionpipe_runner.processors.base import BadSettings, Migration, Output, Processor, RunContext, SessionFile
-from sessionpipe_runner.processors.usage.parse import UsageLine, parse_usage_lines
+from sessionpipe_runner.processors.usage import parse
+from sessionpipe_runner.processors.usage.native import compiled_reading
+from sessionpipe_runner.processors.usage.parse import (
+    UsageLine,
+    parse_timestamp,
+    parse_usage_lines,
+    read_line_outcome,
+)
 from sessionpipe_runner.processors.usage.pricing import (
+    ModelPrice,
     PriceTable,
     PricingError,
     call_cost,
@@ -203,27 +214,83 @@ class UsageProcessor(Processor):
         return self.process_appended(session, data, 1)
 
     def process_appended(self, session: SessionFile, data: bytes, first_line: int) -> Output:
-        """The rows of ``data``'s lines, numbered from ``first_line`` (the lines appended to a file)."""
+        """The rows of ``data``'s lines, numbered from ``first_line`` (the lines appended to a file).
+
+        Read by the compiled parser when it is installed (:mod:`.native`), else in Python; the two
+        give the same rows and issues.
+        """
         if self.prices is None:
             self.prices = load_prices()
-        prices = self.prices
+        compiled = compiled_reading()
+        if compiled is not None:
+            return self._compiled_rows(compiled, session, data, first_line)
         parsed = parse_usage_lines(data, first_line=first_line)
         output = Output(issues=parsed.issues)
-        key, user, project, session_id = session.key, session.user, session.project, session.session_id
-        version = prices.version
         rows: list[tuple[Any, ...]] = []
         missing_prices = 0
         for line in parsed.lines:
-            if line.logged_cost_usd is not None:
-                cost, source = line.logged_cost_usd, COST_FROM_TRANSCRIPT
-            else:
-                cost, source, missing = self._priced(prices, line)
-                missing_prices += missing
-            stored = line[1:17]  # transcript_session_id … speed, stored as they are
-            # The table's column order: the session, then the line's fields up to speed, then cost.
-            rows.append((key, line[0], user, project, session_id, *stored, cost, source, version, line.claude_version))
+            row, missing = self._row(session, line)
+            rows.append(row)
+            missing_prices += missing
         if missing_prices:
             output.issues["missing_price"] += missing_prices
         output.rows["usage_rows"] = rows
         output.items = len(rows)
         return output
+
+    def _row(self, session: SessionFile, line: UsageLine) -> tuple[tuple[Any, ...], bool]:
+        """A kept line's ``usage_rows`` row, and whether its model had no price though it used tokens."""
+        prices = self.prices
+        assert prices is not None  # set by process_appended
+        if line.logged_cost_usd is not None:
+            cost, source, missing = line.logged_cost_usd, COST_FROM_TRANSCRIPT, False
+        else:
+            cost, source, missing = self._priced(prices, line)
+        stored = line[1:17]  # transcript_session_id … speed, stored as they are
+        # The table's column order: the session, then the line's fields up to speed, then cost.
+        row = (session.key, line[0], session.user, session.project, session.session_id, *stored)
+        return (*row, cost, source, prices.version, line.claude_version), missing
+
+    def _compiled_rows(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
+        """:meth:`process_appended` by the compiled parser; lines it cannot decide are read here."""
+        prices = self.prices
+        assert prices is not None  # set by process_appended
+
+        def reference(line_no: int, raw: bytes) -> tuple[tuple[Any, ...], bool] | str | None:
+            read = read_line_outcome(line_no, raw)
+            return self._row(session, read) if isinstance(read, UsageLine) else read
+
+        rows, issues = compiled.usage_rows(
+            data,
+            first_line,
+            parse.MAX_LINE_BYTES,  # looked up per call: a test may lower it
+            (session.key, session.user, session.project, session.session_id),
+            prices.version,
+            functools.partial(price_rates, prices),
+            parse_timestamp,
+            reference,
+            datetime,
+            UTC,
+        )
+        output = Output(issues=Counter(issues))
+        output.rows["usage_rows"] = rows
+        output.items = len(rows)
+        return output
+
+
+def price_rates(prices: PriceTable, model: str) -> tuple[float | None, ...] | None:
+    """The rates of ``model`` as the compiled parser takes them (:class:`.pricing.ModelPrice`'s order)."""
+    price: ModelPrice | None = prices.find(model)
+    if price is None:
+        return None
+    return (
+        price.input,
+        price.output,
+        price.cache_write,
+        price.cache_read,
+        price.input_above_200k,
+        price.output_above_200k,
+        price.cache_write_above_200k,
+        price.cache_read_above_200k,
+        price.fast_multiplier,
+    )

@@ -313,7 +313,10 @@ def usage_line(line_no: int, record: _Record) -> UsageLine | None:
     if cost is UNSET:
         cost = None
     elif type(cost) is int:
-        cost = float(cost)
+        try:
+            cost = float(cost)
+        except OverflowError:  # no double holds it
+            raise _Skip("wrong_type") from None
     elif type(cost) is not float:
         raise _Skip("wrong_type")
     get = usage.get
@@ -376,12 +379,23 @@ def _decode(raw: bytes) -> _Record:
     try:
         return _decode_record(raw)
     except msgspec.ValidationError:
-        # Valid JSON of the wrong shape: not an object at all, or a ``message`` that is not one.
-        if not isinstance(msgspec.json.decode(raw), dict):
+        # The wrong shape (not an object at all, or a ``message`` that is not one), or a number
+        # past a double's range; the rest of the line was not read yet, so read it whole.
+        try:
+            whole = msgspec.json.decode(raw)
+        except msgspec.ValidationError:
+            raise _Skip("wrong_type") from None  # msgspec refuses a number like 1e400 in any value it builds
+        except msgspec.DecodeError:
+            raise _Skip("invalid_json") from None
+        except RecursionError:
+            raise _Skip("too_deep") from None
+        if not isinstance(whole, dict):
             raise _Skip("not_an_object") from None
         return _Record()  # a line whose message is not an object has no usage
     except msgspec.DecodeError:
         raise _Skip("invalid_json") from None
+    except RecursionError:
+        raise _Skip("too_deep") from None
 
 
 def _check_utf8(raw: bytes) -> None:
@@ -405,6 +419,8 @@ def read_line(line_no: int, raw: bytes) -> UsageLine | None:
         return usage_line(line_no, _decode(raw))
     except msgspec.DecodeError:
         raise _Skip("invalid_json") from None
+    except RecursionError:  # msgspec goes as deep as Python's recursion limit lets it
+        raise _Skip("too_deep") from None
     message = record.message
     if message is None or message is msgspec.UNSET:
         return None
@@ -412,6 +428,14 @@ def read_line(line_no: int, raw: bytes) -> UsageLine | None:
     if usage is None or usage is msgspec.UNSET:
         return None
     return _typed_usage_line(line_no, record, message, usage)
+
+
+def read_line_outcome(line_no: int, raw: bytes) -> UsageLine | str | None:
+    """:func:`read_line`, with the reason a line is left out returned rather than raised."""
+    try:
+        return read_line(line_no, raw)
+    except _Skip as skip:
+        return skip.reason
 
 
 def read_line_untyped(line_no: int, raw: bytes) -> UsageLine | None:

@@ -1,0 +1,18 @@
+"""sessionpipe's compiled usage-line parser (see native/README.md)."""
+
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+from typing import Any
+
+def usage_rows(
+    data: bytes,
+    first_line: int,
+    max_line_bytes: int,
+    session: tuple[str, str, str, str],
+    pricing_version: str,
+    price_of: Callable[[str], tuple[float | None, ...] | None],
+    parse_timestamp: Callable[[str], datetime | None],
+    reference: Callable[[int, bytes], tuple[tuple[Any, ...], bool] | str | None],
+    datetime: type[datetime],
+    utc: tzinfo,
+) -> tuple[list[tuple[Any, ...]], dict[str, int]]: ...
