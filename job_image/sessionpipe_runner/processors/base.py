@@ -155,6 +155,10 @@ class Processor:
     #: :meth:`start` set up (no budgets, no shared state, picklable after ``start``), and that keeps
     #: the default :meth:`write`, may be run in worker processes (``--workers``) on large runs.
     parallel: ClassVar[bool] = False
+    #: A :attr:`parallel` processor whose :meth:`process` spends most of its time with the GIL
+    #: released (a compiled parser) and may run in several threads at once: its workers are threads
+    #: of the runner's process, not processes (no interpreter to start, no rows pickled).
+    releases_gil: ClassVar[bool] = False
     #: A processor whose rows for a line depend on that line alone (not on the lines before it) may
     #: be given only the lines appended to a file since its rows were committed (Claude Code only
     #: appends to a transcript): the runner calls :meth:`process_appended` with them when the
