@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from sessionpipe_runner.summary import RunSummary
 
 #: A batchable processor commits at most this many sessions, or this many bytes read, per transaction.
-#: (Each commit costs tens of milliseconds whatever its size: fewer, larger batches are faster. A
-#: batch holds the sessions' rows, not the bytes read: 128 MB of transcripts is about 70,000 rows.)
-BATCH_SESSIONS = 4096
-BATCH_BYTES = 128 * 1024 * 1024
+#: (Each commit costs tens of milliseconds whatever its size: fewer, larger batches are faster, up
+#: to where the batch's rows, held until the commit, cost more memory than the commits cost time.)
+BATCH_SESSIONS = 2048
+BATCH_BYTES = 64 * 1024 * 1024
 
 
 #: DuckDB's threads while batches are written. An Arrow insert of a batch costs about half as
