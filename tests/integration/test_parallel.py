@@ -289,3 +289,26 @@ def test_batches_are_written_on_one_duckdb_thread_and_the_threads_come_back_afte
     with duckdb.connect() as con:
         (default,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
     assert _WriteThreads.seen == ["1", f"after: {default}"]
+
+
+class _FailsOnCueInThreads(_WhereRunReleasingTheGil):
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        if b"PLEASE-FAIL" in data:
+            raise RuntimeError(f"refusing {session.key}: it asks to fail")
+        return super().process(session, data)
+
+
+def test_a_session_that_fails_in_a_worker_thread_fails_alone(tmp_path: Path) -> None:
+    sessions = _small_sessions(tmp_path / "sessions", 40)
+    (sessions / "user1" / "-proj" / "s017.jsonl").write_text('{"m": "PLEASE-FAIL"}\n')
+    db = tmp_path / "db.duckdb"
+    processor = _FailsOnCueInThreads()
+    settings = RunSettings(processor=processor.name, sessions=sessions, database=db, workers=2, lease_wait_seconds=5)
+    summary = run(settings, processor, FileLease(db, processor.name))
+    assert (summary.workers, summary.processed, summary.errors) == (2, 39, 1)
+    assert summary.failures == {
+        "user1/-proj/s017.jsonl": "RuntimeError: refusing user1/-proj/s017.jsonl: it asks to fail"
+    }
+    assert table(db, "SELECT count(*) FROM where_rows")[0][0] == 39
+    failed = table(db, "SELECT session_file, attempts, status FROM session_processor_state WHERE status <> 'done'")
+    assert failed == [("user1/-proj/s017.jsonl", 1, "failed")]
