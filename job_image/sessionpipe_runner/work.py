@@ -375,5 +375,6 @@ def _unpack(chunk: Chunk) -> Iterator[Examined]:
         if examined.output is not None:
             for table, count in counts.items():
                 examined.output.arrow[table] = chunk.tables[table].slice(offsets[table], count)
+                examined.output.arrow_origin[table] = (chunk.tables[table], offsets[table])
                 offsets[table] += count
         yield examined

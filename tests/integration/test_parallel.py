@@ -312,3 +312,17 @@ def test_a_session_that_fails_in_a_worker_thread_fails_alone(tmp_path: Path) -> 
     assert table(db, "SELECT count(*) FROM where_rows")[0][0] == 39
     failed = table(db, "SELECT session_file, attempts, status FROM session_processor_state WHERE status <> 'done'")
     assert failed == [("user1/-proj/s017.jsonl", 1, "failed")]
+
+
+def test_consecutive_slices_of_a_workers_table_are_inserted_as_one_slice() -> None:
+    import pyarrow as pa
+
+    from sessionpipe_runner.tables import joined_slices
+
+    whole = pa.table({"session_file": ["a", "a", "b", "c", "c", "c"], "n": [1, 2, 3, 4, 5, 6]})
+    other = pa.table({"session_file": ["z"], "n": [9]})
+    a, b, c = whole.slice(0, 2), whole.slice(2, 1), whole.slice(3, 3)
+    joined = joined_slices([(a, (whole, 0)), (b, (whole, 2)), (other, None), (c, (whole, 3)), (a, (whole, 0))])
+    assert [part.to_pydict()["n"] for part in joined] == [[1, 2, 3], [9], [4, 5, 6], [1, 2]]
+    assert joined_slices([(a, (whole, 0)), (c, (whole, 3))])[0].num_rows == 2  # a gap: not one slice
+    assert joined_slices([(a, (whole, 0)), (b, (whole.slice(0), 2))])[0].num_rows == 2  # another table
