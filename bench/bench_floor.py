@@ -58,7 +58,8 @@ outputs = {}
 for table, sessions in chunks:
     offset = 0
     for key, items, issues, count in sessions:
-        outputs[key] = Output(items=items, issues=issues, arrow={"usage_rows": table.slice(offset, count)})
+        arrow, origin = {"usage_rows": table.slice(offset, count)}, {"usage_rows": (table, offset)}
+        outputs[key] = Output(items=items, issues=issues, arrow=arrow, arrow_origin=origin)  # as work._unpack does
         offset += count
 loaded = time.perf_counter() - loading
 

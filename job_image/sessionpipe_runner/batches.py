@@ -28,9 +28,29 @@ if TYPE_CHECKING:
     from sessionpipe_runner.summary import RunSummary
 
 #: A batchable processor commits at most this many sessions, or this many bytes read, per transaction.
-#: (Each commit costs tens of milliseconds whatever its size: fewer, larger batches are faster.)
-BATCH_SESSIONS = 1024
+#: (Each commit costs tens of milliseconds whatever its size: fewer, larger batches are faster, up
+#: to where the batch's rows, held until the commit, cost more memory than the commits cost time.)
+BATCH_SESSIONS = 2048
 BATCH_BYTES = 64 * 1024 * 1024
+
+
+#: DuckDB's threads while batches are written. An Arrow insert of a batch costs about half as
+#: much on one thread as on two (DuckDB then merges the threads' rows back into insertion order),
+#: and worker processes get the other CPUs (bench/README.md, "Session 8").
+WRITE_THREADS = 1
+
+
+def start_writing(con: duckdb.DuckDBPyConnection) -> None:
+    """Before the batches: DuckDB on :data:`WRITE_THREADS` (:func:`end_writing` gives them back)."""
+    con.execute(f"SET threads = {WRITE_THREADS}")
+
+
+def end_writing(con: duckdb.DuckDBPyConnection) -> None:
+    """After the batches: DuckDB's threads back to its default, for the checkpoint that compresses them.
+
+    (A run whose writes end in an exception skips this: what it still writes is small.)
+    """
+    con.execute("RESET threads")
 
 
 @dataclass

@@ -276,6 +276,7 @@ class Run:
         )
         batch_limit = batches.BATCH_SESSIONS if self.processor.batchable else 1
         pending = Batch()
+        batches.start_writing(con)
         for examined in results:
             self.sigterm.check()  # a processor may have caught the handler's exception
             if self.progress is not None:
@@ -292,6 +293,8 @@ class Run:
                 summary.issues[outcome.value] += 1
                 continue
             assert read is not None
+            if read.data:  # read here, not in a worker: a batch keeps what it records, not the bytes
+                read = read.without_data()
             summary.hashed += 1
             if not read.size:
                 summary.issues["empty_file"] += 1
@@ -325,6 +328,7 @@ class Run:
                 writer.flush(con, pending)
                 pending = Batch()
         writer.flush(con, pending)
+        batches.end_writing(con)
         self.changed |= writer.commits > 0
         if summary.stopped_early is not None:
             summary.message = f"stopped early: {summary.stopped_early}"

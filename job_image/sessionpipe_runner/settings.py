@@ -72,7 +72,7 @@ class RunSettings:
     config: Mapping[str, Any] = field(default_factory=dict)
     termination_log: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
-    workers: int = 0  # worker processes: 0 lets the runner choose, 1 processes in the runner itself
+    workers: int = 0  # workers: 0 lets the runner choose, 1 processes in the runner itself
     db_memory: str = DEFAULT_DB_MEMORY  # DuckDB's memory_limit for this run's connection
 
     @property

@@ -40,7 +40,7 @@ class RunSummary:
     message: str = ""
     lease: str = ""
     writer_epoch: int | None = None
-    workers: int = 0  # worker processes that read and processed files (0: the runner alone)
+    workers: int = 0  # workers (processes or threads) that read and processed files (0: the runner alone)
     #: Why the run ended before its last candidate (a processor's :class:`StopRun` reason), or ``None``.
     stopped_early: str | None = None
 

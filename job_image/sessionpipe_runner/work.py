@@ -5,7 +5,9 @@ touched file from a changed one, run the processor. The runner calls it in its o
 for a processor that declares :attr:`~sessionpipe_runner.processors.base.Processor.parallel` and a
 run with enough to do, hands chunks of candidates to a :class:`WorkerPool`: the workers examine
 them, turn the rows into one Arrow table per processor table (so nothing is pickled row by row),
-and the runner, still the only writer, commits what comes back in order.
+and the runner, still the only writer, commits what comes back in order. The workers are threads
+of the runner's process for a processor that
+:attr:`~sessionpipe_runner.processors.base.Processor.releases_gil`, else processes.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def available_cpus() -> int:
 
 
 def worker_count(requested: int, processor: Processor, candidate_bytes: int) -> int:
-    """How many worker processes a run uses; 0 means the runner processes in its own process.
+    """How many workers a run uses; 0 means the runner processes in its own thread.
 
     ``requested`` is the ``--workers`` setting: 1 or less processes in-process, 0 chooses (one
     per available CPU when the candidates are large enough), more asks for that many.
@@ -238,17 +240,26 @@ def _fail(examined: Examined, error: BaseException) -> None:
     examined.error = ProcessingError(error_text(error))
 
 
-def _tables(examined: Sequence[Examined]) -> dict[str, pa.Table]:
+def _tables(examined: Sequence[Examined], columns: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, pa.Table]:
     outputs = [one.output for one in examined if one.output is not None]
     return {
-        table: to_arrow([row for output in outputs for row in output.rows.get(table, ())], columns)
-        for table, columns in _worker_columns.items()
+        table: to_arrow([row for output in outputs for row in output.rows.get(table, ())], table_columns)
+        for table, table_columns in columns.items()
     }
 
 
 def _examine_chunk(tasks: Sequence[tuple[SessionFile, Committed | None]]) -> Chunk:
-    processor = _worker_processor
-    assert processor is not None, "worker used before its initializer ran"
+    """A worker process's task: its initializer set the processor and the tables' columns."""
+    assert _worker_processor is not None, "worker used before its initializer ran"
+    return examine_chunk(_worker_processor, _worker_columns, tasks)
+
+
+def examine_chunk(
+    processor: Processor,
+    columns: Mapping[str, Sequence[tuple[str, str]]],
+    tasks: Sequence[tuple[SessionFile, Committed | None]],
+) -> Chunk:
+    """Examine a chunk of candidates; their rows become one Arrow table per table in ``columns``."""
     chunk = Chunk(examined=[])
     for file, known in tasks:
         examined = examine(processor, file, known)
@@ -265,17 +276,17 @@ def _examine_chunk(tasks: Sequence[tuple[SessionFile, Committed | None]]) -> Chu
                 _fail(examined, error)
         chunk.examined.append(examined)
     try:
-        chunk.tables = _tables(chunk.examined)
+        chunk.tables = _tables(chunk.examined, columns)
     except Exception:
         # Fail the sessions whose rows do not fit, then convert the rest. Every table is rebuilt,
         # so no table keeps rows of a session failed because of another table.
         for examined in chunk.examined:
             if examined.output is not None:
                 try:
-                    _tables([examined])
+                    _tables([examined], columns)
                 except Exception as error:
                     _fail(examined, error)
-        chunk.tables = _tables(chunk.examined)
+        chunk.tables = _tables(chunk.examined, columns)
     for examined in chunk.examined:
         counts: dict[str, int] = {}
         if examined.output is not None:
@@ -302,21 +313,36 @@ def chunked(
 
 
 class WorkerPool:
-    """Worker processes that examine chunks of candidates; results come back in order.
+    """Workers that examine chunks of candidates; results come back in order.
 
-    At most two chunks per worker are in flight, so memory stays bounded however far the writer
-    falls behind. Workers are started fresh (``spawn``): the runner has DuckDB and maybe a lease
-    thread running, which a forked child must not inherit.
+    At most eight chunks per worker are in flight, so memory stays bounded however far the writer
+    falls behind. For a processor that :attr:`~Processor.releases_gil`, the workers are threads of
+    the runner's process: its parsing runs beside the writer's DuckDB work (which releases the GIL
+    too), with no interpreter to start and nothing pickled. Otherwise they are processes, started
+    fresh (``spawn``): the runner has DuckDB and maybe a lease thread running, which a forked child
+    must not inherit.
     """
 
     def __init__(self, workers: int, processor: Processor, columns: Mapping[str, Sequence[tuple[str, str]]]) -> None:
-        import multiprocessing  # only runs that use workers pay for the import
-
-        context = multiprocessing.get_context("spawn")
         self.workers = workers
-        self.pool: Pool = context.Pool(
-            workers, initializer=_init_worker, initargs=(os.getpid(), processor, dict(columns))
-        )
+        self.threads = processor.releases_gil
+        self.processor = processor
+        self.columns = dict(columns)
+        self.pool: Pool
+        if self.threads:
+            from multiprocessing.pool import ThreadPool
+
+            self.pool = ThreadPool(workers)
+        else:
+            import multiprocessing  # only runs that use workers pay for the import
+
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(workers, initializer=_init_worker, initargs=(os.getpid(), processor, self.columns))
+
+    def _submit(self, tasks: list[tuple[SessionFile, Committed | None]]) -> AsyncResult[Chunk]:
+        if self.threads:
+            return self.pool.apply_async(examine_chunk, (self.processor, self.columns, tasks))
+        return self.pool.apply_async(_examine_chunk, (tasks,))
 
     def examine(self, tasks: Iterable[tuple[SessionFile, Committed | None]]) -> Iterator[Examined]:
         """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``."""
@@ -330,12 +356,15 @@ class WorkerPool:
                 if chunk_tasks is None:
                     exhausted = True
                 else:
-                    in_flight.append(self.pool.apply_async(_examine_chunk, (chunk_tasks,)))
+                    in_flight.append(self._submit(chunk_tasks))
             if in_flight:
                 yield from _unpack(in_flight.popleft().get())
 
     def close(self) -> None:
-        """Stop the workers now (also on SIGTERM, or when the run ends early)."""
+        """Stop the workers now (also on SIGTERM, or when the run ends early).
+
+        A worker thread cannot be stopped: it ends after its chunk, whose result is dropped.
+        """
         self.pool.terminate()
         self.pool.join()
 
@@ -346,5 +375,6 @@ def _unpack(chunk: Chunk) -> Iterator[Examined]:
         if examined.output is not None:
             for table, count in counts.items():
                 examined.output.arrow[table] = chunk.tables[table].slice(offsets[table], count)
+                examined.output.arrow_origin[table] = (chunk.tables[table], offsets[table])
                 offsets[table] += count
         yield examined

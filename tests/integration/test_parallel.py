@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import duckdb
 import pytest
 
+from sessionpipe_contract import EXIT_OK
 from sessionpipe_demo import generate_corpus
 from sessionpipe_runner import work
-from sessionpipe_runner.processors.base import Output, Processor, SessionFile
+from sessionpipe_runner.lease.file import FileLease
+from sessionpipe_runner.processors.base import Migration, Output, Processor, SessionFile, replace_session_rows
 from sessionpipe_runner.processors.usage import UsageProcessor
+from sessionpipe_runner.runner import RunSettings, run
 from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 
 STATE = (
@@ -207,3 +214,115 @@ def test_a_killed_runner_leaves_no_worker_behind_and_the_rerun_completes_the_tab
     rows = "SELECT * FROM usage_rows ORDER BY session_file, line_no"
     assert table(tmp_path / "db.duckdb", rows) == table(reference, rows)
     assert table(tmp_path / "db.duckdb", STATE) == table(reference, STATE)
+
+
+class _WhereRun(Processor):
+    """Records where each session was processed: the process and the thread."""
+
+    name = "where"
+    version = "1"
+    tables = ("where_rows",)
+    batchable = True
+    parallel = True
+
+    def migrations(self) -> Sequence[Migration]:
+        return (Migration("0001", "CREATE TABLE where_rows (session_file VARCHAR, pid BIGINT, thread VARCHAR)"),)
+
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        return Output(rows={"where_rows": [(session.key, os.getpid(), threading.current_thread().name)]}, items=1)
+
+
+class _WhereRunReleasingTheGil(_WhereRun):
+    releases_gil = True
+
+
+def _small_sessions(root: Path, count: int) -> Path:
+    for index in range(count):
+        path = root / f"user{index % 2}" / "-proj" / f"s{index:03}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"i": 1}\n')
+    return root
+
+
+@pytest.mark.parametrize("processor", [_WhereRun(), _WhereRunReleasingTheGil()], ids=["gil-bound", "gil-free"])
+def test_a_processor_that_releases_the_gil_runs_in_threads_of_the_runner_others_in_processes(
+    processor: _WhereRun, tmp_path: Path
+) -> None:
+    sessions = _small_sessions(tmp_path / "sessions", 150)
+    db = tmp_path / "db.duckdb"
+    settings = RunSettings(processor=processor.name, sessions=sessions, database=db, workers=2, lease_wait_seconds=5)
+    summary = run(settings, processor, FileLease(db, processor.name))
+    assert (summary.exit_code, summary.workers, summary.processed) == (EXIT_OK, 2, 150)
+    where = table(db, "SELECT pid, thread FROM where_rows")
+    assert len(where) == 150
+    if processor.releases_gil:  # no interpreter started, nothing pickled
+        assert {pid for pid, _ in where} == {os.getpid()}
+        assert "MainThread" not in {thread for _, thread in where}
+    else:  # processes, so that a GIL-bound processor's work runs in parallel
+        assert os.getpid() not in {pid for pid, _ in where}
+        assert len({pid for pid, _ in where}) >= 1
+
+
+class _WriteThreads(_WhereRun):
+    """Looks at DuckDB's threads while its batches are written (a write of its own: in the runner)."""
+
+    parallel = False
+    seen: ClassVar[list[str]] = []
+
+    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+        replace_session_rows(con, self.tables, batch)
+        (threads,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
+        self.seen.append(str(threads))
+
+    def finish(self, con: duckdb.DuckDBPyConnection) -> Counter[str]:
+        (threads,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
+        self.seen.append(f"after: {threads}")
+        return Counter()
+
+
+def test_batches_are_written_on_one_duckdb_thread_and_the_threads_come_back_after(tmp_path: Path) -> None:
+    sessions = _small_sessions(tmp_path / "sessions", 3)
+    db = tmp_path / "db.duckdb"
+    settings = RunSettings(processor="where", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
+    _WriteThreads.seen = []
+    assert run(settings, _WriteThreads(), FileLease(db, "where")).exit_code == EXIT_OK
+    with duckdb.connect() as con:
+        (default,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
+    assert _WriteThreads.seen == ["1", f"after: {default}"]
+
+
+class _FailsOnCueInThreads(_WhereRunReleasingTheGil):
+    def process(self, session: SessionFile, data: bytes) -> Output:
+        if b"PLEASE-FAIL" in data:
+            raise RuntimeError(f"refusing {session.key}: it asks to fail")
+        return super().process(session, data)
+
+
+def test_a_session_that_fails_in_a_worker_thread_fails_alone(tmp_path: Path) -> None:
+    sessions = _small_sessions(tmp_path / "sessions", 40)
+    (sessions / "user1" / "-proj" / "s017.jsonl").write_text('{"m": "PLEASE-FAIL"}\n')
+    db = tmp_path / "db.duckdb"
+    processor = _FailsOnCueInThreads()
+    settings = RunSettings(processor=processor.name, sessions=sessions, database=db, workers=2, lease_wait_seconds=5)
+    summary = run(settings, processor, FileLease(db, processor.name))
+    assert (summary.workers, summary.processed, summary.errors) == (2, 39, 1)
+    assert summary.failures == {
+        "user1/-proj/s017.jsonl": "RuntimeError: refusing user1/-proj/s017.jsonl: it asks to fail"
+    }
+    assert table(db, "SELECT count(*) FROM where_rows")[0][0] == 39
+    failed = table(db, "SELECT session_file, attempts, status FROM session_processor_state WHERE status <> 'done'")
+    assert failed == [("user1/-proj/s017.jsonl", 1, "failed")]
+
+
+def test_consecutive_slices_of_a_workers_table_are_inserted_as_one_slice() -> None:
+    import pyarrow as pa
+
+    from sessionpipe_runner.tables import joined_slices
+
+    whole = pa.table({"session_file": ["a", "a", "b", "c", "c", "c"], "n": [1, 2, 3, 4, 5, 6]})
+    other = pa.table({"session_file": ["z"], "n": [9]})
+    a, b, c = whole.slice(0, 2), whole.slice(2, 1), whole.slice(3, 3)
+    joined = joined_slices([(a, (whole, 0)), (b, (whole, 2)), (other, None), (c, (whole, 3)), (a, (whole, 0))])
+    assert [part.to_pydict()["n"] for part in joined] == [[1, 2, 3], [9], [4, 5, 6], [1, 2]]
+    assert joined_slices([(a, (whole, 0)), (c, (whole, 3))])[0].num_rows == 2  # a gap: not one slice
+    assert joined_slices([(a, (whole, 0)), (b, (whole.slice(0), 2))])[0].num_rows == 2  # another table

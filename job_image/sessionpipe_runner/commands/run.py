@@ -106,8 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=arg_type(non_negative_int),
         metavar="N",
-        help="processes that read and process files, for processors that allow it: 1 for none besides the "
-        "runner, 0 (default) for one per available CPU when there are over 32 MB to read "
+        help="workers that read and process files, for processors that allow it (processes, or threads for a "
+        "processor that releases the GIL): 1 for none besides the runner, 0 (default) for one per available "
+        "CPU when there are over 32 MB to read "
         f"(env {ENV_WORKERS})",
     )
     p.add_argument(

@@ -82,9 +82,12 @@ class Output:
     items: int = 0
     issues: Counter[str] = field(default_factory=Counter)
     counters: Counter[str] = field(default_factory=Counter)
-    #: ``rows`` already converted to Arrow, by table: filled by the runner's worker processes
-    #: (see :attr:`Processor.parallel`), never by processors.
+    #: ``rows`` already converted to Arrow, by table: filled by the runner's workers (see
+    #: :attr:`Processor.parallel`), never by processors.
     arrow: dict[str, pa.Table] = field(default_factory=dict)
+    #: Where each table of ``arrow`` lies in the worker's table of several sessions (that table,
+    #: its first row there): consecutive sessions' rows are inserted as one slice of it.
+    arrow_origin: dict[str, tuple[pa.Table, int]] = field(default_factory=dict)
     #: Set by the runner when this is the output of :meth:`Processor.process_appended`: the rows
     #: are added to the session's stored rows, which :meth:`Processor.write` must keep.
     appended: bool = False
@@ -155,6 +158,10 @@ class Processor:
     #: :meth:`start` set up (no budgets, no shared state, picklable after ``start``), and that keeps
     #: the default :meth:`write`, may be run in worker processes (``--workers``) on large runs.
     parallel: ClassVar[bool] = False
+    #: A :attr:`parallel` processor whose :meth:`process` spends most of its time with the GIL
+    #: released (a compiled parser) and may run in several threads at once: its workers are threads
+    #: of the runner's process, not processes (no interpreter to start, no rows pickled).
+    releases_gil: ClassVar[bool] = False
     #: A processor whose rows for a line depend on that line alone (not on the lines before it) may
     #: be given only the lines appended to a file since its rows were committed (Claude Code only
     #: appends to a transcript): the runner calls :meth:`process_appended` with them when the
@@ -261,4 +268,5 @@ def replace_session_rows(
         table_rows = [row for _, output in batch for row in output.rows.get(table, ())]
         if table_rows:
             table_writes.insert_rows(con, table, table_rows)
-        table_writes.insert_arrow(con, table, [output.arrow[table] for _, output in batch if table in output.arrow])
+        parts = [(output.arrow[table], output.arrow_origin.get(table)) for _, output in batch if table in output.arrow]
+        table_writes.insert_arrow(con, table, table_writes.joined_slices(parts))
