@@ -6,7 +6,8 @@ the snapshot's cost, peak memory, and the unchanged re-run over 100,000 files.
 size, :func:`bench.bench_usage.measure` runs both tools interleaved on a working copy: cold runs
 into a new database, then incremental runs after one appended line (ccusage re-reads everything),
 then times publishing the snapshot of the database the runs left. ``--files 0`` skips the
-unchanged re-run.
+unchanged re-run. ``--skip-cold`` measures only the incremental runs (one untimed run builds the
+database; :mod:`bench.bench_incremental`), which saves the cold runs of both tools.
 
 Targets: cold >= 1.0x ccusage at 220 MB and 1 GB; incremental >= 20x ccusage at 1 GB and >= 30x at
 3 GB; publishing the snapshot < 20 % of the incremental run; peak memory (PSS, all processes)
@@ -23,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_incremental import measure_incremental  # noqa: E402
+from bench.bench_incremental import report as incremental_report  # noqa: E402
 from bench.bench_unchanged import measure_unchanged  # noqa: E402
 from bench.bench_usage import MB, CorpusRun, measure, verdict  # noqa: E402
 from bench.gen_corpus import DEFAULT_OUT, ensure_corpus  # noqa: E402
@@ -67,18 +70,33 @@ def report(megabytes: int, result: CorpusRun) -> list[str]:
     return lines
 
 
+def incremental_only(megabytes: int, source: Path, launcher: Path, repeat: int) -> bool:
+    """``--skip-cold``: print the incremental figures of one corpus and their verdict; whether the tokens agree."""
+    result = measure_incremental(source, launcher, repeat)
+    print("\n".join(incremental_report(result)), flush=True)
+    target = incremental_target(megabytes)
+    if target is not None:
+        print(f"  incremental >= {target:.0f}x ccusage: {verdict(result.ratio >= target)}", flush=True)
+    return result.our_tokens == result.their_tokens
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="220:8:1,1000:16:2,3000:32:3", help="megabytes:users:seed, comma-separated")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--files", type=int, default=100_000, help="small files for the unchanged re-run (0: skip)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--skip-cold", action="store_true", help="measure the incremental runs only")
     args = parser.parse_args()
     launcher = ccusage.install()
     tokens_agree = True
     for size in args.sizes.split(","):
         megabytes, users, seed = (int(part) for part in size.split(":"))
-        result = measure(ensure_corpus(args.out, megabytes, users, seed), launcher, args.repeat)
+        source = ensure_corpus(args.out, megabytes, users, seed)
+        if args.skip_cold:
+            tokens_agree &= incremental_only(megabytes, source, launcher, args.repeat)
+            continue
+        result = measure(source, launcher, args.repeat)
         tokens_agree &= result.our_tokens == result.their_tokens
         print("\n".join(report(megabytes, result)), flush=True)
     if args.files:

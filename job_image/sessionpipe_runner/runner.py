@@ -195,17 +195,18 @@ class Run:
         """Scan the volume and decide: the candidates, each with what the store knows of its content."""
         scan = scan_roots(self.settings.session_roots, self.settings.user)
         self.summary.issues.update(scan.issues)
-        self.summary.scanned = len(scan.files)
+        self.summary.scanned = len(scan)
         version = self.processor.version
-        store.record_scan(con, [(file.key, file.size, file.mtime_ns) for file in scan.files])
-        self._mark_vanished(con)
-        unsettled = store.unsettled_state(con, self.processor.name, version)
+        user = self.settings.user
+        compared = store.compare_scan(con, self.processor.name, version, user, (scan.keys, scan.sizes, scan.mtimes))
+        self._mark_vanished(con, compared.vanished, compared.reappeared)
+        unsettled = compared.unsettled
         self.states = {key: state for key, state in unsettled.items() if state is not None}
+        decided = plan(scan, unsettled, version)
+        self.summary.unchanged += decided.unchanged
         candidates: list[tuple[SessionFile, Committed | None]] = []
-        for file, decision in plan(scan.files, unsettled, version):
-            if decision is Decision.UNCHANGED:
-                self.summary.unchanged += 1
-            elif decision is Decision.QUARANTINED:
+        for file, decision in decided.decided:
+            if decision is Decision.QUARANTINED:
                 self.summary.skipped += 1
                 self.summary.issues["quarantined_unchanged"] += 1
             else:
@@ -225,17 +226,20 @@ class Run:
             return Committed(state.content_hash)
         return Committed(state.content_hash, state.content_length, state.line_count)
 
-    def _mark_vanished(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Mark files the scan no longer finds as vanished (their rows stay), and found ones as live."""
-        marked: list[tuple[int, int]] = []
-        name, user = self.processor.name, self.settings.user
-        self.fence.commit(con, lambda: marked.append(store.mark_vanished(con, name, user, _now())))
-        vanished, reappeared = marked[0]
-        self.changed |= bool(vanished or reappeared)
+    def _mark_vanished(self, con: duckdb.DuckDBPyConnection, vanished: list[str], reappeared: list[str]) -> None:
+        """Mark files the scan no longer finds as vanished (their rows stay), and found ones as live.
+
+        Most runs find no such file: they write nothing, and pay no transaction, here.
+        """
+        if not (vanished or reappeared):
+            return
+        name = self.processor.name
+        self.fence.commit(con, lambda: store.mark_vanished(con, name, vanished, reappeared, _now()))
+        self.changed = True
         if vanished:
-            self.summary.issues["session_file_vanished"] += vanished
+            self.summary.issues["session_file_vanished"] += len(vanished)
         if reappeared:
-            self.summary.issues["session_file_reappeared"] += reappeared
+            self.summary.issues["session_file_reappeared"] += len(reappeared)
 
     def _columns(self, con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
         return {table: store.table_columns(con, table) for table in self.processor.tables}

@@ -55,14 +55,76 @@ MAX_FOLDER_DEPTH = 32
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """What the files found in one folder have in common: their keys' start, and enough to make
+    each one's :class:`SessionFile`."""
+
+    user: str
+    parts: tuple[str, ...]  # key components of the folder below the user's folder
+    escaped: bool  # whether the user's or one of these components is an escaped name
+    key_prefix: str  # what every file's key here starts with (computed once per folder, not per file)
+    location_prefix: str  # the folder's location, with a trailing slash
+    root: str
+
+    def session_file(self, key: str, name: str, size: int, mtime_ns: int) -> SessionFile:
+        project, session_id = session_identity([*self.parts, key_part(name)])
+        location = self.location_prefix + name
+        return SessionFile(key, location, self.user, project, session_id, size, mtime_ns, self.root)
+
+
 @dataclass
 class ScanResult:
-    """The session files found, and everything else met on the way, counted by reason."""
+    """The session files found, as columns (index ``i`` of each is one file), and everything else
+    met on the way, counted by reason.
 
-    files: list[SessionFile] = field(default_factory=list)
+    A run compares files by (key, size, mtime) alone, and most of them go no further: the
+    :class:`SessionFile` of a file is made by :meth:`file`, for the few a run must look at.
+    """
+
+    keys: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)  # st_mtime_ns
+    names: list[str] = field(default_factory=list)  # each file's name in its folder
+    origins: list[_Origin] = field(default_factory=list)
     issues: Counter[str] = field(default_factory=Counter)
-    #: Indexes in ``files`` of the files whose key has an escaped (undecodable) name in it.
+    #: Indexes of the files whose key has an escaped (undecodable) name in it.
     escaped: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def file(self, index: int) -> SessionFile:
+        """The :class:`SessionFile` of the file at ``index``."""
+        key, name, size, mtime_ns = self.keys[index], self.names[index], self.sizes[index], self.mtimes[index]
+        return self.origins[index].session_file(key, name, size, mtime_ns)
+
+    @property
+    def files(self) -> list[SessionFile]:
+        """Every file's :class:`SessionFile`, in scan order (made anew on each use: for tests and tools)."""
+        return [self.file(index) for index in range(len(self.keys))]
+
+    def _append(self, other: ScanResult, index: int) -> None:
+        """Add ``other``'s file at ``index``."""
+        self.keys.append(other.keys[index])
+        self.sizes.append(other.sizes[index])
+        self.mtimes.append(other.mtimes[index])
+        self.names.append(other.names[index])
+        self.origins.append(other.origins[index])
+
+    def _replace(self, at: int, other: ScanResult, index: int) -> None:
+        """Put ``other``'s file at ``index`` in place of this scan's file at ``at``."""
+        self.keys[at], self.sizes[at], self.mtimes[at] = other.keys[index], other.sizes[index], other.mtimes[index]
+        self.names[at], self.origins[at] = other.names[index], other.origins[index]
+
+    def _drop(self, dropped: set[int]) -> None:
+        """Remove the files at these indexes."""
+        kept = [index for index in range(len(self.keys)) if index not in dropped]
+        self.keys = [self.keys[index] for index in kept]
+        self.sizes = [self.sizes[index] for index in kept]
+        self.mtimes = [self.mtimes[index] for index in kept]
+        self.names = [self.names[index] for index in kept]
+        self.origins = [self.origins[index] for index in kept]
 
 
 def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
@@ -82,7 +144,7 @@ def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
     try:
         if user is not None:
             user_key = key_part(user)
-            _walk(_enter(user_key, os.dup(root_fd), location, [], user_key != user, result), location, result)
+            _walk(_enter(user_key, os.dup(root_fd), location, [], user_key != user, location, result), result)
         else:
             _walk_users(root_fd, location, result)
     finally:
@@ -100,20 +162,22 @@ def scan_roots(roots: Sequence[Path], user: str | None = None) -> ScanResult:
     largest copy is read (it holds the most lines; on a tie the root listed first), and each other
     copy is counted ``duplicate_in_other_root``.
     """
+    scans = [scan_sessions(root, user) for root in roots]
+    if len(scans) == 1:
+        return scans[0]  # its keys are unique already
     merged = ScanResult()
     chosen: dict[str, int] = {}
-    for root in roots:
-        scan = scan_sessions(root, user)
+    for scan in scans:
         merged.issues.update(scan.issues)
-        for file in scan.files:
-            index = chosen.get(file.key)
-            if index is None:
-                chosen[file.key] = len(merged.files)
-                merged.files.append(file)
+        for index, key in enumerate(scan.keys):
+            at = chosen.get(key)
+            if at is None:
+                chosen[key] = len(merged.keys)
+                merged._append(scan, index)
                 continue
             merged.issues["duplicate_in_other_root"] += 1
-            if file.size > merged.files[index].size:
-                merged.files[index] = file
+            if scan.sizes[index] > merged.sizes[at]:
+                merged._replace(at, scan, index)
     return merged
 
 
@@ -126,24 +190,24 @@ class _Kind(Enum):
 
 @dataclass
 class _Folder:
-    """A folder being walked: its open descriptor, and what its files' keys and locations start with."""
+    """A folder being walked: its open descriptor, what its files share, and its entries still to walk
+    (folders and odd entries: its session files are added on entering it)."""
 
     fd: int
     location: str
-    parts: list[str]  # key components below the user's folder
-    escaped: bool  # whether the user's or one of these components is an escaped name
+    origin: _Origin
     entries: Iterator[os.DirEntry[str]]
-    #: What every file's key and location here start with (computed once per folder, not per file).
-    key_prefix: str = ""
-    location_prefix: str = ""
 
 
-def _enter(user: str, fd: int, location: str, parts: list[str], escaped: bool, result: ScanResult) -> _Folder:
-    """The folder open as ``fd``, listed (``fd`` is closed if listing is interrupted)."""
+def _enter(
+    user: str, fd: int, location: str, parts: list[str], escaped: bool, root: str, result: ScanResult
+) -> _Folder:
+    """The folder open as ``fd``, listed, its session files added (``fd`` is closed if interrupted)."""
     try:
-        entries = iter(_entries(fd, result))
         key_prefix = "/".join([user, *parts]) + "/"
-        return _Folder(fd, location, parts, escaped, entries, key_prefix, _join(location, ""))
+        origin = _Origin(user, tuple(parts), escaped, key_prefix, _join(location, ""), root)
+        rest = _add_session_files(origin, _entries(fd, result), result)
+        return _Folder(fd, location, origin, iter(rest))
     except BaseException:
         os.close(fd)
         raise
@@ -161,8 +225,8 @@ def _walk_users(root_fd: int, location: str, result: ScanResult) -> None:
             fd = _open_folder(root_fd, entry.name, result)
             if fd is not None:
                 user = key_part(entry.name)
-                folder = _enter(user, fd, _join(location, entry.name), [], user != entry.name, result)
-                _walk(folder, location, result)
+                folder = _enter(user, fd, _join(location, entry.name), [], user != entry.name, location, result)
+                _walk(folder, result)
         elif kind is not _Kind.COUNTED:
             result.issues["outside_user_folder" if entry.name.endswith(SESSION_SUFFIX) else "not_jsonl"] += 1
 
@@ -214,14 +278,14 @@ def _points_to_directory(entry: os.DirEntry[str]) -> bool:
         return False  # a loop, or a target that cannot be looked at
 
 
-def _walk(user_folder: _Folder, root: str, result: ScanResult) -> None:
+def _walk(user_folder: _Folder, result: ScanResult) -> None:
     """Add the session files of one user's folder (its descriptor is closed here), depth first.
 
     At most :data:`MAX_FOLDER_DEPTH` + 1 folders are open at once, one per level.
 
     Without recursion: the depth of the tree is the volume's to choose.
     """
-    user = user_folder.key_prefix[:-1]
+    user, root = user_folder.origin.user, user_folder.origin.root
     stack = [user_folder]
     try:
         while stack:
@@ -229,11 +293,6 @@ def _walk(user_folder: _Folder, root: str, result: ScanResult) -> None:
             entry = next(folder.entries, None)
             if entry is None:
                 os.close(stack.pop().fd)
-                continue
-            # Most entries are session files: a regular file by the listing's d_type (no system
-            # call, never a symlink) skips the general sorting below.
-            if entry.name.endswith(SESSION_SUFFIX) and _plain_file(entry):
-                _add_file(entry, False, folder, user, root, result)
                 continue
             kind = _kind(entry, result)
             if kind is _Kind.DIRECTORY:
@@ -244,10 +303,10 @@ def _walk(user_folder: _Folder, root: str, result: ScanResult) -> None:
                 if fd is not None:
                     part = key_part(entry.name)
                     location = _join(folder.location, entry.name)
-                    escaped = folder.escaped or part != entry.name
-                    stack.append(_enter(user, fd, location, [*folder.parts, part], escaped, result))
+                    escaped = folder.origin.escaped or part != entry.name
+                    stack.append(_enter(user, fd, location, [*folder.origin.parts, part], escaped, root, result))
             elif kind is not _Kind.COUNTED:
-                _add_file(entry, kind is _Kind.SYMLINK, folder, user, root, result)
+                _add_odd_file(entry, kind is _Kind.SYMLINK, folder.origin, result)
     finally:
         for folder in stack:
             os.close(folder.fd)
@@ -261,11 +320,76 @@ def _plain_file(entry: os.DirEntry[str]) -> bool:
         return False  # the general path looks again and counts why
 
 
-def _add_file(
-    entry: os.DirEntry[str], is_symlink: bool, folder: _Folder, user: str, root: str, result: ScanResult
+def _add_session_files(origin: _Origin, entries: list[os.DirEntry[str]], result: ScanResult) -> list[os.DirEntry[str]]:
+    """Add the folder's regular ``.jsonl`` files, all at once; returns its other entries, to walk.
+
+    Most entries are session files, and a re-run with nothing to do is mostly this: the listing's
+    d_type tells a regular file without a system call (never a symlink), one ``lstat`` each gives
+    size and mtime, and each step is one comprehension over the folder rather than a call per file.
+    """
+    try:
+        plain = [
+            entry for entry in entries if entry.name.endswith(SESSION_SUFFIX) and entry.is_file(follow_symlinks=False)
+        ]
+    except OSError:  # the listing had no type and a look failed: sort them one by one
+        plain = [entry for entry in entries if entry.name.endswith(SESSION_SUFFIX) and _plain_file(entry)]
+    if not plain:
+        return entries
+    rest: list[os.DirEntry[str]] = []
+    if len(plain) < len(entries):
+        chosen = set(plain)
+        rest = [entry for entry in entries if entry not in chosen]
+    try:
+        infos = [entry.stat(follow_symlinks=False) for entry in plain]
+    except OSError:  # one vanished since the listing (a stat that worked is cached: not done twice)
+        plain, infos = _stat_each(plain, result)
+    _append_files(origin, plain, infos, result)
+    return rest
+
+
+def _stat_each(
+    entries: list[os.DirEntry[str]], result: ScanResult
+) -> tuple[list[os.DirEntry[str]], list[os.stat_result]]:
+    """The entries that could be looked at, with their ``lstat``; the others counted."""
+    kept: list[os.DirEntry[str]] = []
+    infos: list[os.stat_result] = []
+    for entry in entries:
+        try:
+            infos.append(entry.stat(follow_symlinks=False))
+        except OSError as error:
+            result.issues[_os_reason(error)] += 1
+            continue
+        kept.append(entry)
+    return kept, infos
+
+
+def _append_files(
+    origin: _Origin, entries: list[os.DirEntry[str]], infos: list[os.stat_result], result: ScanResult
 ) -> None:
-    name = entry.name
-    if not name.endswith(SESSION_SUFFIX):
+    """Add files of the folder of ``origin``, by entry and ``lstat``; one no longer a regular file is counted."""
+    if not all([stat.S_ISREG(info.st_mode) for info in infos]):
+        regular = [index for index, info in enumerate(infos) if stat.S_ISREG(info.st_mode)]
+        result.issues["not_a_file"] += len(infos) - len(regular)
+        entries, infos = [entries[index] for index in regular], [infos[index] for index in regular]
+    names = [entry.name for entry in entries]
+    start = len(result.keys)
+    if "".join(names).isascii():  # the common case: every name is its own key component
+        parts, renamed = names, []
+    else:
+        parts = [key_part(name) for name in names]
+        renamed = [start + index for index, (part, name) in enumerate(zip(parts, names, strict=True)) if part != name]
+    prefix = origin.key_prefix
+    result.keys += [prefix + part for part in parts]
+    result.sizes += [info.st_size for info in infos]
+    result.mtimes += [info.st_mtime_ns for info in infos]
+    result.names += names
+    result.origins += [origin] * len(names)
+    result.escaped += range(start, start + len(names)) if origin.escaped else renamed
+
+
+def _add_odd_file(entry: os.DirEntry[str], is_symlink: bool, origin: _Origin, result: ScanResult) -> None:
+    """An entry the bulk pass left: not ``.jsonl``, a symlink, not a regular file, or not known to be one."""
+    if not entry.name.endswith(SESSION_SUFFIX):
         result.issues["not_jsonl"] += 1
         return
     if is_symlink:
@@ -276,29 +400,7 @@ def _add_file(
     except OSError as error:
         result.issues[_os_reason(error)] += 1
         return
-    if not stat.S_ISREG(info.st_mode):
-        result.issues["not_a_file"] += 1
-        return
-    part = name if name.isascii() else key_part(name)
-    parts = folder.parts
-    if len(parts) >= 2:
-        project, session_id = parts[0], parts[1]  # session_identity, without a list per file
-    else:
-        project, session_id = session_identity([*parts, part])
-    if folder.escaped or part != name:
-        result.escaped.append(len(result.files))
-    result.files.append(
-        SessionFile(
-            key=folder.key_prefix + part,
-            location=folder.location_prefix + name,
-            user=user,
-            project=project,
-            session_id=session_id,
-            size=info.st_size,
-            mtime_ns=info.st_mtime_ns,
-            root=root,
-        )
-    )
+    _append_files(origin, [entry], [info], result)
 
 
 def _drop_name_collisions(result: ScanResult) -> None:
@@ -308,12 +410,12 @@ def _drop_name_collisions(result: ScanResult) -> None:
     """
     if not result.escaped:
         return
-    claims = Counter(file.key for file in result.files)
-    dropped = {index for index in result.escaped if claims[result.files[index].key] > 1}
+    claims = Counter(result.keys)
+    dropped = {index for index in result.escaped if claims[result.keys[index]] > 1}
     if dropped:
         result.issues["name_collision"] += len(dropped)
-        result.files = [file for index, file in enumerate(result.files) if index not in dropped]
-        result.escaped = []
+        result._drop(dropped)
+        result.escaped = []  # the indexes no longer hold
 
 
 class Decision(Enum):
@@ -337,17 +439,32 @@ def decide(file: SessionFile, state: StateRow | None, version: str) -> Decision:
     return Decision.UNCHANGED if stat_same else Decision.CHECK
 
 
-def plan(
-    files: Sequence[SessionFile], unsettled: Mapping[str, StateRow | None], version: str
-) -> Iterator[tuple[SessionFile, Decision]]:
-    """Each file with its decision, in a stable order (by key).
+@dataclass
+class Plan:
+    """What a run does with the files of a scan."""
+
+    unchanged: int  # how many files are unchanged (never made into a SessionFile)
+    #: Every other file with its decision, by key.
+    decided: list[tuple[SessionFile, Decision]]
+
+
+def plan(scan: ScanResult, unsettled: Mapping[str, StateRow | None], version: str) -> Plan:
+    """Each file's decision: a file not in ``unsettled`` is unchanged, the others are decided by :func:`decide`.
 
     ``unsettled`` has the state (``None`` if there is none) of every file that may be anything but
-    unchanged, as :func:`~sessionpipe_runner.store.unsettled_state` finds them; a file not in it
-    is unchanged.
+    unchanged, as :func:`~sessionpipe_runner.store.compare_scan` finds them. Only those files
+    get a :class:`SessionFile`.
     """
-    for file in sorted(files, key=lambda f: f.key):
-        if file.key in unsettled:
-            yield file, decide(file, unsettled[file.key], version)
+    if not unsettled:
+        return Plan(len(scan), [])
+    keys = scan.keys
+    looked_at = sorted((index for index, key in enumerate(keys) if key in unsettled), key=keys.__getitem__)
+    result = Plan(len(scan) - len(looked_at), [])
+    for index in looked_at:
+        file = scan.file(index)
+        decision = decide(file, unsettled[file.key], version)
+        if decision is Decision.UNCHANGED:
+            result.unchanged += 1
         else:
-            yield file, Decision.UNCHANGED
+            result.decided.append((file, decision))
+    return result

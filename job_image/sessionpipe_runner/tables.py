@@ -107,10 +107,10 @@ def _insert_table(con: duckdb.DuckDBPyConnection, verb: str, table: str, arrow: 
 
 def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, parts: Sequence[pa.Table]) -> None:
     """Insert Arrow tables holding ``table``'s columns (from worker processes) in one statement."""
-    import pyarrow as pa
-
     parts = [part for part in parts if part.num_rows]
     if not parts:
-        return
+        return  # before importing pyarrow: a run that appends a few rows never needs it
+    import pyarrow as pa
+
     # One contiguous table: DuckDB scans a table of many small chunks (a slice per session) slowly.
     _insert_table(con, "INSERT", table, pa.concat_tables(parts, promote_options="default").combine_chunks())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from tests.runner_support import CORPUS
+from tests.support.db import rows
 from tests.unit.test_startup import heavy, loaded_modules
 
 #: What a run that finds every file unchanged must not load. (DuckDB's engine, ``_duckdb``, it
@@ -35,3 +38,20 @@ def test_a_run_with_nothing_to_do_imports_no_arrow_no_wrapper_and_no_other_comma
     ]
     loaded_modules(argv)  # the first run writes the rows
     assert heavy(loaded_modules(argv), NOT_FOR_A_RUN_WITH_NOTHING_TO_DO) == []
+
+
+def test_a_run_after_one_appended_line_imports_no_arrow_and_no_wrapper(tmp_path: Path) -> None:
+    projects = tmp_path / "projects"
+    shutil.copytree(CORPUS / "ccusage-fixtures" / "projects", projects)  # a copy in tmp: this test appends
+    argv = ["run", "--processor", "usage", "--sessions", str(projects), "--user", "alice"]
+    argv += ["--db", str(tmp_path / "u.duckdb"), "--workers", "1"]
+    loaded_modules(argv)
+    grown = projects / "project-alpha" / "session-alpha" / "chat.jsonl"
+    call = json.loads(next(line for line in grown.read_bytes().splitlines() if b'"usage"' in line))
+    call["message"]["id"], call["requestId"] = "msg_appended", "req_appended"
+    with grown.open("ab") as handle:
+        handle.write(json.dumps(call).encode() + b"\n")
+
+    assert heavy(loaded_modules(argv), ("pyarrow", "duckdb")) == []
+    appended = "SELECT count(*) FROM usage_rows WHERE message_id = 'msg_appended'"
+    assert rows(tmp_path / "u.duckdb", appended) == [(1,)]  # the run did write the appended call

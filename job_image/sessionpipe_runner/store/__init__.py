@@ -34,10 +34,10 @@ from sessionpipe_runner import migrations
 from sessionpipe_runner.migrations import Migration
 from sessionpipe_runner.store.state import (
     STATE_TABLE,
+    ScanComparison,
     StateRow,
+    compare_scan,
     mark_vanished,
-    record_scan,
-    unsettled_state,
     update_seen,
     upsert_state,
 )
@@ -52,17 +52,17 @@ __all__ = [
     "RUNNER_MIGRATIONS",
     "STATE_TABLE",
     "DatabaseLocked",
+    "ScanComparison",
     "StateRow",
     "StoreError",
     "column_names",
+    "compare_scan",
     "connect",
     "has_column",
     "mark_vanished",
     "migrate",
-    "record_scan",
     "table_columns",
     "transaction",
-    "unsettled_state",
     "update_seen",
     "upsert_state",
 ]

@@ -42,53 +42,75 @@ def _file_stats(files: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
     return {"keys": keys, "sizes": sizes, "mtimes": mtimes}
 
 
-#: The files a run's scan found, (session_file, size, mtime_ns): a temporary table of the connection.
-SCANNED_TABLE = "scanned_files"
+class ScanComparison(NamedTuple):
+    """A scan against the state: the files a run must look at, and the vanished marks to change."""
+
+    #: The state of each scanned file that is not plainly unchanged (``None``: never seen).
+    unsettled: dict[str, StateRow | None]
+    vanished: list[str]  # files of the state the scan covered but did not find, not marked yet
+    reappeared: list[str]  # files marked vanished that the scan found again
 
 
-def record_scan(con: duckdb.DuckDBPyConnection, files: Sequence[tuple[str, int, int]]) -> None:
-    """Hand the scanned files' (key, size, mtime_ns) to the database once, for the statements that
-    compare them with the state (:func:`unsettled_state`, :func:`mark_vanished`).
-
-    Turning 100,000 keys into a statement's parameter is most of such a statement's cost; done
-    once into a temporary table, the two statements after it cost a tenth of what they did.
-    """
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {SCANNED_TABLE} AS SELECT unnest($keys::VARCHAR[]) AS session_file, "
-        "unnest($sizes::BIGINT[]) AS size, unnest($mtimes::BIGINT[]) AS mtime_ns",
-        {
-            "keys": [file[0] for file in files],
-            "sizes": [file[1] for file in files],
-            "mtimes": [file[2] for file in files],
-        },
-    )
-
-
-#: The rule by which :func:`~sessionpipe_runner.scan.decide` calls a file unchanged, in SQL.
-_UNSETTLED_STATE = f"""
-SELECT scanned.session_file, state.size, state.mtime_ns, state.content_hash, state.processor_version,
-       state.attempts, state.status, state.items, state.content_length, state.line_count
-FROM {SCANNED_TABLE} AS scanned
-LEFT JOIN session_processor_state AS state
-       ON state.processor = $processor AND state.session_file = scanned.session_file
-WHERE state.session_file IS NULL
-   OR NOT (state.processor_version = $version
-           AND state.status NOT IN ('failed', 'quarantined')
-           AND state.size = scanned.size
-           AND state.mtime_ns = scanned.mtime_ns)
+#: One pass over the scanned files and the processor's state, keeping the rows that matter: the
+#: scanned files :func:`~sessionpipe_runner.scan.decide` may call anything but unchanged, and the
+#: files whose vanished mark is wrong. Most runs get no row at all back.
+_COMPARE_SCAN = f"""
+WITH scanned AS (
+    SELECT unnest($keys::VARCHAR[]) AS session_file, unnest($sizes::BIGINT[]) AS size,
+           unnest($mtimes::BIGINT[]) AS mtime_ns
+), state AS (
+    SELECT * FROM {STATE_TABLE} WHERE processor = $processor
+), compared AS (
+    SELECT coalesce(scanned.session_file, state.session_file) AS session_file, state.size, state.mtime_ns,
+           state.content_hash, state.processor_version, state.attempts, state.status, state.items,
+           state.content_length, state.line_count,
+           scanned.session_file IS NOT NULL AS found,
+           state.vanished_at IS NOT NULL AS marked,
+           scanned.session_file IS NOT NULL
+           AND (state.session_file IS NULL
+                OR NOT (state.processor_version = $version
+                        AND state.status NOT IN ('failed', 'quarantined')
+                        AND state.size = scanned.size
+                        AND state.mtime_ns = scanned.mtime_ns)) AS unsettled,
+           $user::VARCHAR IS NULL OR state.user_name = $user AS covered
+    FROM scanned FULL OUTER JOIN state ON state.session_file = scanned.session_file
+)
+SELECT * EXCLUDE (covered) FROM compared
+WHERE unsettled OR (found AND marked) OR (NOT found AND NOT marked AND covered)
 """
 
 
-def unsettled_state(con: duckdb.DuckDBPyConnection, processor: str, version: str) -> dict[str, StateRow | None]:
-    """The state of each scanned file (:func:`record_scan`) that is not plainly unchanged; ``None`` if new.
+def compare_scan(
+    con: duckdb.DuckDBPyConnection,
+    processor: str,
+    version: str,
+    user: str | None,
+    scan: tuple[list[str], list[int], list[int]],
+) -> ScanComparison:
+    """Compare a scan, ``(keys, sizes, mtimes)`` (ns; index ``i`` of each is one file), with the state.
 
-    A file is left out when its state row is for ``version``, neither failed nor quarantined, with
-    the scanned size and mtime: what :func:`~sessionpipe_runner.scan.decide` calls unchanged. The
-    database does that comparison in one join, so a re-run over 100,000 unchanged files builds no
-    Python object per file (``tests/unit/test_scan_plan.py`` holds the two rules together).
+    A file is unsettled unless its state row is for ``version``, neither failed nor quarantined,
+    with the scanned size and mtime: what :func:`~sessionpipe_runner.scan.decide` calls unchanged
+    (``tests/unit/test_scan_plan.py`` holds the two rules together). With ``user``, the scan
+    covered only that user's files, so only their rows can vanish. One read, no temporary table:
+    a re-run over 100,000 unchanged files gets no row back and builds no Python object per file.
     """
-    rows = con.execute(_UNSETTLED_STATE, {"processor": processor, "version": version}).fetchall()
-    return {row[0]: None if row[6] is None else _make_state_row(row) for row in rows}
+    keys, sizes, mtimes = scan
+    rows = con.execute(
+        _COMPARE_SCAN,
+        {"keys": keys, "sizes": sizes, "mtimes": mtimes, "processor": processor, "version": version, "user": user},
+    ).fetchall()
+    comparison = ScanComparison({}, [], [])
+    for row in rows:
+        key, found, marked, unsettled = row[0], row[10], row[11], row[12]
+        if not found:
+            comparison.vanished.append(key)
+            continue
+        if marked:
+            comparison.reappeared.append(key)
+        if unsettled:
+            comparison.unsettled[key] = None if row[6] is None else _make_state_row(row[:10])
+    return comparison
 
 
 def upsert_state(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -107,20 +129,15 @@ def update_seen(con: duckdb.DuckDBPyConnection, processor: str, seen: Sequence[t
     )
 
 
-def mark_vanished(con: duckdb.DuckDBPyConnection, processor: str, user: str | None, now: datetime) -> tuple[int, int]:
-    """Mark state rows of files the scan did not find as vanished, and clear the mark of those it found.
-
-    The files the scan found are those of :func:`record_scan`; with ``user``, the scan covered only
-    that user's files, so only their rows can vanish. Returns (how many vanished now, how many
-    reappeared).
-    """
-    changed = con.execute(
-        f"UPDATE {STATE_TABLE} SET vanished_at = CASE WHEN vanished_at IS NULL THEN $now END "
-        "WHERE processor = $processor "
-        f"AND (vanished_at IS NULL) = (session_file NOT IN (SELECT session_file FROM {SCANNED_TABLE})) "
-        "AND (vanished_at IS NOT NULL OR $user::VARCHAR IS NULL OR user_name = $user) "
-        "RETURNING vanished_at IS NOT NULL",
-        {"processor": processor, "user": user, "now": now},
-    ).fetchall()
-    vanished = sum(1 for (now_vanished,) in changed if now_vanished)
-    return vanished, len(changed) - vanished
+def mark_vanished(
+    con: duckdb.DuckDBPyConnection, processor: str, vanished: Sequence[str], reappeared: Sequence[str], now: datetime
+) -> None:
+    """Mark the state rows of files a scan no longer found as vanished (their rows stay), and clear
+    the mark of files it found again (:func:`compare_scan` finds both)."""
+    for keys, when in ((vanished, now), (reappeared, None)):
+        if keys:
+            con.execute(
+                f"UPDATE {STATE_TABLE} SET vanished_at = $when "
+                "WHERE processor = $processor AND session_file IN (SELECT unnest($keys::VARCHAR[]))",
+                {"when": when, "processor": processor, "keys": list(keys)},
+            )
