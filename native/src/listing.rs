@@ -331,6 +331,19 @@ fn walk_users(fds: &[RawFd], max_depth: usize) -> Vec<Walk> {
     done.into_iter().map(|(_, walk)| walk).collect()
 }
 
+/// Times in ns as Python ints: as `i64` when they fit (PyO3's `i128` conversion takes several Python
+/// operations each under the stable ABI), which every time before the year 2262 does.
+fn nanoseconds<'py>(py: Python<'py>, times: &[i128]) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for time in times {
+        match i64::try_from(*time) {
+            Ok(time) => list.append(time)?,
+            Err(_) => list.append(*time)?,
+        }
+    }
+    Ok(list)
+}
+
 /// For each user folder open as one of `fds` (borrowed), what `scan._walk` finds in it:
 /// `(groups, issues)`, each group `(parts, names, sizes, mtimes_ns)` with `parts` and `names`
 /// the raw bytes of the folder's path below the user's folder and of the file names, each joined
@@ -346,7 +359,7 @@ pub fn walk_user_folders<'py>(py: Python<'py>, fds: Vec<RawFd>, max_depth: usize
                 PyBytes::new(py, &group.parts),
                 PyBytes::new(py, &group.names),
                 group.sizes,
-                group.mtimes,
+                nanoseconds(py, &group.mtimes)?,
             );
             groups.append(item)?;
         }
