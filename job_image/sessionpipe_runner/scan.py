@@ -283,11 +283,12 @@ class _UserFolders:
         """Walk the pending user folders with the compiled listing and add what it found."""
         if not self.pending or self.listing is None:
             return
+        users, self.pending = self.pending, []
         try:
-            walks = self.listing.walk_user_folders([user.fd for user in self.pending], MAX_FOLDER_DEPTH)
-            users, self.pending = self.pending, []
+            walks = self.listing.walk_user_folders([user.fd for user in users], MAX_FOLDER_DEPTH)
         finally:
-            self.close()
+            for user in users:
+                os.close(user.fd)
         for user, (groups, issues) in zip(users, walks, strict=True):
             self.result.issues.update(issues)
             for parts, names, sizes, mtimes in groups:

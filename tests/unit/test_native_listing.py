@@ -175,3 +175,13 @@ def test_unreadable_folders_are_counted_as_the_python_walk_counts_them(tmp_path:
     issues = reference[-1]
     assert issues["unreadable_dir"] == 3  # empty, 0f1e, bob
     assert issues["unreadable"] >= 1  # folder.jsonl/inner.jsonl
+
+
+def test_no_descriptor_stays_open_after_a_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan, "USERS_PER_CALL", 2)
+    root = hostile_tree(tmp_path)
+    before = sorted(Path("/proc/self/fd").iterdir())
+    for _ in range(3):
+        both(monkeypatch, lambda: scan_sessions(root))
+        both(monkeypatch, lambda: scan_sessions(root / "alice", "alice"))
+    assert sorted(Path("/proc/self/fd").iterdir()) == before
