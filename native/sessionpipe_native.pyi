@@ -16,3 +16,6 @@ def usage_rows(
     datetime: type[datetime],
     utc: tzinfo,
 ) -> tuple[list[tuple[Any, ...]], dict[str, int]]: ...
+def walk_user_folders(
+    fds: list[int], max_depth: int
+) -> list[tuple[list[tuple[bytes, bytes, list[int], list[int]]], dict[str, int]]]: ...

@@ -13,17 +13,25 @@ is not UTF-8 is written with ``\\xNN`` escapes (:func:`~sessionpipe_runner.names
 The volume is not trusted: no symlink below the root is followed (``symlink_skipped``,
 ``symlinked_dir_skipped``), folders deeper than :data:`MAX_FOLDER_DEPTH` are counted
 (``too_deep``), and no name or depth makes the scan fail.
+
+The user folders are walked by the compiled listing (``walk_user_folders`` of the package
+``sessionpipe-native``, ``native/src/listing.rs``) when it is installed: the same walk, on several
+threads. The Python walk here is its reference (``tests/unit/test_native_listing.py`` holds the two
+equal over hostile trees); ``SESSIONPIPE_LISTING=python`` selects it, and so does a missing package.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from types import ModuleType
 
 from sessionpipe_runner.names import key_part
 from sessionpipe_runner.processors.base import SessionFile
@@ -51,6 +59,13 @@ def session_identity(parts: Sequence[str]) -> tuple[str, str]:
 #: ``<project>/<session>/subagents/``). Deeper folders are not entered, and counted ``too_deep``;
 #: the bound also bounds the descriptors a scan holds open (one per folder level).
 MAX_FOLDER_DEPTH = 32
+
+#: ``python`` makes the scan walk user folders in Python even when the compiled listing is installed.
+ENV_LISTING = "SESSIONPIPE_LISTING"
+PYTHON_LISTING = "python"
+
+#: User folders the compiled listing walks per call (each is an open descriptor until the call returns).
+USERS_PER_CALL = 64
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -141,13 +156,16 @@ def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
     except OSError as error:
         result.issues["vanished" if isinstance(error, FileNotFoundError) else "unreadable_dir"] += 1
         return result
+    users = _UserFolders(location, result, compiled_listing())
     try:
         if user is not None:
             user_key = key_part(user)
-            _walk(_enter(user_key, os.dup(root_fd), location, [], user_key != user, location, result), result)
+            users.walk(user_key, os.dup(root_fd), location, user_key != user)
         else:
-            _walk_users(root_fd, location, result)
+            _walk_users(root_fd, location, users)
+        users.flush()
     finally:
+        users.close()
         os.close(root_fd)
     _drop_name_collisions(result)
     return result
@@ -218,15 +236,94 @@ def _join(location: str, name: str) -> str:
     return location + name if location.endswith("/") else f"{location}/{name}"
 
 
-def _walk_users(root_fd: int, location: str, result: ScanResult) -> None:
+@functools.cache
+def _compiled() -> ModuleType | None:
+    try:
+        import sessionpipe_native
+    except ImportError:
+        return None  # the usage processor logs that the package is missing
+    return sessionpipe_native if hasattr(sessionpipe_native, "walk_user_folders") else None
+
+
+def compiled_listing() -> ModuleType | None:
+    """The compiled listing's module, or ``None`` when user folders are to be walked in Python."""
+    if os.environ.get(ENV_LISTING) == PYTHON_LISTING:
+        return None
+    return _compiled()
+
+
+@dataclass(frozen=True, slots=True)
+class _User:
+    """A user folder found, open as ``fd``, not walked yet."""
+
+    user: str  # its key component
+    fd: int
+    location: str
+    escaped: bool
+
+
+class _UserFolders:
+    """The user folders of one scan: walked in Python as each is found, or by the compiled listing,
+    :data:`USERS_PER_CALL` at a time, its results added in the order the folders were found."""
+
+    def __init__(self, root: str, result: ScanResult, listing: ModuleType | None) -> None:
+        self.root, self.result, self.listing = root, result, listing
+        self.pending: list[_User] = []
+
+    def walk(self, user: str, fd: int, location: str, escaped: bool) -> None:
+        """Walk the user folder open as ``fd`` (closed here, now or at the next :meth:`flush`)."""
+        if self.listing is None:
+            _walk(_enter(user, fd, location, [], escaped, self.root, self.result), self.result)
+            return
+        self.pending.append(_User(user, fd, location, escaped))
+        if len(self.pending) >= USERS_PER_CALL:
+            self.flush()
+
+    def flush(self) -> None:
+        """Walk the pending user folders with the compiled listing and add what it found."""
+        if not self.pending or self.listing is None:
+            return
+        users, self.pending = self.pending, []
+        try:
+            walks = self.listing.walk_user_folders([user.fd for user in users], MAX_FOLDER_DEPTH)
+        finally:
+            for user in users:
+                os.close(user.fd)
+        for user, (groups, issues) in zip(users, walks, strict=True):
+            self.result.issues.update(issues)
+            for parts, names, sizes, mtimes in groups:
+                _append_named(self._origin(user, parts), _decoded(names).split("/"), sizes, mtimes, self.result)
+
+    def close(self) -> None:
+        """Close the descriptors of the user folders not walked (an interrupted scan)."""
+        for user in self.pending:
+            os.close(user.fd)
+        self.pending = []
+
+    def _origin(self, user: _User, parts: bytes) -> _Origin:
+        """What ``_enter`` makes for the folder at ``parts`` (raw names joined by ``/``) below ``user``'s."""
+        names = _decoded(parts).split("/") if parts else []
+        key_parts = [key_part(name) for name in names]
+        escaped = user.escaped or key_parts != names
+        key_prefix = "/".join([user.user, *key_parts]) + "/"
+        location_prefix = _join(user.location, "") + "".join(name + "/" for name in names)
+        return _Origin(user.user, tuple(key_parts), escaped, key_prefix, location_prefix, self.root)
+
+
+def _decoded(names: bytes) -> str:
+    """Raw names from a listing as ``os.scandir`` gives them (``os.fsdecode``: undecodable bytes as surrogates)."""
+    return names.decode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
+def _walk_users(root_fd: int, location: str, users: _UserFolders) -> None:
+    result = users.result
     for entry in _entries(root_fd, result):
         kind = _kind(entry, result)
         if kind is _Kind.DIRECTORY:
             fd = _open_folder(root_fd, entry.name, result)
             if fd is not None:
                 user = key_part(entry.name)
-                folder = _enter(user, fd, _join(location, entry.name), [], user != entry.name, location, result)
-                _walk(folder, result)
+                users.walk(user, fd, _join(location, entry.name), user != entry.name)
         elif kind is not _Kind.COUNTED:
             result.issues["outside_user_folder" if entry.name.endswith(SESSION_SUFFIX) else "not_jsonl"] += 1
 
@@ -371,7 +468,12 @@ def _append_files(
         regular = [index for index, info in enumerate(infos) if stat.S_ISREG(info.st_mode)]
         result.issues["not_a_file"] += len(infos) - len(regular)
         entries, infos = [entries[index] for index in regular], [infos[index] for index in regular]
-    names = [entry.name for entry in entries]
+    sizes, mtimes = [info.st_size for info in infos], [info.st_mtime_ns for info in infos]
+    _append_named(origin, [entry.name for entry in entries], sizes, mtimes, result)
+
+
+def _append_named(origin: _Origin, names: list[str], sizes: list[int], mtimes: list[int], result: ScanResult) -> None:
+    """Add regular files of the folder of ``origin`` by name, size and mtime (ns)."""
     start = len(result.keys)
     if "".join(names).isascii():  # the common case: every name is its own key component
         parts, renamed = names, []
@@ -380,8 +482,8 @@ def _append_files(
         renamed = [start + index for index, (part, name) in enumerate(zip(parts, names, strict=True)) if part != name]
     prefix = origin.key_prefix
     result.keys += [prefix + part for part in parts]
-    result.sizes += [info.st_size for info in infos]
-    result.mtimes += [info.st_mtime_ns for info in infos]
+    result.sizes += sizes
+    result.mtimes += mtimes
     result.names += names
     result.origins += [origin] * len(names)
     result.escaped += range(start, start + len(names)) if origin.escaped else renamed

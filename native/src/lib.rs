@@ -373,8 +373,11 @@ impl<'py> Context<'py> {
     }
 }
 
+mod listing;
+
 #[pymodule]
 fn sessionpipe_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(usage_rows, module)?)?;
+    module.add_function(wrap_pyfunction!(listing::walk_user_folders, module)?)?;
     Ok(())
 }
