@@ -95,7 +95,7 @@ def assert_same(data: bytes, first_line: int = 1) -> None:
 def columnar_rows(output: Output) -> list[tuple[Any, ...]]:
     """The rows of a :class:`ColumnarOutput` as they reach DuckDB (its Arrow table), ``ts`` in microseconds."""
     assert isinstance(output, columns.ColumnarOutput)
-    table = columns.arrow_table(sessionpipe_native, [output.columns])
+    table = columns.arrow_table([output.columns])
     values = [column.to_pylist() for column in table.columns]
     values[columns.TS_COLUMN] = table.column(columns.TS_COLUMN).cast(pa.int64()).to_pylist()
     return list(zip(*values, strict=True)) if values[0] else []
@@ -117,6 +117,23 @@ def test_a_run_with_the_compiled_reading_gets_columns_and_worker_threads(
     output = usage.process(SESSION, transcripts()[0].read_bytes())
     assert usage.releases_gil is (reading == "native")
     assert isinstance(output, columns.ColumnarOutput) is (reading == "native")
+    assert output.items > 0
+
+
+def test_columnar_rows_are_written_whatever_the_reading_setting_says_at_write_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import duckdb
+
+    monkeypatch.setenv(usage_native.ENV_USAGE_READING, "native")
+    usage = UsageProcessor()
+    usage.start(RunContext(run_id="r", database=Path("/nowhere"), config={}, environ={}))
+    output = usage.process(SESSION, transcripts()[0].read_bytes())
+    monkeypatch.setenv(usage_native.ENV_USAGE_READING, usage_native.PYTHON_READING)
+    with duckdb.connect() as con:
+        con.execute(usage.migrations()[0].sql)  # the table (later steps need the runner's tables)
+        usage.write(con, [(SESSION, output)])
+        assert con.execute("SELECT count(*) FROM usage_rows").fetchone() == (output.items,)
     assert output.items > 0
 
 
@@ -169,7 +186,7 @@ def test_a_batch_of_files_joins_into_one_table_in_order() -> None:
         for session, path in zip(sessions, paths, strict=True)
         for row in read_rows(session, path.read_bytes())
     ]
-    table = columns.arrow_table(sessionpipe_native, [output.columns for output in outputs])  # type: ignore[attr-defined]
+    table = columns.arrow_table([output.columns for output in outputs])  # type: ignore[attr-defined]
     values = [column.to_pylist() for column in table.columns]
     values[columns.TS_COLUMN] = table.column(columns.TS_COLUMN).cast(pa.int64()).to_pylist()
     assert len(expected) > 10

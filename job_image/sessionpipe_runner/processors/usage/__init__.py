@@ -281,9 +281,8 @@ class UsageProcessor(Processor):
         """
         replace_session_rows(con, self.tables, batch)
         parts = [o.columns for _, o in batch if isinstance(o, columns.ColumnarOutput) and len(o.columns)]
-        compiled = compiled_reading()
-        if parts and compiled is not None:
-            table_writes.insert_arrow(con, "usage_rows", [columns.arrow_table(compiled, parts)])
+        if parts:
+            table_writes.insert_arrow(con, "usage_rows", [columns.arrow_table(parts)])
 
     def columnar_output(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
         """:meth:`process_appended` by the compiled parser, the rows as columns (:mod:`.columns`)."""

@@ -89,11 +89,12 @@ def _arrow_type(name: str) -> pa.DataType:
     return factory()
 
 
-def arrow_table(compiled: Any, parts: Sequence[Any]) -> pa.Table:
+def arrow_table(parts: Sequence[Any]) -> pa.Table:
     """The rows of ``parts`` (``UsageColumns``, in order) as one Arrow table over the native buffers."""
     import pyarrow as pa
+    import sessionpipe_native  # installed: it made the parts (whatever the reading setting says now)
 
-    length, buffers = compiled.arrow_buffers(list(parts))
+    length, buffers = sessionpipe_native.arrow_buffers(list(parts))
     arrays = []
     for (_, kind), (validity, offsets, data) in zip(COLUMNS, buffers, strict=True):
         layout = [None if validity is None else pa.py_buffer(validity)]
