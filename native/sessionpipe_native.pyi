@@ -19,3 +19,22 @@ def usage_rows(
 def walk_user_folders(
     fds: list[int], max_depth: int
 ) -> list[tuple[list[tuple[bytes, bytes, list[int], list[int]]], dict[str, int]]]: ...
+
+class UsageColumns:
+    """One file's ``usage_rows`` rows as columns (see ``processors/usage/columns.py``)."""
+
+    def __len__(self) -> int: ...
+
+def usage_columns(
+    data: bytes,
+    first_line: int,
+    max_line_bytes: int,
+    session: tuple[str, str, str, str],
+    pricing_version: str,
+    price_of: Callable[[str], tuple[float | None, ...] | None],
+    parse_timestamp: Callable[[str], int | None],
+    reference: Callable[[int, bytes], tuple[tuple[Any, ...], bool] | str | None],
+) -> tuple[UsageColumns, dict[str, int]]: ...
+def arrow_buffers(
+    parts: list[UsageColumns],
+) -> tuple[int, list[tuple[bytes | None, bytes | None, bytes]]]: ...

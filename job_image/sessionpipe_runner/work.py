@@ -150,8 +150,10 @@ def worker_count(requested: int, processor: Processor, candidate_bytes: int) -> 
     ``requested`` is the ``--workers`` setting: 1 or less processes in-process, 0 chooses (one
     per available CPU when the candidates are large enough), more asks for that many.
     """
-    if not processor.parallel or type(processor).write is not Processor.write:
+    if not processor.parallel:
         return 0
+    if type(processor).write is not Processor.write and not processor.write_takes_arrow:
+        return 0  # workers hand back rows as Arrow tables, which the processor's write would not store
     if requested == 0:
         cpus = available_cpus()
         return cpus if cpus > 1 and candidate_bytes >= AUTO_PARALLEL_MIN_BYTES else 0
@@ -245,6 +247,7 @@ def _tables(examined: Sequence[Examined], columns: Mapping[str, Sequence[tuple[s
     return {
         table: to_arrow([row for output in outputs for row in output.rows.get(table, ())], table_columns)
         for table, table_columns in columns.items()
+        if any(table in output.rows for output in outputs)  # none: an output of columns (usage's)
     }
 
 

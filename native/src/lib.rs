@@ -12,7 +12,9 @@
 //! Python would (a line serde_json refuses, a timestamp that is not the plain `…THH:MM:SS[.fff]Z`
 //! shape, a non-ASCII `version`) is handed back to the Python reading, line by line.
 
+mod columns;
 mod decode;
+mod listing;
 mod rules;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -142,17 +144,11 @@ fn has_tokens(line: &Line<'_>) -> bool {
         || line.cache_read_tokens != 0
 }
 
-/// What stays the same for every row of one call, and the Python callables the rows need.
+/// The pricing of one call and the reference's timestamp parser, for either shape of output.
 struct Context<'py> {
-    py: Python<'py>,
-    session: [Bound<'py, PyAny>; 4],
-    pricing_version: Bound<'py, PyAny>,
     price_of: Bound<'py, PyAny>,
     parse_timestamp: Bound<'py, PyAny>,
-    datetime: Bound<'py, PyAny>,
-    utc: Bound<'py, PyAny>,
     prices: HashMap<String, Option<Price>>,
-    strings: HashMap<String, Bound<'py, PyAny>>,
 }
 
 impl<'py> Context<'py> {
@@ -182,6 +178,51 @@ impl<'py> Context<'py> {
         Ok(price)
     }
 
+    /// A kept line's (cost, cost source, whether its model had no price though it used tokens).
+    fn cost(&mut self, line: &Line<'_>) -> PyResult<(f64, &'static str, bool)> {
+        if let Some(cost) = line.cost_usd {
+            return Ok((cost, COST_FROM_TRANSCRIPT, false));
+        }
+        let price = match line.model.as_deref() {
+            Some(model) if !model.is_empty() => self.price(model)?,
+            _ => None,
+        };
+        Ok(match price {
+            Some(price) => (call_cost(&price, line), COST_FROM_PRICES, false),
+            None => (0.0, COST_UNPRICED, has_tokens(line)),
+        })
+    }
+
+    /// The reference's parse of a timestamp's text; `None` when it refuses it.
+    fn parse(&self, text: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let parsed = self.parse_timestamp.call1((text,))?;
+        Ok(if parsed.is_none() { None } else { Some(parsed) })
+    }
+}
+
+/// Where the rows of one call go: Python tuples, or columns.
+trait Sink<'py> {
+    /// A kept line's timestamp as the sink stores it.
+    type Time;
+    /// The timestamp, or `None` when the reference refuses it (`bad_timestamp`).
+    fn timestamp(&mut self, context: &Context<'py>, timestamp: &Timestamp<'_>) -> PyResult<Option<Self::Time>>;
+    fn kept(&mut self, line: &Line<'_>, time: Self::Time, cost: f64, source: &'static str) -> PyResult<()>;
+    /// A row the Python reading made for a line this parser handed back.
+    fn deferred(&mut self, row: Bound<'py, PyAny>) -> PyResult<()>;
+}
+
+/// Rows as `usage_rows` tuples, values shared where the rows of a call repeat them.
+struct Tuples<'py> {
+    py: Python<'py>,
+    rows: Bound<'py, PyList>,
+    session: [Bound<'py, PyAny>; 4],
+    pricing_version: Bound<'py, PyAny>,
+    datetime: Bound<'py, PyAny>,
+    utc: Bound<'py, PyAny>,
+    strings: HashMap<String, Bound<'py, PyAny>>,
+}
+
+impl<'py> Tuples<'py> {
     /// A Python string, shared by the rows of this call that repeat it (cwd, model, version…).
     fn shared(&mut self, text: &Option<std::borrow::Cow<'_, str>>) -> Bound<'py, PyAny> {
         match text {
@@ -203,42 +244,27 @@ impl<'py> Context<'py> {
             Some(text) => PyString::new(self.py, text).into_any(),
         }
     }
+}
 
-    /// The line's timestamp as an aware UTC datetime; `None` when Python's reading refuses it.
-    fn timestamp(&self, timestamp: &Timestamp<'_>) -> PyResult<Option<Bound<'py, PyAny>>> {
+impl<'py> Sink<'py> for Tuples<'py> {
+    type Time = Bound<'py, PyAny>;
+
+    /// An aware UTC datetime.
+    fn timestamp(&mut self, context: &Context<'py>, timestamp: &Timestamp<'_>) -> PyResult<Option<Self::Time>> {
         match timestamp {
             Timestamp::Parts(y, mo, d, h, mi, s, us) => {
                 match self.datetime.call1((*y, *mo, *d, *h, *mi, *s, *us, &self.utc)) {
                     Ok(made) => Ok(Some(made)),
                     // Out of range (a 30th of February): the reference's parse decides.
-                    Err(_) => self.parse(&timestamp.text()),
+                    Err(_) => context.parse(&timestamp.text()),
                 }
             }
-            Timestamp::Text(text) => self.parse(text),
+            Timestamp::Text(text) => context.parse(text),
         }
     }
 
-    fn parse(&self, text: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let parsed = self.parse_timestamp.call1((text,))?;
-        Ok(if parsed.is_none() { None } else { Some(parsed) })
-    }
-
-    /// The `usage_rows` tuple of a kept line, and whether its model had no price though it used tokens.
-    fn row(&mut self, line: &Line<'_>, timestamp: Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyTuple>, bool)> {
+    fn kept(&mut self, line: &Line<'_>, timestamp: Self::Time, cost: f64, source: &'static str) -> PyResult<()> {
         let py = self.py;
-        let (cost, source, missing) = match line.cost_usd {
-            Some(cost) => (cost, COST_FROM_TRANSCRIPT, false),
-            None => {
-                let price = match line.model.as_deref() {
-                    Some(model) if !model.is_empty() => self.price(model)?,
-                    _ => None,
-                };
-                match price {
-                    Some(price) => (call_cost(&price, line), COST_FROM_PRICES, false),
-                    None => (0.0, COST_UNPRICED, has_tokens(line)),
-                }
-            }
-        };
         let items: [Bound<'py, PyAny>; 25] = [
             self.session[0].clone(),
             line.line_no.into_pyobject(py)?.into_any(),
@@ -273,8 +299,191 @@ impl<'py> Context<'py> {
         // datetime objects, none of which can form a reference cycle, so CPython itself would
         // untrack it (as `_PyTuple_MaybeUntrack` does).
         unsafe { pyo3::ffi::PyObject_GC_UnTrack(row.as_ptr().cast()) };
-        Ok((row, missing))
+        self.rows.append(row)
     }
+
+    fn deferred(&mut self, row: Bound<'py, PyAny>) -> PyResult<()> {
+        self.rows.append(row)
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = if year >= 0 { year } else { year - 399 } / 400;
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Microseconds since the epoch of a UTC date and time that Python's `datetime` accepts, else None.
+fn epoch_micros(year: i32, month: u8, day: u8, hour: u8, minute: u8, second: u8, micros: u32) -> Option<i64> {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    let valid = (1..=9999).contains(&year)
+        && (1..=month_days).contains(&day)
+        && hour < 24
+        && minute < 60
+        && second < 60
+        && micros < 1_000_000;
+    if !valid {
+        return None;
+    }
+    let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+    let seconds = days * 86_400 + i64::from(hour) * 3_600 + i64::from(minute) * 60 + i64::from(second);
+    Some(seconds * 1_000_000 + i64::from(micros))
+}
+
+impl<'py> Sink<'py> for columns::Columns {
+    /// Microseconds since the epoch, UTC.
+    type Time = i64;
+
+    fn timestamp(&mut self, context: &Context<'py>, timestamp: &Timestamp<'_>) -> PyResult<Option<i64>> {
+        if let Timestamp::Parts(y, mo, d, h, mi, s, us) = timestamp {
+            if let Some(micros) = epoch_micros(*y, *mo, *d, *h, *mi, *s, *us) {
+                return Ok(Some(micros));
+            }
+        }
+        // The parse given to `usage_columns` returns microseconds.
+        context
+            .parse(&timestamp.text())?
+            .map(|micros| micros.extract())
+            .transpose()
+    }
+
+    fn kept(&mut self, line: &Line<'_>, ts: i64, cost_usd: f64, cost_source: &'static str) -> PyResult<()> {
+        self.push(&columns::Row {
+            line_no: line.line_no,
+            texts: [
+                line.session_id.as_deref(),
+                line.cwd.as_deref(),
+                line.git_branch.as_deref(),
+                line.agent_id.as_deref(),
+                line.model.as_deref(),
+                line.message_id.as_deref(),
+                line.request_id.as_deref(),
+            ],
+            is_sidechain: line.is_sidechain,
+            ts,
+            counts: [
+                line.input_tokens,
+                line.output_tokens,
+                line.cache_write_5m_tokens,
+                line.cache_write_1h_tokens,
+                line.cache_read_tokens,
+                line.web_search_requests,
+            ],
+            speed: line.speed.as_deref(),
+            cost_usd,
+            cost_source,
+            claude_version: line.version.as_deref(),
+        });
+        Ok(())
+    }
+
+    /// A `usage_rows` tuple whose `ts` is already microseconds.
+    fn deferred(&mut self, row: Bound<'py, PyAny>) -> PyResult<()> {
+        let row = row.downcast::<PyTuple>()?;
+        let texts: Vec<Option<String>> = [5, 6, 7, 8, 10, 11, 12, 20, 22, 24]
+            .into_iter()
+            .map(|index| row.get_item(index)?.extract())
+            .collect::<PyResult<_>>()?;
+        let counts: Vec<i64> = (14..20)
+            .map(|index| row.get_item(index)?.extract())
+            .collect::<PyResult<_>>()?;
+        let text = |index: usize| texts[index].as_deref();
+        self.push(&columns::Row {
+            line_no: row.get_item(1)?.extract()?,
+            texts: [text(0), text(1), text(2), text(3), text(4), text(5), text(6)],
+            is_sidechain: row.get_item(9)?.extract()?,
+            ts: row.get_item(13)?.extract()?,
+            counts: [counts[0], counts[1], counts[2], counts[3], counts[4], counts[5]],
+            speed: text(7),
+            cost_usd: row.get_item(21)?.extract()?,
+            cost_source: text(8).unwrap_or_default(),
+            claude_version: text(9),
+        });
+        Ok(())
+    }
+}
+
+/// The bytes of one call, where their first line is in the file, and the longest line read.
+struct Lines<'a> {
+    data: &'a [u8],
+    first_line: i64,
+    max_line_bytes: usize,
+}
+
+/// Reads the usage lines into `sink` (parsing without the GIL); returns the issue counts.
+fn read_into<'py, S: Sink<'py>>(
+    py: Python<'py>,
+    lines: &Lines<'_>,
+    price_of: Bound<'py, PyAny>,
+    parse_timestamp: Bound<'py, PyAny>,
+    reference: &Bound<'py, PyAny>,
+    sink: &mut S,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut too_long = 0u64;
+    let found = py.allow_threads(|| scan(lines.data, lines.first_line, lines.max_line_bytes, &mut too_long));
+    let mut context = Context {
+        price_of,
+        parse_timestamp,
+        prices: HashMap::default(),
+    };
+    let context = &mut context;
+    let count =
+        |reason: &str, counted: &mut Vec<(String, u64)>| match counted.iter_mut().find(|(name, _)| name == reason) {
+            Some(entry) => entry.1 += 1,
+            None => counted.push((reason.to_owned(), 1)),
+        };
+    let mut counted: Vec<(String, u64)> = Vec::new();
+    if too_long > 0 {
+        counted.push(("line_too_long".to_owned(), too_long));
+    }
+    let mut missing_prices = 0u64;
+    for item in &found {
+        match &item.outcome {
+            Outcome::NoUsage => {}
+            Outcome::Skip(reason) => count(reason, &mut counted),
+            Outcome::Kept(line) => match sink.timestamp(context, &line.timestamp)? {
+                None => count("bad_timestamp", &mut counted),
+                Some(timestamp) => match &line.after_timestamp {
+                    Some(reason) => count(reason, &mut counted),
+                    None => {
+                        let (cost, source, missing) = context.cost(line)?;
+                        missing_prices += u64::from(missing);
+                        sink.kept(line, timestamp, cost, source)?;
+                    }
+                },
+            },
+            Outcome::Defer => {
+                let answer = reference.call1((item.line_no, PyBytes::new(py, item.raw)))?;
+                if answer.is_none() {
+                } else if let Ok(reason) = answer.downcast::<PyString>() {
+                    count(&reason.to_cow()?, &mut counted);
+                } else {
+                    let (row, missing): (Bound<'py, PyAny>, bool) = answer.extract()?;
+                    missing_prices += u64::from(missing);
+                    sink.deferred(row)?;
+                }
+            }
+        }
+    }
+    if missing_prices > 0 {
+        counted.push(("missing_price".to_owned(), missing_prices));
+    }
+    let result = PyDict::new(py);
+    for (reason, number) in counted {
+        result.set_item(reason, number)?;
+    }
+    Ok(result)
 }
 
 /// The `usage_rows` tuples and the issue counts of one file's bytes (or of the lines appended to it).
@@ -304,80 +513,61 @@ fn usage_rows<'py>(
     datetime: Bound<'py, PyAny>,
     utc: Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
-    let bytes: &[u8] = data.as_bytes();
-    let mut too_long = 0u64;
-    let found = py.allow_threads(|| scan(bytes, first_line, max_line_bytes, &mut too_long));
-    let mut context = Context {
+    let lines = Lines {
+        data: data.as_bytes(),
+        first_line,
+        max_line_bytes,
+    };
+    let mut rows = Tuples {
         py,
+        rows: PyList::empty(py),
         session: [session.0, session.1, session.2, session.3],
         pricing_version,
-        price_of,
-        parse_timestamp,
         datetime,
         utc,
-        prices: HashMap::default(),
         strings: HashMap::default(),
     };
-    let count =
-        |reason: &str, counted: &mut Vec<(String, u64)>| match counted.iter_mut().find(|(name, _)| name == reason) {
-            Some(entry) => entry.1 += 1,
-            None => counted.push((reason.to_owned(), 1)),
-        };
-    let mut counted: Vec<(String, u64)> = Vec::new();
-    if too_long > 0 {
-        counted.push(("line_too_long".to_owned(), too_long));
-    }
-    let rows = PyList::empty(py);
-    let mut missing_prices = 0u64;
-    for item in &found {
-        match &item.outcome {
-            Outcome::NoUsage => {}
-            Outcome::Skip(reason) => count(reason, &mut counted),
-            Outcome::Kept(line) => match context.timestamp(&line.timestamp)? {
-                None => count("bad_timestamp", &mut counted),
-                Some(timestamp) => match &line.after_timestamp {
-                    Some(reason) => count(reason, &mut counted),
-                    None => {
-                        let (row, missing) = context.row(line.as_ref(), timestamp)?;
-                        missing_prices += u64::from(missing);
-                        rows.append(row)?;
-                    }
-                },
-            },
-            Outcome::Defer => {
-                let answer = context.reference_call(&reference, item.line_no, item.raw)?;
-                if answer.is_none() {
-                } else if let Ok(reason) = answer.downcast::<PyString>() {
-                    count(&reason.to_cow()?, &mut counted);
-                } else {
-                    let (row, missing): (Bound<'py, PyAny>, bool) = answer.extract()?;
-                    missing_prices += u64::from(missing);
-                    rows.append(row)?;
-                }
-            }
-        }
-    }
-    if missing_prices > 0 {
-        counted.push(("missing_price".to_owned(), missing_prices));
-    }
-    let result = PyDict::new(py);
-    for (reason, number) in counted {
-        result.set_item(reason, number)?;
-    }
-    Ok((rows, result))
+    let issues = read_into(py, &lines, price_of, parse_timestamp, &reference, &mut rows)?;
+    Ok((rows.rows, issues))
 }
 
-impl<'py> Context<'py> {
-    fn reference_call(&self, reference: &Bound<'py, PyAny>, line_no: i64, raw: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        reference.call1((line_no, PyBytes::new(self.py, raw)))
-    }
+/// [`usage_rows`] with the rows as columns: a [`columns::UsageColumns`] (joined into Arrow buffers by
+/// [`columns::arrow_buffers`]) instead of tuples. `parse_timestamp` returns microseconds since the
+/// epoch (or None), and the rows `reference` returns hold `ts` in microseconds.
+#[pyfunction]
+#[pyo3(signature = (data, first_line, max_line_bytes, session, pricing_version, price_of, parse_timestamp, reference))]
+#[allow(clippy::too_many_arguments)]
+fn usage_columns<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    first_line: i64,
+    max_line_bytes: usize,
+    session: [String; 4],
+    pricing_version: String,
+    price_of: Bound<'py, PyAny>,
+    parse_timestamp: Bound<'py, PyAny>,
+    reference: Bound<'py, PyAny>,
+) -> PyResult<(columns::UsageColumns, Bound<'py, PyDict>)> {
+    let lines = Lines {
+        data: data.as_bytes(),
+        first_line,
+        max_line_bytes,
+    };
+    let mut columns = columns::Columns {
+        session,
+        pricing_version,
+        ..Default::default()
+    };
+    let issues = read_into(py, &lines, price_of, parse_timestamp, &reference, &mut columns)?;
+    Ok((columns::UsageColumns { columns }, issues))
 }
-
-mod listing;
 
 #[pymodule]
 fn sessionpipe_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(usage_rows, module)?)?;
     module.add_function(wrap_pyfunction!(listing::walk_user_folders, module)?)?;
+    module.add_function(wrap_pyfunction!(usage_columns, module)?)?;
+    module.add_function(wrap_pyfunction!(columns::arrow_buffers, module)?)?;
+    module.add_class::<columns::UsageColumns>()?;
     Ok(())
 }

@@ -17,7 +17,7 @@ import pytest
 
 from sessionpipe_contract import EXIT_OK
 from sessionpipe_demo import generate_corpus
-from sessionpipe_runner import work
+from sessionpipe_runner import batches, work
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.base import Migration, Output, Processor, SessionFile, replace_session_rows
 from sessionpipe_runner.processors.usage import UsageProcessor
@@ -263,21 +263,26 @@ def test_a_processor_that_releases_the_gil_runs_in_threads_of_the_runner_others_
         assert len({pid for pid, _ in where}) >= 1
 
 
-class _WriteThreads(_WhereRun):
-    """Looks at DuckDB's threads while its batches are written (a write of its own: in the runner)."""
+class _WriteSetting(_WhereRun):
+    """Looks at a DuckDB setting while its batches are written (a write of its own: in the runner), and after."""
 
     parallel = False
+    setting: ClassVar[str]
     seen: ClassVar[list[str]] = []
 
     def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
         replace_session_rows(con, self.tables, batch)
-        (threads,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
-        self.seen.append(str(threads))
+        (value,) = con.execute(f"SELECT current_setting('{self.setting}')").fetchone() or ("",)
+        self.seen.append(str(value))
 
     def finish(self, con: duckdb.DuckDBPyConnection) -> Counter[str]:
-        (threads,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
-        self.seen.append(f"after: {threads}")
+        (value,) = con.execute(f"SELECT current_setting('{self.setting}')").fetchone() or ("",)
+        self.seen.append(f"after: {value}")
         return Counter()
+
+
+class _WriteThreads(_WriteSetting):
+    setting = "threads"
 
 
 def test_batches_are_written_on_one_duckdb_thread_and_the_threads_come_back_after(tmp_path: Path) -> None:
@@ -289,6 +294,25 @@ def test_batches_are_written_on_one_duckdb_thread_and_the_threads_come_back_afte
     with duckdb.connect() as con:
         (default,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
     assert _WriteThreads.seen == ["1", f"after: {default}"]
+
+
+class _WriteCheckpointThreshold(_WriteSetting):
+    setting = "checkpoint_threshold"
+
+
+def test_batches_are_not_checkpointed_one_by_one_and_the_threshold_comes_back_after(tmp_path: Path) -> None:
+    """A cold run's commits leave the checkpoint to the run's end (bench/README.md, "columnar rows")."""
+    sessions = _small_sessions(tmp_path / "sessions", 3)
+    db = tmp_path / "db.duckdb"
+    settings = RunSettings(processor="where", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
+    _WriteCheckpointThreshold.seen = []
+    assert run(settings, _WriteCheckpointThreshold(), FileLease(db, "where")).exit_code == EXIT_OK
+    with duckdb.connect() as con:
+        (default,) = con.execute("SELECT current_setting('checkpoint_threshold')").fetchone() or ("",)
+        con.execute(f"SET checkpoint_threshold = '{batches.WRITE_CHECKPOINT_THRESHOLD}'")
+        (raised,) = con.execute("SELECT current_setting('checkpoint_threshold')").fetchone() or ("",)
+    assert raised != default
+    assert _WriteCheckpointThreshold.seen == [raised, f"after: {default}"]
 
 
 class _FailsOnCueInThreads(_WhereRunReleasingTheGil):

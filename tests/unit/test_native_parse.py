@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import sessionpipe_native
 
 from sessionpipe_runner.processors import usage as usage_package
-from sessionpipe_runner.processors.base import Output, SessionFile
-from sessionpipe_runner.processors.usage import UsageProcessor
+from sessionpipe_runner.processors.base import Output, RunContext, SessionFile
+from sessionpipe_runner.processors.usage import UsageProcessor, columns
 from sessionpipe_runner.processors.usage import native as usage_native
 from sessionpipe_runner.processors.usage import parse as usage_parse
 from tests.runner_support import CORPUS
@@ -84,6 +85,20 @@ def assert_same(data: bytes, first_line: int = 1) -> None:
     for ours, theirs in zip(native_rows, python_rows, strict=True):
         assert [comparable(v) for v in ours] == [comparable(v) for v in theirs], context
     assert native.items == python.items
+    columnar = processor().columnar_output(sessionpipe_native, SESSION, data, first_line)
+    assert dict(columnar.issues) == dict(python.issues), context
+    assert columnar.items == python.items, context
+    stored = [[comparable(v) for v in row] for row in columnar_rows(columnar)]
+    assert stored == [[comparable(v) for v in columns.with_micros(row)] for row in python_rows], context
+
+
+def columnar_rows(output: Output) -> list[tuple[Any, ...]]:
+    """The rows of a :class:`ColumnarOutput` as they reach DuckDB (its Arrow table), ``ts`` in microseconds."""
+    assert isinstance(output, columns.ColumnarOutput)
+    table = columns.arrow_table([output.columns])
+    values = [column.to_pylist() for column in table.columns]
+    values[columns.TS_COLUMN] = table.column(columns.TS_COLUMN).cast(pa.int64()).to_pylist()
+    return list(zip(*values, strict=True)) if values[0] else []
 
 
 def test_the_compiled_reading_is_installed_and_used_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,11 +106,97 @@ def test_the_compiled_reading_is_installed_and_used_by_default(monkeypatch: pyte
     assert usage_native.compiled_reading() is sessionpipe_native
 
 
+@pytest.mark.parametrize("reading", ["native", usage_native.PYTHON_READING])
+def test_a_run_with_the_compiled_reading_gets_columns_and_worker_threads(
+    reading: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Columns cannot be pickled: the compiled reading's workers are threads; the Python reading's processes."""
+    monkeypatch.setenv(usage_native.ENV_USAGE_READING, reading)
+    usage = UsageProcessor()
+    usage.start(RunContext(run_id="r", database=Path("/nowhere"), config={}, environ={}))
+    output = usage.process(SESSION, transcripts()[0].read_bytes())
+    assert usage.releases_gil is (reading == "native")
+    assert isinstance(output, columns.ColumnarOutput) is (reading == "native")
+    assert output.items > 0
+
+
+def test_columnar_rows_are_written_whatever_the_reading_setting_says_at_write_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import duckdb
+
+    monkeypatch.setenv(usage_native.ENV_USAGE_READING, "native")
+    usage = UsageProcessor()
+    usage.start(RunContext(run_id="r", database=Path("/nowhere"), config={}, environ={}))
+    output = usage.process(SESSION, transcripts()[0].read_bytes())
+    monkeypatch.setenv(usage_native.ENV_USAGE_READING, usage_native.PYTHON_READING)
+    with duckdb.connect() as con:
+        con.execute(usage.migrations()[0].sql)  # the table (later steps need the runner's tables)
+        usage.write(con, [(SESSION, output)])
+        assert con.execute("SELECT count(*) FROM usage_rows").fetchone() == (output.items,)
+    assert output.items > 0
+
+
 def test_the_compiled_rows_are_not_tracked_by_the_cyclic_gc() -> None:
     """A run holds a batch's rows until it writes them; rows of atomic values need no GC scans."""
     rows = read(processor(), transcripts()[0].read_bytes(), 1, "native").rows["usage_rows"]
     assert rows
     assert not any(gc.is_tracked(row) for row in rows)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "2024-02-29T12:00:00.000Z",
+        "2000-02-29T00:00:00Z",
+        "1900-02-29T00:00:00.000Z",  # not a leap year: the reference refuses it
+        "2025-02-30T00:00:00.000Z",
+        "2025-04-31T00:00:00.000Z",
+        "0001-01-01T00:00:00.000Z",
+        "9999-12-31T23:59:59.999999Z",
+        "1969-12-31T23:59:59.999Z",
+        "1970-01-01T00:00:00.000001Z",
+        "2025-06-30T23:59:60.000Z",
+        "2025-13-01T00:00:00.000Z",
+        "2025-06-01T24:00:00.000Z",
+        "2025-06-01T10:00:00+02:00",
+    ],
+)
+def test_timestamps_become_the_same_microseconds_in_columns(timestamp: str) -> None:
+    record = json.loads(usage_lines()[0])
+    record["timestamp"] = timestamp
+    assert_same(json.dumps(record).encode() + b"\n")
+
+
+def test_a_batch_of_files_joins_into_one_table_in_order() -> None:
+    """Several files' columns become one table: their rows in order, each with its own session."""
+    paths = transcripts()[:3]
+    sessions = [
+        SessionFile(
+            key=f"u/p/{i}.jsonl", location="/x", user=f"u{i}", project="p", session_id=str(i), size=0, mtime_ns=0
+        )
+        for i in range(3)
+    ]
+    outputs = [
+        processor().columnar_output(sessionpipe_native, s, p.read_bytes(), 1)
+        for s, p in zip(sessions, paths, strict=True)
+    ]
+    expected = [
+        [comparable(v) for v in columns.with_micros(row)]
+        for session, path in zip(sessions, paths, strict=True)
+        for row in read_rows(session, path.read_bytes())
+    ]
+    table = columns.arrow_table([output.columns for output in outputs])  # type: ignore[attr-defined]
+    values = [column.to_pylist() for column in table.columns]
+    values[columns.TS_COLUMN] = table.column(columns.TS_COLUMN).cast(pa.int64()).to_pylist()
+    assert len(expected) > 10
+    assert [[comparable(v) for v in row] for row in zip(*values, strict=True)] == expected
+
+
+def read_rows(session: SessionFile, data: bytes) -> list[tuple[Any, ...]]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(usage_native.ENV_USAGE_READING, usage_native.PYTHON_READING)
+        return processor().process_appended(session, data, 1).rows["usage_rows"]
 
 
 @pytest.mark.parametrize("path", transcripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -426,7 +527,7 @@ def test_fuzzed_real_usage_lines_give_the_same_rows_and_issues(monkeypatch: pyte
     # The compiled parser decides the odd lines itself, except those serde_json refuses (nearly all
     # invalid JSON, which the reference names) and numbers only msgspec tells apart (-0, 1e400).
     valid = [raw for raw in handed_back if usage_parse.read_line_outcome(1, raw) != "invalid_json"]
-    assert len(valid) < cases / 10
+    assert len(valid) < 2 * cases / 10  # each case is read twice: into tuples and into columns
 
 
 def test_lines_over_the_length_limit_are_counted_alike(monkeypatch: pytest.MonkeyPatch) -> None:

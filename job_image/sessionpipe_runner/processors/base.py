@@ -160,8 +160,12 @@ class Processor:
     parallel: ClassVar[bool] = False
     #: A :attr:`parallel` processor whose :meth:`process` spends most of its time with the GIL
     #: released (a compiled parser) and may run in several threads at once: its workers are threads
-    #: of the runner's process, not processes (no interpreter to start, no rows pickled).
-    releases_gil: ClassVar[bool] = False
+    #: of the runner's process, not processes (no interpreter to start, no rows pickled). It may set
+    #: this in :meth:`start` (an output that cannot be pickled then still reaches :meth:`write`).
+    releases_gil: bool = False
+    #: A :attr:`parallel` processor that overrides :meth:`write` may still have workers if its
+    #: write stores :attr:`Output.arrow` (the rows workers convert), as :func:`replace_session_rows` does.
+    write_takes_arrow: ClassVar[bool] = False
     #: A processor whose rows for a line depend on that line alone (not on the lines before it) may
     #: be given only the lines appended to a file since its rows were committed (Claude Code only
     #: appends to a transcript): the runner calls :meth:`process_appended` with them when the

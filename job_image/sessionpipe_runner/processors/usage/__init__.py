@@ -22,8 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sessionpipe_contract import ENV_PRICING
-from sessionpipe_runner.processors.base import BadSettings, Migration, Output, Processor, RunContext, SessionFile
-from sessionpipe_runner.processors.usage import parse
+from sessionpipe_runner import tables as table_writes
+from sessionpipe_runner.processors.base import (
+    BadSettings,
+    Migration,
+    Output,
+    Processor,
+    RunContext,
+    SessionFile,
+    replace_session_rows,
+)
+from sessionpipe_runner.processors.usage import columns, parse
 from sessionpipe_runner.processors.usage.native import compiled_reading
 from sessionpipe_runner.processors.usage.parse import (
     UsageLine,
@@ -41,6 +50,8 @@ from sessionpipe_runner.processors.usage.pricing import (
 )
 
 if TYPE_CHECKING:
+    import duckdb
+
     from sessionpipe_runner.reports import Report
 
 __all__ = ["PricingError", "UsageProcessor"]
@@ -161,6 +172,8 @@ class UsageProcessor(Processor):
     parallel: ClassVar[bool] = True
     #: A usage line's row depends on that line alone; calls are deduplicated at query time.
     appendable: ClassVar[bool] = True
+    #: :meth:`write` calls :func:`replace_session_rows`, which stores what workers converted.
+    write_takes_arrow: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.prices: PriceTable | None = None
@@ -187,6 +200,9 @@ class UsageProcessor(Processor):
             self.prices = load_prices(Path(configured) if configured else None)
         except PricingError as error:
             raise BadSettings(str(error)) from None
+        # The compiled reading's rows are columns that cannot be pickled, and it parses without the
+        # GIL: its workers are threads, beside the runner's writes (:mod:`sessionpipe_runner.work`).
+        self.releases_gil = compiled_reading() is not None
 
     @staticmethod
     def _priced(prices: PriceTable, line: UsageLine) -> tuple[float, str, bool]:
@@ -210,7 +226,14 @@ class UsageProcessor(Processor):
         return cost, COST_FROM_PRICES, False
 
     def process(self, session: SessionFile, data: bytes) -> Output:
-        """One row per kept usage line; lines left out are counted in ``issues`` by reason."""
+        """One row per kept usage line; lines left out are counted in ``issues`` by reason.
+
+        After :meth:`start` chose the compiled reading, the rows are columns
+        (:class:`.columns.ColumnarOutput`), which :meth:`write` stores a batch at a time.
+        """
+        compiled = compiled_reading() if self.releases_gil else None
+        if compiled is not None:
+            return self.columnar_output(compiled, session, data, 1)
         return self.process_appended(session, data, 1)
 
     def process_appended(self, session: SessionFile, data: bytes, first_line: int) -> Output:
@@ -250,6 +273,41 @@ class UsageProcessor(Processor):
         # The table's column order: the session, then the line's fields up to speed, then cost.
         row = (session.key, line[0], session.user, session.project, session.session_id, *stored)
         return (*row, cost, source, prices.version, line.claude_version), missing
+
+    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+        """:func:`replace_session_rows`, then the batch's columnar rows as one Arrow table.
+
+        (An appended tail's rows, a few, stay tuples: a run that appends a line needs no pyarrow.)
+        """
+        replace_session_rows(con, self.tables, batch)
+        parts = [o.columns for _, o in batch if isinstance(o, columns.ColumnarOutput) and len(o.columns)]
+        if parts:
+            table_writes.insert_arrow(con, "usage_rows", [columns.arrow_table(parts)])
+
+    def columnar_output(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
+        """:meth:`process_appended` by the compiled parser, the rows as columns (:mod:`.columns`)."""
+        prices = self.prices
+        if prices is None:
+            prices = self.prices = load_prices()
+
+        def reference(line_no: int, raw: bytes) -> tuple[tuple[Any, ...], bool] | str | None:
+            read = read_line_outcome(line_no, raw)
+            if not isinstance(read, UsageLine):
+                return read
+            row, missing = self._row(session, read)
+            return columns.with_micros(row), missing
+
+        rows, issues = compiled.usage_columns(
+            data,
+            first_line,
+            parse.MAX_LINE_BYTES,
+            (session.key, session.user, session.project, session.session_id),
+            prices.version,
+            functools.partial(price_rates, prices),
+            columns.timestamp_micros,
+            reference,
+        )
+        return columns.ColumnarOutput(issues=Counter(issues), items=len(rows), columns=rows)
 
     def _compiled_rows(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
         """:meth:`process_appended` by the compiled parser; lines it cannot decide are read here."""
