@@ -81,16 +81,21 @@ sys.exit(code)
 def precompute(sessions: Path, target: Path) -> None:
     """The usage processor's output for every file, as the worker processes make it, pickled."""
     import pickle
+    from unittest import mock
 
     import duckdb
 
     from sessionpipe_runner import store, work
     from sessionpipe_runner.processors.base import RunContext
     from sessionpipe_runner.processors.usage import UsageProcessor
+    from sessionpipe_runner.processors.usage.native import ENV_USAGE_READING, PYTHON_READING
     from sessionpipe_runner.scan import scan_sessions
 
+    # The floor feeds the runner the Arrow tables worker processes send back; the compiled reading
+    # keeps its rows as columns for UsageProcessor.write instead, so the rows are made the Python way.
     processor = UsageProcessor()
-    processor.start(RunContext(run_id="floor", database=target, config={}, environ={}))
+    with mock.patch.dict("os.environ", {ENV_USAGE_READING: PYTHON_READING}):
+        processor.start(RunContext(run_id="floor", database=target, config={}, environ={}))
     con = duckdb.connect()
     store.migrate(con, processor)
     # what a worker's initializer sets up, here in this process
@@ -98,7 +103,8 @@ def precompute(sessions: Path, target: Path) -> None:
     work._worker_columns = {"usage_rows": store.table_columns(con, "usage_rows")}
     chunks = []
     for tasks in work.chunked([(file, None) for file in scan_sessions(sessions, None).files]):
-        chunk = work._examine_chunk(tasks)
+        with mock.patch.dict("os.environ", {ENV_USAGE_READING: PYTHON_READING}):
+            chunk = work._examine_chunk(tasks)
         sessions_of_chunk = [
             (one.file.key, one.output.items, one.output.issues, counts.get("usage_rows", 0))
             for one, counts in zip(chunk.examined, chunk.row_counts, strict=True)
