@@ -242,8 +242,6 @@ class UsageProcessor(Processor):
         Read by the compiled parser when it is installed (:mod:`.native`), else in Python; the two
         give the same rows and issues.
         """
-        if self.prices is None:
-            self.prices = load_prices()
         compiled = compiled_reading()
         if compiled is not None:
             return self._compiled_rows(compiled, session, data, first_line)
@@ -261,10 +259,15 @@ class UsageProcessor(Processor):
         output.items = len(rows)
         return output
 
+    def _price_table(self) -> PriceTable:
+        """The prices :meth:`start` loaded; the shipped ones for a processor used without it."""
+        if self.prices is None:
+            self.prices = load_prices()
+        return self.prices
+
     def _row(self, session: SessionFile, line: UsageLine) -> tuple[tuple[Any, ...], bool]:
         """A kept line's ``usage_rows`` row, and whether its model had no price though it used tokens."""
-        prices = self.prices
-        assert prices is not None  # set by process_appended
+        prices = self._price_table()
         if line.logged_cost_usd is not None:
             cost, source, missing = line.logged_cost_usd, COST_FROM_TRANSCRIPT, False
         else:
@@ -286,9 +289,7 @@ class UsageProcessor(Processor):
 
     def columnar_output(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
         """:meth:`process_appended` by the compiled parser, the rows as columns (:mod:`.columns`)."""
-        prices = self.prices
-        if prices is None:
-            prices = self.prices = load_prices()
+        prices = self._price_table()
 
         def reference(line_no: int, raw: bytes) -> tuple[tuple[Any, ...], bool] | str | None:
             read = read_line_outcome(line_no, raw)
@@ -311,8 +312,7 @@ class UsageProcessor(Processor):
 
     def _compiled_rows(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
         """:meth:`process_appended` by the compiled parser; lines it cannot decide are read here."""
-        prices = self.prices
-        assert prices is not None  # set by process_appended
+        prices = self._price_table()
 
         def reference(line_no: int, raw: bytes) -> tuple[tuple[Any, ...], bool] | str | None:
             read = read_line_outcome(line_no, raw)
