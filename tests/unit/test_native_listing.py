@@ -17,8 +17,6 @@ import pytest
 from sessionpipe_runner import scan
 from sessionpipe_runner.scan import MAX_FOLDER_DEPTH, ScanResult, scan_roots, scan_sessions
 
-pytestmark = pytest.mark.skipif(scan._compiled() is None, reason="sessionpipe-native is not installed")
-
 NOBODY = 65534
 
 
