@@ -33,8 +33,12 @@ class StateRow(NamedTuple):
 _make_state_row = partial(tuple.__new__, StateRow)  # StateRow(*row) without a Python-level call
 
 
-#: Files' (key, size, mtime_ns) as a relation, from the parameters :func:`_file_stats` makes.
-_FILE_STATS = "(SELECT unnest($keys) AS session_file, unnest($sizes) AS size, unnest($mtimes) AS mtime_ns)"
+#: Files' (key, size, mtime_ns) as a relation, from the parameters :func:`_file_stats` makes (or a
+#: scan's columns): typed, so an empty list is one too.
+_FILE_STATS = (
+    "(SELECT unnest($keys::VARCHAR[]) AS session_file, unnest($sizes::BIGINT[]) AS size, "
+    "unnest($mtimes::BIGINT[]) AS mtime_ns)"
+)
 
 
 def _file_stats(files: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
@@ -55,10 +59,7 @@ class ScanComparison(NamedTuple):
 #: scanned files :func:`~sessionpipe_runner.scan.decide` may call anything but unchanged, and the
 #: files whose vanished mark is wrong. Most runs get no row at all back.
 _COMPARE_SCAN = f"""
-WITH scanned AS (
-    SELECT unnest($keys::VARCHAR[]) AS session_file, unnest($sizes::BIGINT[]) AS size,
-           unnest($mtimes::BIGINT[]) AS mtime_ns
-), state AS (
+WITH scanned AS {_FILE_STATS}, state AS (
     SELECT * FROM {STATE_TABLE} WHERE processor = $processor
 ), compared AS (
     SELECT coalesce(scanned.session_file, state.session_file) AS session_file, state.size, state.mtime_ns,
