@@ -39,6 +39,7 @@ from bench.bench_usage import (  # noqa: E402
     corpus_bytes,
     installed_env,
     our_total_tokens,
+    timed_publish,
     warm_page_cache,
 )
 from bench.gen_corpus import DEFAULT_OUT, ensure_corpus  # noqa: E402
@@ -98,8 +99,6 @@ class IncrementalRun:
 
 def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | None = None) -> IncrementalRun:
     """Incremental runs of this build (and of ``base``) beside ccusage, interleaved, on a copy of ``source``."""
-    from sessionpipe_runner.snapshot import publish_snapshot
-
     with tempfile.TemporaryDirectory(prefix="bench-incremental-") as scratch_name:
         scratch = Path(scratch_name)
         sessions = scratch / "sessions"
@@ -127,10 +126,7 @@ def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | 
             result.theirs.append(run_timed(theirs, ccusage_env(config_dirs)))
         result.our_tokens = our_total_tokens(db)
         result.their_tokens = int(json.loads(result.theirs[-1].stdout)["totals"]["totalTokens"])
-        for _ in range(repeat):
-            started = time.perf_counter()
-            publish_snapshot(db)
-            result.publish.append(time.perf_counter() - started)
+        result.publish = [timed_publish(db) for _ in range(repeat)]
     return result
 
 

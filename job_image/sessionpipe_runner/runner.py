@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -364,7 +365,7 @@ def _publish(job: Run) -> None:
         return
     job.phase = Phase.PUBLISHING
     try:
-        snapshot.publish_snapshot(job.settings.database)
+        snapshot.publish_snapshot(job.settings.database, retire_old=True)
     except Exception as error:
         job.sigterm.check()
         job.summary.issues["snapshot_not_published"] += 1
@@ -404,6 +405,7 @@ def run(
     job = Run(settings, processor, lease, on_progress)
     summary = job.summary
     holding = False
+    freeing: threading.Thread | None = None
     try:
         with sigterm_raises(job.sigterm):
             try:
@@ -415,6 +417,7 @@ def run(
                 stale = snapshot.remove_stale_snapshots(settings.database)
                 if stale:
                     summary.issues["stale_snapshot_copy_removed"] += stale
+                freeing = snapshot.free_retired_snapshots_in_background(settings.database)
                 job.phase = Phase.WRITING
                 con = job.open(waiting_until)
                 job.process_all(con)
@@ -444,6 +447,8 @@ def run(
                     summary.message = work.error_text(error)
                     _close_after_failure(job)
     finally:
+        if freeing is not None:
+            freeing.join()
         if holding:
             lease.release()
         summary.finished = summary.finished or _now()

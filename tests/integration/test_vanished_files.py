@@ -132,9 +132,10 @@ def test_forget_vanished_files_dry_run_then_for_real(world: tuple[Path, Path]) -
     with duckdb.connect(str(db), read_only=True) as con:
         left = con.execute("SELECT count(*) FROM usage_rows WHERE session_file LIKE ?", [f"%{SESSION}%"]).fetchone()
     assert left == (0,)
-    # The published snapshot no longer holds them either.
+    # The published snapshot no longer holds them either, nor does any copy a run retired.
     with duckdb.connect(str(snapshot_path(db)), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM session_processor_state").fetchone() == (2,)
+    assert [path.name for path in db.parent.iterdir() if path.name.endswith(".retired")] == []
 
 
 def test_forget_a_users_files(world: tuple[Path, Path]) -> None:
