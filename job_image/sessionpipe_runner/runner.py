@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -106,7 +106,7 @@ class Run:
         self.summary = RunSummary(
             processor=processor.name,
             processor_version=processor.version,
-            run_id=uuid.uuid4().hex[:16],
+            run_id=os.urandom(8).hex(),  # uuid4's randomness, without importing uuid (and platform)
             started=_now(),
             lease=lease.name,
         )

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import os
 import re
-import secrets
 import shutil
 import threading
 from pathlib import Path
@@ -59,7 +58,7 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
 def _retire(snapshot: Path) -> None:
     """Give the published snapshot a retired name as well (a hard link). When there is none yet, or
     the file system refuses hard links, the rename frees the old copy at once, as it always did."""
-    retired = snapshot.with_name(f".{snapshot.name}.{os.getpid()}-{secrets.token_hex(4)}.retired")
+    retired = snapshot.with_name(f".{snapshot.name}.{os.getpid()}-{os.urandom(4).hex()}.retired")
     with contextlib.suppress(OSError):
         os.link(snapshot, retired)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ class FileLease:
         self._path = lease_path(database)
         self._processor = processor
         self._fd: int | None = None
-        self._holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._holder = f"{os.uname().nodename}:{os.getpid()}"
 
     @property
     def holder(self) -> str:
