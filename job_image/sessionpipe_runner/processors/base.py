@@ -92,6 +92,11 @@ class Output:
     #: are added to the session's stored rows, which :meth:`Processor.write` must keep.
     appended: bool = False
 
+    def row_count(self) -> int:
+        """The rows this output adds to the processor's tables (what the runner sizes batches by)."""
+        arrow_rows: int = sum(table.num_rows for table in self.arrow.values())
+        return sum(map(len, self.rows.values())) + arrow_rows
+
 
 @dataclass(frozen=True)
 class RunContext:

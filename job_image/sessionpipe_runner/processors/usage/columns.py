@@ -59,6 +59,9 @@ class ColumnarOutput(Output):
 
     columns: Any = None
 
+    def row_count(self) -> int:
+        return super().row_count() + (len(self.columns) if self.columns is not None else 0)
+
 
 def micros(moment: datetime) -> int:
     """An aware datetime as microseconds since the epoch (exact: integer arithmetic)."""
