@@ -15,6 +15,7 @@
 mod columns;
 mod decode;
 mod listing;
+mod reading;
 mod rules;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -566,6 +567,7 @@ fn usage_columns<'py>(
 fn sessionpipe_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(usage_rows, module)?)?;
     module.add_function(wrap_pyfunction!(listing::walk_user_folders, module)?)?;
+    module.add_function(wrap_pyfunction!(reading::read_below, module)?)?;
     module.add_function(wrap_pyfunction!(usage_columns, module)?)?;
     module.add_function(wrap_pyfunction!(columns::arrow_buffers, module)?)?;
     module.add_class::<columns::UsageColumns>()?;
