@@ -44,6 +44,11 @@ ERROR_TEXT_LIMIT = 2000
 #: A chunk handed to a worker holds at most this many files, or this many bytes.
 CHUNK_FILES = 64
 CHUNK_BYTES = 8 * 1024 * 1024
+#: Chunks handed to each worker ahead of the one the runner waits for. The workers examine them
+#: while the runner commits a batch (a whole row group takes it 0.1-0.2 s): with 8, they ran out
+#: of work during each commit (bench/README.md, "Session 9: cold run"). A chunk in flight holds
+#: its files' rows, not their bytes.
+IN_FLIGHT_CHUNKS = 32
 #: With ``workers`` left to the runner, candidates must add up to this much for workers to pay off
 #: (starting one costs an interpreter and the processor's imports).
 AUTO_PARALLEL_MIN_BYTES = 32 * 1024 * 1024
@@ -318,12 +323,12 @@ def chunked(
 class WorkerPool:
     """Workers that examine chunks of candidates; results come back in order.
 
-    At most eight chunks per worker are in flight, so memory stays bounded however far the writer
-    falls behind. For a processor that :attr:`~Processor.releases_gil`, the workers are threads of
-    the runner's process: its parsing runs beside the writer's DuckDB work (which releases the GIL
-    too), with no interpreter to start and nothing pickled. Otherwise they are processes, started
-    fresh (``spawn``): the runner has DuckDB and maybe a lease thread running, which a forked child
-    must not inherit.
+    At most :data:`IN_FLIGHT_CHUNKS` chunks per worker are in flight, so memory stays bounded
+    however far the writer falls behind. For a processor that :attr:`~Processor.releases_gil`, the
+    workers are threads of the runner's process: its parsing runs beside the writer's DuckDB work
+    (which releases the GIL too), with no interpreter to start and nothing pickled. Otherwise they
+    are processes, started fresh (``spawn``): the runner has DuckDB and maybe a lease thread
+    running, which a forked child must not inherit.
     """
 
     def __init__(self, workers: int, processor: Processor, columns: Mapping[str, Sequence[tuple[str, str]]]) -> None:
@@ -351,7 +356,7 @@ class WorkerPool:
         """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``."""
         in_flight: collections.deque[AsyncResult[Chunk]] = collections.deque()
         chunks = chunked(tasks)
-        window = 8 * self.workers
+        window = IN_FLIGHT_CHUNKS * self.workers
         exhausted = False
         while in_flight or not exhausted:
             while not exhausted and len(in_flight) < window:

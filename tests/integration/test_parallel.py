@@ -350,3 +350,28 @@ def test_consecutive_slices_of_a_workers_table_are_inserted_as_one_slice() -> No
     assert [part.to_pydict()["n"] for part in joined] == [[1, 2, 3], [9], [4, 5, 6], [1, 2]]
     assert joined_slices([(a, (whole, 0)), (c, (whole, 3))])[0].num_rows == 2  # a gap: not one slice
     assert joined_slices([(a, (whole, 0)), (b, (whole.slice(0), 2))])[0].num_rows == 2  # another table
+
+
+def test_workers_have_chunks_ahead_to_examine_while_the_runner_commits(tmp_path: Path) -> None:
+    """A whole row group's commit takes the runner 0.1-0.2 s: the workers must not run out of work."""
+    processor = _WhereRunReleasingTheGil()
+    tasks = [
+        (SessionFile(f"u/-p/s{i}.jsonl", str(tmp_path / f"s{i}.jsonl"), "u", "-p", f"s{i}", 1, 0), None)
+        for i in range(work.CHUNK_FILES * 100)
+    ]
+    pool = work.WorkerPool(2, processor, {"where_rows": [("session_file", "VARCHAR")]})
+    submitted: list[int] = []
+    submit = pool._submit
+
+    def counting(chunk: list[tuple[SessionFile, None]]) -> object:
+        submitted.append(len(chunk))
+        return submit(chunk)  # type: ignore[arg-type]
+
+    pool._submit = counting  # type: ignore[method-assign,assignment]
+    try:
+        examined = pool.examine(tasks)
+        assert next(examined).outcome is work.Outcome.VANISHED
+        assert len(submitted) >= 2 * 32  # chunks handed out before the runner took the first
+        assert sum(1 for _ in examined) == len(tasks) - 1
+    finally:
+        pool.close()
