@@ -11,10 +11,12 @@ from typing import ClassVar
 import duckdb
 
 from sessionpipe_contract import EXIT_OK
+from sessionpipe_demo import generate_corpus
 from sessionpipe_runner import batches
 from sessionpipe_runner.batches import ROW_GROUP_ROWS, whole_row_groups
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.base import Migration, Output, Processor, SessionFile, replace_session_rows
+from sessionpipe_runner.processors.usage import UsageProcessor
 from sessionpipe_runner.runner import RunSettings, run
 
 #: Sessions of many rows (every ninth) among sessions of a few: 2 row groups and a part of one.
@@ -106,3 +108,48 @@ def test_whole_row_groups_gives_none_when_nothing_adds_up() -> None:
     assert whole_row_groups([1000, 2000]) is None  # less than a row group
     assert whole_row_groups([100_000, 100_000]) is None  # no choice of them is one exactly
     assert whole_row_groups([ROW_GROUP_ROWS - 1, 1, 7]) == [0, 1]
+
+
+class _Recording:
+    """A connection that records the statements run through it."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, statements: list[str]) -> None:
+        self.con = con
+        self.statements = statements
+
+    def execute(self, sql: str, *args: object) -> object:
+        self.statements.append(sql)
+        return self.con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.con, name)
+
+
+class _RecordingUsage(UsageProcessor):
+    statements: ClassVar[list[str]] = []
+
+    def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
+        super().write(_Recording(con, self.statements), batch)  # type: ignore[arg-type]
+
+
+def test_a_run_that_starts_with_no_rows_stored_deletes_none_and_later_runs_replace(tmp_path: Path) -> None:
+    sessions = tmp_path / "sessions"
+    generate_corpus(sessions, users=2, target_bytes=512 * 1024, seed=3)
+    db = tmp_path / "db.duckdb"
+    settings = RunSettings(processor="usage", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
+    _RecordingUsage.statements = []
+    summary = run(settings, _RecordingUsage(), FileLease(db, "usage"))
+    assert summary.exit_code == EXIT_OK and summary.items > 100
+    assert not [sql for sql in _RecordingUsage.statements if sql.startswith("DELETE")]
+    assert [sql for sql in _RecordingUsage.statements if sql.startswith("INSERT")]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM usage_rows").fetchone() == (summary.items,)
+    # A file rewritten since: its rows are replaced, not added to.
+    rewritten = sorted(sessions.rglob("*.jsonl"))[0]
+    rewritten.write_bytes(rewritten.read_bytes().replace(b'"output_tokens":', b'"output_tokens": ', 1))
+    _RecordingUsage.statements = []
+    again = run(settings, _RecordingUsage(), FileLease(db, "usage"))
+    assert (again.exit_code, again.processed) == (EXIT_OK, 1)
+    assert [sql for sql in _RecordingUsage.statements if sql.startswith("DELETE")]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM usage_rows").fetchone() == (summary.items,)
