@@ -117,7 +117,8 @@ def examine(processor: Processor, file: SessionFile, known: Committed | None) ->
         return Examined(file, Outcome.NOT_A_FILE)
     except OSError:
         return Examined(file, Outcome.UNREADABLE)
-    file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+    if (snapshot.size, snapshot.mtime_ns) != (file.size, file.mtime_ns):  # as a rule not (dataclasses.replace: 4 µs)
+        file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
     if known is not None and known.content_hash == snapshot.content_hash:
         return Examined(file, Outcome.TOUCHED_UNCHANGED, snapshot)
     try:
