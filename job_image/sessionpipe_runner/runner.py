@@ -42,7 +42,7 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import batches, inflight, signals, snapshot, store, work
+from sessionpipe_runner import batches, inflight, signals, snapshot, store, tables, work
 from sessionpipe_runner.batches import Batch, BatchWriter
 from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
@@ -175,7 +175,9 @@ class Run:
             self.summary.workers = workers
             pool = work.WorkerPool(workers, self.processor, self._columns(con))
             try:
-                self._consume(con, pool.examine(candidates))
+                # While the workers read the first files, the runner loads what their rows' insert needs.
+                preload = tables.load_arrow_insert if self.processor.write_takes_arrow else None
+                self._consume(con, pool.examine(candidates, meanwhile=preload))
             finally:
                 pool.close()
         elif (in_flight := self.processor.calls_in_flight()) > 1 and not settings.max_sessions:

@@ -16,7 +16,7 @@ import collections
 import ctypes
 import os
 import signal
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from operator import itemgetter
@@ -353,8 +353,14 @@ class WorkerPool:
             return self.pool.apply_async(examine_chunk, (self.processor, self.columns, tasks))
         return self.pool.apply_async(_examine_chunk, (tasks,))
 
-    def examine(self, tasks: Iterable[tuple[SessionFile, Committed | None]]) -> Iterator[Examined]:
-        """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``."""
+    def examine(
+        self, tasks: Iterable[tuple[SessionFile, Committed | None]], meanwhile: Callable[[], object] | None = None
+    ) -> Iterator[Examined]:
+        """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``.
+
+        ``meanwhile`` is called once the first chunks are handed out, before waiting for the first:
+        work for the runner's thread that would otherwise wait.
+        """
         in_flight: collections.deque[AsyncResult[Chunk]] = collections.deque()
         chunks = chunked(tasks)
         window = IN_FLIGHT_CHUNKS * self.workers
@@ -366,6 +372,9 @@ class WorkerPool:
                     exhausted = True
                 else:
                     in_flight.append(self._submit(chunk_tasks))
+            if meanwhile is not None:
+                meanwhile()
+                meanwhile = None
             if in_flight:
                 yield from _unpack(in_flight.popleft().get())
 
