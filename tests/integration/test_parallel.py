@@ -352,14 +352,14 @@ def test_consecutive_slices_of_a_workers_table_are_inserted_as_one_slice() -> No
     assert joined_slices([(a, (whole, 0)), (b, (whole.slice(0), 2))])[0].num_rows == 2  # another table
 
 
-def test_workers_have_chunks_ahead_to_examine_while_the_runner_commits(tmp_path: Path) -> None:
-    """A whole row group's commit takes the runner 0.1-0.2 s: the workers must not run out of work."""
-    processor = _WhereRunReleasingTheGil()
+def _counting_pool(tmp_path: Path, chunks: int) -> tuple[work.WorkerPool, list[tuple[SessionFile, None]], list[int]]:
+    """Worker threads, tasks of files that do not exist (examined in no time), and the sizes of the
+    chunks handed out so far."""
     tasks = [
         (SessionFile(f"u/-p/s{i}.jsonl", str(tmp_path / f"s{i}.jsonl"), "u", "-p", f"s{i}", 1, 0), None)
-        for i in range(work.CHUNK_FILES * 100)
+        for i in range(work.CHUNK_FILES * chunks)
     ]
-    pool = work.WorkerPool(2, processor, {"where_rows": [("session_file", "VARCHAR")]})
+    pool = work.WorkerPool(2, _WhereRunReleasingTheGil(), {"where_rows": [("session_file", "VARCHAR")]})
     submitted: list[int] = []
     submit = pool._submit
 
@@ -368,6 +368,12 @@ def test_workers_have_chunks_ahead_to_examine_while_the_runner_commits(tmp_path:
         return submit(chunk)  # type: ignore[arg-type]
 
     pool._submit = counting  # type: ignore[method-assign,assignment]
+    return pool, tasks, submitted
+
+
+def test_workers_have_chunks_ahead_to_examine_while_the_runner_commits(tmp_path: Path) -> None:
+    """A whole row group's commit takes the runner 0.1-0.2 s: the workers must not run out of work."""
+    pool, tasks, submitted = _counting_pool(tmp_path, 100)
     try:
         examined = pool.examine(tasks)
         assert next(examined).outcome is work.Outcome.VANISHED
@@ -380,20 +386,7 @@ def test_workers_have_chunks_ahead_to_examine_while_the_runner_commits(tmp_path:
 def test_the_runner_works_meanwhile_once_the_first_chunks_are_handed_out(tmp_path: Path) -> None:
     """The runner's thread has nothing to do until the first chunk is examined: it loads the Arrow
     insert's modules (pyarrow, the DuckDB wrapper: ~90 ms) then, not in its first commit."""
-    processor = _WhereRunReleasingTheGil()
-    tasks = [
-        (SessionFile(f"u/-p/s{i}.jsonl", str(tmp_path / f"s{i}.jsonl"), "u", "-p", f"s{i}", 1, 0), None)
-        for i in range(work.CHUNK_FILES * 3)
-    ]
-    pool = work.WorkerPool(2, processor, {"where_rows": [("session_file", "VARCHAR")]})
-    submitted: list[int] = []
-    submit = pool._submit
-
-    def counting(chunk: list[tuple[SessionFile, None]]) -> object:
-        submitted.append(len(chunk))
-        return submit(chunk)  # type: ignore[arg-type]
-
-    pool._submit = counting  # type: ignore[method-assign,assignment]
+    pool, tasks, submitted = _counting_pool(tmp_path, 3)
     calls: list[int] = []
     try:
         examined = list(pool.examine(tasks, meanwhile=lambda: calls.append(len(submitted))))
