@@ -14,6 +14,12 @@ pub struct Text {
 }
 
 impl Text {
+    fn shrink_to_fit(&mut self) {
+        self.data.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.valid.shrink_to_fit();
+    }
+
     pub fn push(&mut self, value: Option<&str>) {
         if let Some(value) = value {
             self.data.extend_from_slice(value.as_bytes());
@@ -64,6 +70,29 @@ pub struct Row<'a> {
 impl Columns {
     pub fn rows(&self) -> usize {
         self.line_no.len()
+    }
+
+    /// Give back the room each column grew into but did not fill.
+    pub fn shrink_to_fit(&mut self) {
+        for text in [
+            &mut self.transcript_session_id,
+            &mut self.cwd,
+            &mut self.git_branch,
+            &mut self.agent_id,
+            &mut self.model,
+            &mut self.message_id,
+            &mut self.request_id,
+            &mut self.speed,
+            &mut self.cost_source,
+            &mut self.claude_version,
+        ] {
+            text.shrink_to_fit();
+        }
+        self.line_no.shrink_to_fit();
+        self.is_sidechain.shrink_to_fit();
+        self.ts.shrink_to_fit();
+        self.counts.iter_mut().for_each(Vec::shrink_to_fit);
+        self.cost_usd.shrink_to_fit();
     }
 
     pub fn push(&mut self, row: &Row<'_>) {

@@ -560,6 +560,7 @@ fn usage_columns<'py>(
         ..Default::default()
     };
     let issues = read_into(py, &lines, price_of, parse_timestamp, &reference, &mut columns)?;
+    columns.shrink_to_fit(); // held until its batch commits: no room to grow left over
     Ok((columns::UsageColumns { columns }, issues))
 }
 

@@ -9,13 +9,21 @@ from pathlib import Path
 from typing import ClassVar
 
 import duckdb
+import sessionpipe_native
 
 from sessionpipe_contract import EXIT_OK
 from sessionpipe_demo import generate_corpus
 from sessionpipe_runner import batches
 from sessionpipe_runner.batches import ROW_GROUP_ROWS, whole_row_groups
 from sessionpipe_runner.lease.file import FileLease
-from sessionpipe_runner.processors.base import Migration, Output, Processor, SessionFile, replace_session_rows
+from sessionpipe_runner.processors.base import (
+    Migration,
+    Output,
+    Processor,
+    RunContext,
+    SessionFile,
+    replace_session_rows,
+)
 from sessionpipe_runner.processors.usage import UsageProcessor
 from sessionpipe_runner.runner import RunSettings, run
 
@@ -153,3 +161,31 @@ def test_a_run_that_starts_with_no_rows_stored_deletes_none_and_later_runs_repla
     assert [sql for sql in _RecordingUsage.statements if sql.startswith("DELETE")]
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM usage_rows").fetchone() == (summary.items,)
+
+
+def test_a_batch_of_columns_is_inserted_in_pieces_as_one_append(tmp_path: Path) -> None:
+    """A batch of a whole row group joined into one Arrow table held a second copy of all its rows:
+    it goes in as tables of about ``columns.INSERT_ROWS`` rows, in order, in the one transaction."""
+    from sessionpipe_runner import store
+    from sessionpipe_runner.processors.usage import columns
+    from tests.runner_support import CORPUS
+
+    processor = UsageProcessor()
+    with duckdb.connect(str(tmp_path / "db.duckdb")) as con:
+        store.migrate(con, processor)
+        processor.start(RunContext(run_id="r", database=tmp_path / "db.duckdb", config={}, environ={}, connection=con))
+        session = SessionFile("u/p/s.jsonl", "/x", "u", "p", "s", 0, 0)
+        outputs = [
+            processor.columnar_output(sessionpipe_native, session, path.read_bytes(), 1)
+            for path in sorted(CORPUS.rglob("*.jsonl"))
+        ]
+        batch = [(SessionFile(f"u/p/{i}.jsonl", "/x", "u", "p", str(i), 0, 0), o) for i, o in enumerate(outputs * 200)]
+        rows = sum(output.row_count() for _, output in batch)
+        assert rows > columns.INSERT_ROWS
+        statements: list[str] = []
+        con.execute("BEGIN")
+        processor.write(_Recording(con, statements), batch)  # type: ignore[arg-type]
+        con.execute("COMMIT")
+        inserts = [sql for sql in statements if sql.startswith("INSERT INTO usage_rows")]
+        assert 1 < len(inserts) <= rows // columns.INSERT_ROWS + 1  # at least INSERT_ROWS rows but the last
+        assert con.execute("SELECT count(*) FROM usage_rows").fetchone() == (rows,)

@@ -284,14 +284,16 @@ class UsageProcessor(Processor):
         return (*row, cost, source, prices.version, line.claude_version), missing
 
     def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
-        """:func:`replace_session_rows`, then the batch's columnar rows as one Arrow table.
+        """:func:`replace_session_rows`, then the batch's columnar rows as Arrow tables of about
+        :data:`.columns.INSERT_ROWS` rows each (a batch of a whole row group joined at once held a
+        second copy of all its rows; the inserts of one transaction still reach DuckDB as one append).
 
         (An appended tail's rows, a few, stay tuples: a run that appends a line needs no pyarrow.)
         """
         replace_session_rows(con, self.tables, batch, delete=self.rows_stored)
         parts = [o.columns for _, o in batch if isinstance(o, columns.ColumnarOutput) and len(o.columns)]
-        if parts:
-            table_writes.insert_arrow(con, "usage_rows", [columns.arrow_table(parts)])
+        for piece in columns.pieces(parts):
+            table_writes.insert_arrow(con, "usage_rows", [columns.arrow_table(piece)])
 
     def columnar_output(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
         """:meth:`process_appended` by the compiled parser, the rows as columns (:mod:`.columns`)."""

@@ -92,6 +92,27 @@ def _arrow_type(name: str) -> pa.DataType:
     return factory()
 
 
+#: Rows joined into one Arrow table per insert (:func:`pieces`).
+INSERT_ROWS = 32_768
+
+
+def pieces(parts: Sequence[Any], rows: int = INSERT_ROWS) -> list[list[Any]]:
+    """``parts`` (``UsageColumns``, in order) in consecutive groups of at least ``rows`` rows (the last
+    may hold fewer)."""
+    grouped: list[list[Any]] = []
+    current: list[Any] = []
+    held = 0
+    for part in parts:
+        current.append(part)
+        held += len(part)
+        if held >= rows:
+            grouped.append(current)
+            current, held = [], 0
+    if current:
+        grouped.append(current)
+    return grouped
+
+
 def arrow_table(parts: Sequence[Any]) -> pa.Table:
     """The rows of ``parts`` (``UsageColumns``, in order) as one Arrow table over the native buffers."""
     import pyarrow as pa
