@@ -72,9 +72,9 @@ impl Columns {
         self.line_no.len()
     }
 
-    /// Give back the room each column grew into but did not fill.
-    pub fn shrink_to_fit(&mut self) {
-        for text in [
+    /// The string columns a line sets, in table order (`Row::texts`).
+    fn line_texts(&mut self) -> [&mut Text; 7] {
+        [
             &mut self.transcript_session_id,
             &mut self.cwd,
             &mut self.git_branch,
@@ -82,10 +82,13 @@ impl Columns {
             &mut self.model,
             &mut self.message_id,
             &mut self.request_id,
-            &mut self.speed,
-            &mut self.cost_source,
-            &mut self.claude_version,
-        ] {
+        ]
+    }
+
+    /// Give back the room each column grew into but did not fill.
+    pub fn shrink_to_fit(&mut self) {
+        self.line_texts().into_iter().for_each(Text::shrink_to_fit);
+        for text in [&mut self.speed, &mut self.cost_source, &mut self.claude_version] {
             text.shrink_to_fit();
         }
         self.line_no.shrink_to_fit();
@@ -97,16 +100,7 @@ impl Columns {
 
     pub fn push(&mut self, row: &Row<'_>) {
         self.line_no.push(row.line_no);
-        let texts = [
-            &mut self.transcript_session_id,
-            &mut self.cwd,
-            &mut self.git_branch,
-            &mut self.agent_id,
-            &mut self.model,
-            &mut self.message_id,
-            &mut self.request_id,
-        ];
-        for (column, value) in texts.into_iter().zip(row.texts) {
+        for (column, value) in self.line_texts().into_iter().zip(row.texts) {
             column.push(value);
         }
         self.is_sidechain.push(row.is_sidechain);
