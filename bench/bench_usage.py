@@ -207,6 +207,9 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
         scratch = Path(scratch_name)
         sessions = scratch / "sessions"
         shutil.copytree(source, sessions)
+        # Write the copy out now: else the first run's commits (fsync, on ext4 a journal commit)
+        # wait for the copy's dirty pages to reach the disk, which ccusage never waits for.
+        os.sync()
         size = corpus_bytes(sessions)
         config_dirs = ccusage_config_dirs(sessions, scratch)
         warm_page_cache(sessions)

@@ -8,7 +8,7 @@ others: a session whose own write fails is failed like one whose processing rais
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,21 @@ if TYPE_CHECKING:
 #: to where the batch's rows, held until the commit, cost more memory than the commits cost time.)
 BATCH_SESSIONS = 2048
 BATCH_BYTES = 64 * 1024 * 1024
+
+#: DuckDB's row group. A transaction that appends at least this many rows to a table has DuckDB
+#: write them compressed, as whole row groups, straight into the database file ("optimistic
+#: writes"), and its log records only where they are. Fewer go through the WAL and are compressed
+#: again by the checkpoint: every row written twice. So a processor whose rows go to one table
+#: commits, while rows keep coming, batches of exactly whole row groups (:func:`whole_row_groups`):
+#: a batch that ended in a part of a row group would leave that part in the middle of the table,
+#: and DuckDB's checkpoints would rewrite the table's row groups to merge such parts, about as
+#: costly as the log (bench/README.md, "Session 9: cold run").
+ROW_GROUP_ROWS = 122_880
+#: Rows held beyond whole row groups before such a batch is committed: the sessions to fill the
+#: row groups exactly are picked from them.
+ROW_GROUP_SLACK = 16_384
+#: The most sessions such a batch waits with (sessions without rows add none).
+ROW_GROUP_BATCH_SESSIONS = 32_768
 
 
 #: DuckDB's threads while batches are written. An Arrow insert of a batch costs about half as
@@ -75,9 +90,41 @@ class Batch:
     #: Files found unchanged though touched: (key, size, mtime_ns) to record.
     seen: list[tuple[str, int, int]] = field(default_factory=list)
     bytes: int = 0
+    rows: int = 0  # the rows of ``outputs``
 
     def __len__(self) -> int:
         return len(self.outputs) + len(self.failures) + len(self.seen)
+
+    def add(self, file: SessionFile, output: Output, snapshot: Snapshot) -> int:
+        """Hold a processed session until its commit; return its rows."""
+        self.outputs.append((file, output, snapshot))
+        self.bytes += snapshot.length
+        rows = output.row_count()
+        self.rows += rows
+        return rows
+
+    def take_whole_row_groups(self) -> Batch | None:
+        """The sessions whose rows make whole row groups, as a batch of their own (with the failures
+        and the bookkeeping of ``seen``); ``None`` when no choice adds up exactly.
+
+        What is taken leaves this batch; the sessions left wait for the next one.
+        """
+        counts = [output.row_count() for _, output, _ in self.outputs]
+        chosen = whole_row_groups(counts)
+        if chosen is None:
+            return None
+        taken = Batch(failures=self.failures, seen=self.seen)
+        kept: list[tuple[SessionFile, Output, Snapshot]] = []
+        picked = set(chosen)
+        for index, one in enumerate(self.outputs):
+            if index in picked:
+                taken.add(*one)
+            else:
+                kept.append(one)
+        self.outputs, self.failures, self.seen = kept, [], []
+        self.bytes -= taken.bytes
+        self.rows -= taken.rows
+        return taken
 
     def split(self) -> list[Batch]:
         """One batch per session (the bookkeeping of ``seen`` rides with the first)."""
@@ -85,6 +132,66 @@ class Batch:
         parts += [Batch(failures=[one]) for one in self.failures]
         parts[0].seen = self.seen
         return parts
+
+
+def whole_row_groups(counts: Sequence[int], group: int = ROW_GROUP_ROWS) -> list[int] | None:
+    """Indexes of ``counts`` (rows per session) that add up to exactly the most whole ``group``\\ s
+    there are, earlier sessions first; ``None`` if there are none, or no choice adds up exactly.
+
+    Sessions are taken in order until a margin short of the whole groups; the rest is made up
+    exactly from the sessions after them (a subset sum, as bits of an integer), with a wider
+    margin if the first leaves too few to choose from. Sessions without rows are always taken.
+    """
+    total = sum(counts)
+    target = total - total % group
+    margin = 4096
+    while target:
+        chosen = _fill_after_prefix(counts, target, min(margin, target))
+        if chosen is not None or margin >= target:
+            return chosen
+        margin *= 4
+    return None
+
+
+def _fill_after_prefix(counts: Sequence[int], target: int, margin: int) -> list[int] | None:
+    """Sessions in order up to ``margin`` rows short of ``target``, then an exact fill from the rest."""
+    chosen: list[int] = []
+    taken = 0
+    index = 0
+    while index < len(counts) and taken + counts[index] <= target - margin:
+        taken += counts[index]
+        chosen.append(index)
+        index += 1
+    rest = range(index, len(counts))
+    filled = _exact_subset([counts[i] for i in rest], target - taken)
+    if filled is None:
+        return None
+    chosen += [rest[i] for i in filled]
+    chosen += [i for i in rest if not counts[i]]
+    return sorted(chosen)
+
+
+def _exact_subset(counts: Sequence[int], target: int) -> list[int] | None:
+    """Indexes of ``counts`` that add up to exactly ``target``, or ``None``: bit ``n`` of each
+    state says that ``n`` rows can be made of the counts before it."""
+    mask = (1 << (target + 1)) - 1
+    states = [1]
+    for count in counts:
+        reachable = states[-1]
+        if 0 < count <= target:
+            reachable = (reachable | (reachable << count)) & mask
+        states.append(reachable)
+        if reachable >> target & 1:
+            break
+    if not states[-1] >> target & 1:
+        return None
+    chosen = []
+    remaining = target
+    for index in range(len(states) - 2, -1, -1):
+        if remaining and not states[index] >> remaining & 1:  # not reachable without this one
+            chosen.append(index)
+            remaining -= counts[index]
+    return chosen[::-1]
 
 
 def _now() -> datetime:
@@ -111,6 +218,74 @@ class BatchWriter:
         self.states = states
         self.max_attempts = max_attempts
         self.commits = 0  # batches committed (each changed what readers of the database see)
+        #: Whether batches are committed as whole row groups (:data:`ROW_GROUP_ROWS`): for a
+        #: batchable processor whose rows all go to one table.
+        self.whole_row_groups = processor.batchable and len(processor.tables) == 1
+        self.session_limit = BATCH_SESSIONS if processor.batchable else 1
+        self.rows_held = 0  # rows of the sessions handed to commit_due so far, committed or not
+        self.small_batches = False  # once one is committed, the run's batches stay small
+
+    def commit_due(self, con: duckdb.DuckDBPyConnection, pending: Batch, bytes_done: int, bytes_total: int) -> Batch:
+        """Commit what of ``pending`` is due, given the candidates' bytes dealt with so far and in
+        all; return the sessions still held.
+
+        While the run's rows will still fill a row group, sessions are held until the batch can be
+        whole row groups; else (and for processors with several tables or none) batches are
+        :data:`BATCH_SESSIONS` sessions or :data:`BATCH_BYTES` read, and less than a row group.
+        """
+        if self.whole_row_groups and not self.small_batches:
+            if not self._tail(pending, bytes_done, bytes_total):
+                if pending.rows >= ROW_GROUP_ROWS + ROW_GROUP_SLACK:
+                    taken = pending.take_whole_row_groups()
+                    if taken is not None:
+                        self.flush(con, taken)
+                        return pending
+                elif len(pending) < ROW_GROUP_BATCH_SESSIONS:
+                    return pending
+            self.small_batches = True
+        return self._commit_small(con, pending, final=False)
+
+    def commit_rest(self, con: duckdb.DuckDBPyConnection, pending: Batch) -> None:
+        """At the end of the candidates: commit all that is held, whole row groups first."""
+        while self.whole_row_groups and not self.small_batches and pending.rows >= ROW_GROUP_ROWS:
+            taken = pending.take_whole_row_groups()
+            if taken is None:
+                break
+            self.flush(con, taken)
+        self._commit_small(con, pending, final=True)
+
+    def _tail(self, pending: Batch, bytes_done: int, bytes_total: int) -> bool:
+        """Whether the rows still to come, at the rows per byte so far, will not fill a row group.
+
+        Decided only once an eighth of the bytes are read (before, a guess would be a poor one).
+        """
+        if not bytes_done or bytes_done * 8 < bytes_total:
+            return False
+        rows_to_come = (bytes_total - bytes_done) * self.rows_held / bytes_done
+        return pending.rows + rows_to_come < ROW_GROUP_ROWS
+
+    def _commit_small(self, con: duckdb.DuckDBPyConnection, pending: Batch, *, final: bool) -> Batch:
+        """Commit ``pending`` in batches of less than a row group (through DuckDB's log), as they
+        fill up, or all of it if ``final``; return what is still held."""
+        full = len(pending) >= self.session_limit or pending.bytes >= BATCH_BYTES or pending.rows >= ROW_GROUP_ROWS
+        if not (final or full):
+            return pending
+        small = Batch()
+        for file, output, snapshot in pending.outputs:
+            piece_full = small.rows + output.row_count() >= ROW_GROUP_ROWS or len(small) >= self.session_limit
+            if small.outputs and piece_full:
+                self.flush(con, small)
+                small = Batch()
+            small.add(file, output, snapshot)
+        small.failures, small.seen = pending.failures, pending.seen
+        if final or len(small) >= self.session_limit or small.bytes >= BATCH_BYTES:
+            self.flush(con, small)
+            return Batch()
+        return small
+
+    def hold(self, pending: Batch, file: SessionFile, output: Output, snapshot: Snapshot) -> None:
+        """Hold a processed session in ``pending`` until its commit."""
+        self.rows_held += pending.add(file, output, snapshot)
 
     def flush(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         """Commit a batch; if the batch's write fails, retry its sessions one at a time.

@@ -21,8 +21,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import orjson
@@ -39,6 +41,13 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+#: ``SESSIONPIPE_FILE_READING=python`` opens and reads files in Python (the reference) even where
+#: the compiled module (``sessionpipe-native``'s ``read_below``) is installed.
+ENV_FILE_READING = "SESSIONPIPE_FILE_READING"
+PYTHON_FILE_READING = "python"
+#: What ``read_below`` found (native/src/reading.rs).
+_READ, _TOO_LONG, _OS_ERROR, _SYMLINK, _NOT_A_FILE = range(5)
 
 
 class SymlinkRefused(OSError):
@@ -84,7 +93,19 @@ class Snapshot:
 
     def without_data(self) -> Snapshot:
         """The same snapshot without the bytes, once they are processed (what a worker sends back)."""
-        return replace(self, data=b"")
+        # Not dataclasses.replace: a worker calls this once per file, and replace costs 5x more.
+        return Snapshot(
+            b"",
+            self.length,
+            self.size,
+            self.mtime_ns,
+            self.partial_tail,
+            self.content_hash,
+            self.long_lines,
+            self.lines,
+            self.appended_from,
+            self.first_line,
+        )
 
 
 def _is_complete_line(tail: bytes) -> bool:
@@ -149,6 +170,15 @@ def _open_walking(root: str, parts: list[str]) -> int:
         os.close(directory)
 
 
+def _root_and_parts(location: str, root: str) -> tuple[str, list[str]]:
+    """The folder to start from and the components to walk down from it (with no ``root``, the
+    file's own folder and its name)."""
+    if not root:
+        folder, slash, name = location.rpartition("/")
+        return folder or slash or ".", [name]
+    return root, _path_below(root, location)
+
+
 def open_session_file(location: str, root: str = "") -> tuple[int, os.stat_result]:
     """A read-only descriptor of the regular file at ``location``, and its status, reached from
     ``root`` without following any symlink below it (with no ``root``, only the file itself is
@@ -157,11 +187,7 @@ def open_session_file(location: str, root: str = "") -> tuple[int, os.stat_resul
     Raises ``FileNotFoundError`` if it vanished, :class:`SymlinkRefused`, :class:`NotARegularFile`,
     or another ``OSError`` if it cannot be opened.
     """
-    if not root:
-        folder, slash, name = location.rpartition("/")
-        root, parts = folder or slash or ".", [name]
-    else:
-        parts = _path_below(root, location)
+    root, parts = _root_and_parts(location, root)
     fd = _open_walking(root, parts)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
@@ -277,6 +303,22 @@ def _after_committed(data: bytes, committed: Committed | None) -> tuple[int, str
     return (length if unchanged else 0), hasher.hexdigest()
 
 
+@cache
+def _compiled() -> ModuleType | None:
+    try:
+        import sessionpipe_native
+    except ImportError:
+        return None  # the usage processor logs that the package is missing
+    return sessionpipe_native if hasattr(sessionpipe_native, "read_below") else None
+
+
+def compiled_reading() -> ModuleType | None:
+    """The compiled module that opens and reads files, or ``None`` when Python is to do it."""
+    if os.environ.get(ENV_FILE_READING) == PYTHON_FILE_READING:
+        return None
+    return _compiled()
+
+
 def read_snapshot(
     location: str | Path, root: str = "", line_limit: int = MAX_LINE_BYTES, committed: Committed | None = None
 ) -> Snapshot:
@@ -290,44 +332,84 @@ def read_snapshot(
     With ``committed`` (what a run committed of this file), a file that only grew since is
     recognised: :attr:`Snapshot.appended` is then just the new lines. (A file longer than
     ``line_limit`` is always given whole.)
+
+    With the compiled module (:func:`compiled_reading`), the opening and a whole read happen there,
+    the same calls with the GIL released around them, not around each.
     """
-    appended_from, first_line = 0, 1
-    fd, info = open_session_file(str(location), root)
+    compiled = compiled_reading()
+    if compiled is None:
+        fd, info = open_session_file(str(location), root)
+        size, mtime_ns = info.st_size, info.st_mtime_ns
+    else:
+        folder, parts = _root_and_parts(str(location), root)
+        found, number, size, mtime_ns, raw, newlines = compiled.read_below(folder, parts, line_limit)
+        if found == _READ:
+            return _whole(raw, newlines, mtime_ns, committed)
+        if found != _TOO_LONG:
+            raise _refused(found, number, str(location))
+        fd = number
+        os.set_blocking(fd, True)  # as open_session_file leaves it
     try:
-        if info.st_size <= line_limit:
-            raw = _read(fd, info.st_size)
-            data, partial = complete_prefix(raw)
-            size, long_lines = len(raw), 0
-            appended_from, content_hash = _after_committed(data, committed)
-            if appended_from and committed is not None and committed.lines is not None:
-                first_line = committed.lines + 1
-                lines = committed.lines + _line_count(data[appended_from:])
-            else:
-                lines = _line_count(data)
-        else:
-            bounded = _BoundedLines(line_limit)
-            size = 0
-            chunk_size = min(READ_CHUNK_BYTES, line_limit)  # so a chunk holds at most one line too long
-            while size < info.st_size:
-                chunk = _read(fd, min(chunk_size, info.st_size - size))
-                if not chunk:
-                    break  # truncated while being read
-                size += len(chunk)
-                bounded.feed(chunk)
-            data, partial, content_hash = bounded.finish()
-            long_lines = bounded.long_lines
-            lines = _line_count(data)
+        if size <= line_limit:
+            return _whole(_read(fd, size), None, mtime_ns, committed)
+        return _bounded(fd, size, mtime_ns, line_limit)
     finally:
         os.close(fd)
+
+
+def _refused(found: int, number: int, location: str) -> OSError:
+    """The exception :func:`open_session_file` raises for what ``read_below`` found."""
+    if found == _SYMLINK:
+        return SymlinkRefused(errno.ELOOP, "a symlink below the sessions root is not followed", location)
+    if found == _NOT_A_FILE:
+        return NotARegularFile(errno.EINVAL, "not a regular file", location)
+    return OSError(number, os.strerror(number), location)  # FileNotFoundError for ENOENT, and so on
+
+
+def _whole(raw: bytes, newlines: int | None, mtime_ns: int, committed: Committed | None) -> Snapshot:
+    """The snapshot of a file read whole (``newlines``: the count of ``raw``'s, if known)."""
+    data, partial = complete_prefix(raw)
+    appended_from, content_hash = _after_committed(data, committed)
+    first_line = 1
+    if appended_from and committed is not None and committed.lines is not None:
+        first_line = committed.lines + 1
+        lines = committed.lines + _line_count(data[appended_from:])
+    elif newlines is None:
+        lines = _line_count(data)
+    else:  # an incomplete tail left out holds no newline; a complete last line without one counts
+        lines = newlines + (1 if data and not data.endswith(b"\n") else 0)
     return Snapshot(
         data=data,
         length=len(data),
-        size=size,
-        mtime_ns=info.st_mtime_ns,
+        size=len(raw),
+        mtime_ns=mtime_ns,
         partial_tail=partial,
         content_hash=content_hash,
-        long_lines=long_lines,
         lines=lines,
         appended_from=appended_from,
         first_line=first_line,
+    )
+
+
+def _bounded(fd: int, size: int, mtime_ns: int, line_limit: int) -> Snapshot:
+    """The snapshot of a file longer than ``line_limit``, read in chunks through :class:`_BoundedLines`."""
+    bounded = _BoundedLines(line_limit)
+    done = 0
+    chunk_size = min(READ_CHUNK_BYTES, line_limit)  # so a chunk holds at most one line too long
+    while done < size:
+        chunk = _read(fd, min(chunk_size, size - done))
+        if not chunk:
+            break  # truncated while being read
+        done += len(chunk)
+        bounded.feed(chunk)
+    data, partial, content_hash = bounded.finish()
+    return Snapshot(
+        data=data,
+        length=len(data),
+        size=done,
+        mtime_ns=mtime_ns,
+        partial_tail=partial,
+        content_hash=content_hash,
+        long_lines=bounded.long_lines,
+        lines=_line_count(data),
     )

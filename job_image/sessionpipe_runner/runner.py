@@ -43,7 +43,7 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import batches, inflight, signals, snapshot, store, work
+from sessionpipe_runner import batches, inflight, signals, snapshot, store, tables, work
 from sessionpipe_runner.batches import Batch, BatchWriter
 from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
@@ -176,7 +176,9 @@ class Run:
             self.summary.workers = workers
             pool = work.WorkerPool(workers, self.processor, self._columns(con))
             try:
-                self._consume(con, pool.examine(candidates))
+                # While the workers read the first files, the runner loads what their rows' insert needs.
+                preload = tables.load_arrow_insert if self.processor.write_takes_arrow else None
+                self._consume(con, pool.examine(candidates, meanwhile=preload))
             finally:
                 pool.close()
         elif (in_flight := self.processor.calls_in_flight()) > 1 and not settings.max_sessions:
@@ -275,7 +277,6 @@ class Run:
             states=self.states,
             max_attempts=self.settings.max_attempts,
         )
-        batch_limit = batches.BATCH_SESSIONS if self.processor.batchable else 1
         pending = Batch()
         batches.start_writing(con)
         for examined in results:
@@ -317,18 +318,17 @@ class Run:
                 summary.issues["left_for_next_run"] += 1
                 continue
             elif outcome is Outcome.FAIL_RUN:
-                writer.flush(con, pending)  # keep what this run already achieved
+                writer.commit_rest(con, pending)  # keep what this run already achieved
                 raise examined.error if isinstance(examined.error, FailRun) else FailRun(str(examined.error))
             elif outcome is Outcome.FAILED:
                 pending.failures.append((file, read, examined.error or RuntimeError("failed")))
             else:
                 assert examined.output is not None
-                pending.outputs.append((file, examined.output, read))
-                pending.bytes += read.length
-            if len(pending) >= batch_limit or pending.bytes >= batches.BATCH_BYTES:
-                writer.flush(con, pending)
-                pending = Batch()
-        writer.flush(con, pending)
+                writer.hold(pending, file, examined.output, read)
+            progress = self.progress
+            bytes_done, bytes_total = (progress.bytes_done, progress.bytes_total) if progress is not None else (0, 0)
+            pending = writer.commit_due(con, pending, bytes_done, bytes_total)
+        writer.commit_rest(con, pending)
         batches.end_writing(con)
         self.changed |= writer.commits > 0
         if summary.stopped_early is not None:

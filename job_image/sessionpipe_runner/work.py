@@ -16,7 +16,7 @@ import collections
 import ctypes
 import os
 import signal
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from operator import itemgetter
@@ -44,6 +44,11 @@ ERROR_TEXT_LIMIT = 2000
 #: A chunk handed to a worker holds at most this many files, or this many bytes.
 CHUNK_FILES = 64
 CHUNK_BYTES = 8 * 1024 * 1024
+#: Chunks handed to each worker ahead of the one the runner waits for. The workers examine them
+#: while the runner commits a batch (a whole row group takes it 0.1-0.2 s): with 8, they ran out
+#: of work during each commit (bench/README.md, "Session 9: cold run"). A chunk in flight holds
+#: its files' rows, not their bytes: 32 cost ~10 MB more peak memory than 16 for no clear gain.
+IN_FLIGHT_CHUNKS = 16
 #: With ``workers`` left to the runner, candidates must add up to this much for workers to pay off
 #: (starting one costs an interpreter and the processor's imports).
 AUTO_PARALLEL_MIN_BYTES = 32 * 1024 * 1024
@@ -112,7 +117,8 @@ def examine(processor: Processor, file: SessionFile, known: Committed | None) ->
         return Examined(file, Outcome.NOT_A_FILE)
     except OSError:
         return Examined(file, Outcome.UNREADABLE)
-    file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+    if (snapshot.size, snapshot.mtime_ns) != (file.size, file.mtime_ns):  # as a rule not (dataclasses.replace: 4 µs)
+        file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
     if known is not None and known.content_hash == snapshot.content_hash:
         return Examined(file, Outcome.TOUCHED_UNCHANGED, snapshot)
     try:
@@ -318,12 +324,12 @@ def chunked(
 class WorkerPool:
     """Workers that examine chunks of candidates; results come back in order.
 
-    At most eight chunks per worker are in flight, so memory stays bounded however far the writer
-    falls behind. For a processor that :attr:`~Processor.releases_gil`, the workers are threads of
-    the runner's process: its parsing runs beside the writer's DuckDB work (which releases the GIL
-    too), with no interpreter to start and nothing pickled. Otherwise they are processes, started
-    fresh (``spawn``): the runner has DuckDB and maybe a lease thread running, which a forked child
-    must not inherit.
+    At most :data:`IN_FLIGHT_CHUNKS` chunks per worker are in flight, so memory stays bounded
+    however far the writer falls behind. For a processor that :attr:`~Processor.releases_gil`, the
+    workers are threads of the runner's process: its parsing runs beside the writer's DuckDB work
+    (which releases the GIL too), with no interpreter to start and nothing pickled. Otherwise they
+    are processes, started fresh (``spawn``): the runner has DuckDB and maybe a lease thread
+    running, which a forked child must not inherit.
     """
 
     def __init__(self, workers: int, processor: Processor, columns: Mapping[str, Sequence[tuple[str, str]]]) -> None:
@@ -347,11 +353,17 @@ class WorkerPool:
             return self.pool.apply_async(examine_chunk, (self.processor, self.columns, tasks))
         return self.pool.apply_async(_examine_chunk, (tasks,))
 
-    def examine(self, tasks: Iterable[tuple[SessionFile, Committed | None]]) -> Iterator[Examined]:
-        """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``."""
+    def examine(
+        self, tasks: Iterable[tuple[SessionFile, Committed | None]], meanwhile: Callable[[], object] | None = None
+    ) -> Iterator[Examined]:
+        """Each task's :class:`Examined`, in task order, its rows as Arrow tables in ``output.arrow``.
+
+        ``meanwhile`` is called once the first chunks are handed out, before waiting for the first:
+        work for the runner's thread that would otherwise wait.
+        """
         in_flight: collections.deque[AsyncResult[Chunk]] = collections.deque()
         chunks = chunked(tasks)
-        window = 8 * self.workers
+        window = IN_FLIGHT_CHUNKS * self.workers
         exhausted = False
         while in_flight or not exhausted:
             while not exhausted and len(in_flight) < window:
@@ -360,6 +372,9 @@ class WorkerPool:
                     exhausted = True
                 else:
                     in_flight.append(self._submit(chunk_tasks))
+            if meanwhile is not None:
+                meanwhile()
+                meanwhile = None
             if in_flight:
                 yield from _unpack(in_flight.popleft().get())
 

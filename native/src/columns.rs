@@ -14,6 +14,12 @@ pub struct Text {
 }
 
 impl Text {
+    fn shrink_to_fit(&mut self) {
+        self.data.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.valid.shrink_to_fit();
+    }
+
     pub fn push(&mut self, value: Option<&str>) {
         if let Some(value) = value {
             self.data.extend_from_slice(value.as_bytes());
@@ -66,9 +72,9 @@ impl Columns {
         self.line_no.len()
     }
 
-    pub fn push(&mut self, row: &Row<'_>) {
-        self.line_no.push(row.line_no);
-        let texts = [
+    /// The string columns a line sets, in table order (`Row::texts`).
+    fn line_texts(&mut self) -> [&mut Text; 7] {
+        [
             &mut self.transcript_session_id,
             &mut self.cwd,
             &mut self.git_branch,
@@ -76,8 +82,25 @@ impl Columns {
             &mut self.model,
             &mut self.message_id,
             &mut self.request_id,
-        ];
-        for (column, value) in texts.into_iter().zip(row.texts) {
+        ]
+    }
+
+    /// Give back the room each column grew into but did not fill.
+    pub fn shrink_to_fit(&mut self) {
+        self.line_texts().into_iter().for_each(Text::shrink_to_fit);
+        for text in [&mut self.speed, &mut self.cost_source, &mut self.claude_version] {
+            text.shrink_to_fit();
+        }
+        self.line_no.shrink_to_fit();
+        self.is_sidechain.shrink_to_fit();
+        self.ts.shrink_to_fit();
+        self.counts.iter_mut().for_each(Vec::shrink_to_fit);
+        self.cost_usd.shrink_to_fit();
+    }
+
+    pub fn push(&mut self, row: &Row<'_>) {
+        self.line_no.push(row.line_no);
+        for (column, value) in self.line_texts().into_iter().zip(row.texts) {
             column.push(value);
         }
         self.is_sidechain.push(row.is_sidechain);
@@ -186,52 +209,70 @@ fn repeated(parts: &[&Columns], value: impl Fn(&Columns) -> &str) -> (Option<Vec
     (None, offsets, data)
 }
 
+/// One Arrow column's buffers: validity bitmap (None: all set), offsets (strings only), data.
+type Buffers = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>);
+
+fn text_buffers((valid, offsets, data): (Option<Vec<u8>>, Vec<u8>, Vec<u8>)) -> Buffers {
+    (valid, Some(offsets), data)
+}
+
+fn fixed_buffers(data: Vec<u8>) -> Buffers {
+    (None, None, data)
+}
+
+/// Every column of `parts` joined, in `usage_rows`' order (plain Rust: runs without the GIL).
+fn joined(parts: &[&Columns]) -> (usize, Vec<Buffers>) {
+    let length: usize = parts.iter().map(|part| part.rows()).sum();
+    let mut out: Vec<Buffers> = Vec::with_capacity(25);
+    out.push(text_buffers(repeated(parts, |part| &part.session[0])));
+    out.push(fixed_buffers(fixed(parts, |part| &part.line_no, i64::to_le_bytes)));
+    for index in 1..4 {
+        out.push(text_buffers(repeated(parts, |part| &part.session[index])));
+    }
+    for index in 0..4 {
+        out.push(text_buffers(text(parts, |part| texts(part)[index])));
+    }
+    let sidechain = parts.iter().flat_map(|part| part.is_sidechain.iter().copied());
+    out.push(fixed_buffers(booleans(sidechain, length)));
+    for index in 4..7 {
+        out.push(text_buffers(text(parts, |part| texts(part)[index])));
+    }
+    out.push(fixed_buffers(fixed(parts, |part| &part.ts, i64::to_le_bytes)));
+    for index in 0..6 {
+        out.push(fixed_buffers(fixed(
+            parts,
+            |part| &part.counts[index],
+            i64::to_le_bytes,
+        )));
+    }
+    out.push(text_buffers(text(parts, |part| &part.speed)));
+    out.push(fixed_buffers(fixed(parts, |part| &part.cost_usd, f64::to_le_bytes)));
+    out.push(text_buffers(text(parts, |part| &part.cost_source)));
+    out.push(text_buffers(repeated(parts, |part| &part.pricing_version)));
+    out.push(text_buffers(text(parts, |part| &part.claude_version)));
+    (length, out)
+}
+
 /// The joined columns of `parts`, in `usage_rows`' order, as Arrow buffers: per column a tuple
 /// (validity bitmap or None, offsets or None, data). Strings are large_string (i64 offsets),
 /// `is_sidechain` a bit-packed bool, `ts` int64 microseconds UTC, numbers little-endian.
+///
+/// The columns are joined without the GIL: a batch of a whole row group takes tens of
+/// milliseconds, which the worker threads reading files would otherwise wait out.
 #[pyfunction]
 pub fn arrow_buffers<'py>(
     py: Python<'py>,
     parts: Vec<PyRef<'py, UsageColumns>>,
 ) -> PyResult<(usize, Vec<Bound<'py, PyTuple>>)> {
     let parts: Vec<&Columns> = parts.iter().map(|part| &part.columns).collect();
-    let length: usize = parts.iter().map(|part| part.rows()).sum();
-    let mut out: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(25);
-    let none = || py.None().into_bound(py);
-    let bytes = |data: Vec<u8>| PyBytes::new(py, &data).into_any();
-    let push_text = |out: &mut Vec<Bound<'py, PyTuple>>,
-                     (valid, offsets, data): (Option<Vec<u8>>, Vec<u8>, Vec<u8>)|
-     -> PyResult<()> {
-        let valid = valid.map_or_else(none, bytes);
-        out.push(PyTuple::new(py, [valid, bytes(offsets), bytes(data)])?);
-        Ok(())
+    let (length, buffers) = py.allow_threads(|| joined(&parts));
+    let bytes = |data: Option<Vec<u8>>| match data {
+        Some(data) => PyBytes::new(py, &data).into_any(),
+        None => py.None().into_bound(py),
     };
-    let fixed_column = |data: Vec<u8>| PyTuple::new(py, [none(), none(), bytes(data)]);
-    push_text(&mut out, repeated(&parts, |part| &part.session[0]))?;
-    out.push(fixed_column(fixed(&parts, |part| &part.line_no, i64::to_le_bytes))?);
-    for index in 1..4 {
-        push_text(&mut out, repeated(&parts, |part| &part.session[index]))?;
-    }
-    for index in 0..4 {
-        push_text(&mut out, text(&parts, |part| texts(part)[index]))?;
-    }
-    let sidechain = parts.iter().flat_map(|part| part.is_sidechain.iter().copied());
-    out.push(fixed_column(booleans(sidechain, length))?);
-    for index in 4..7 {
-        push_text(&mut out, text(&parts, |part| texts(part)[index]))?;
-    }
-    out.push(fixed_column(fixed(&parts, |part| &part.ts, i64::to_le_bytes))?);
-    for index in 0..6 {
-        out.push(fixed_column(fixed(
-            &parts,
-            |part| &part.counts[index],
-            i64::to_le_bytes,
-        ))?);
-    }
-    push_text(&mut out, text(&parts, |part| &part.speed))?;
-    out.push(fixed_column(fixed(&parts, |part| &part.cost_usd, f64::to_le_bytes))?);
-    push_text(&mut out, text(&parts, |part| &part.cost_source))?;
-    push_text(&mut out, repeated(&parts, |part| &part.pricing_version))?;
-    push_text(&mut out, text(&parts, |part| &part.claude_version))?;
+    let out = buffers
+        .into_iter()
+        .map(|(valid, offsets, data)| PyTuple::new(py, [bytes(valid), bytes(offsets), bytes(Some(data))]))
+        .collect::<PyResult<Vec<_>>>()?;
     Ok((length, out))
 }

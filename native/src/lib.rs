@@ -15,6 +15,7 @@
 mod columns;
 mod decode;
 mod listing;
+mod reading;
 mod rules;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -559,6 +560,7 @@ fn usage_columns<'py>(
         ..Default::default()
     };
     let issues = read_into(py, &lines, price_of, parse_timestamp, &reference, &mut columns)?;
+    columns.shrink_to_fit(); // held until its batch commits: no room to grow left over
     Ok((columns::UsageColumns { columns }, issues))
 }
 
@@ -566,6 +568,7 @@ fn usage_columns<'py>(
 fn sessionpipe_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(usage_rows, module)?)?;
     module.add_function(wrap_pyfunction!(listing::walk_user_folders, module)?)?;
+    module.add_function(wrap_pyfunction!(reading::read_below, module)?)?;
     module.add_function(wrap_pyfunction!(usage_columns, module)?)?;
     module.add_function(wrap_pyfunction!(columns::arrow_buffers, module)?)?;
     module.add_class::<columns::UsageColumns>()?;

@@ -350,3 +350,64 @@ def test_consecutive_slices_of_a_workers_table_are_inserted_as_one_slice() -> No
     assert [part.to_pydict()["n"] for part in joined] == [[1, 2, 3], [9], [4, 5, 6], [1, 2]]
     assert joined_slices([(a, (whole, 0)), (c, (whole, 3))])[0].num_rows == 2  # a gap: not one slice
     assert joined_slices([(a, (whole, 0)), (b, (whole.slice(0), 2))])[0].num_rows == 2  # another table
+
+
+def _counting_pool(tmp_path: Path, chunks: int) -> tuple[work.WorkerPool, list[tuple[SessionFile, None]], list[int]]:
+    """Worker threads, tasks of files that do not exist (examined in no time), and the sizes of the
+    chunks handed out so far."""
+    tasks = [
+        (SessionFile(f"u/-p/s{i}.jsonl", str(tmp_path / f"s{i}.jsonl"), "u", "-p", f"s{i}", 1, 0), None)
+        for i in range(work.CHUNK_FILES * chunks)
+    ]
+    pool = work.WorkerPool(2, _WhereRunReleasingTheGil(), {"where_rows": [("session_file", "VARCHAR")]})
+    submitted: list[int] = []
+    submit = pool._submit
+
+    def counting(chunk: list[tuple[SessionFile, None]]) -> object:
+        submitted.append(len(chunk))
+        return submit(chunk)  # type: ignore[arg-type]
+
+    pool._submit = counting  # type: ignore[method-assign,assignment]
+    return pool, tasks, submitted
+
+
+def test_workers_have_chunks_ahead_to_examine_while_the_runner_commits(tmp_path: Path) -> None:
+    """A whole row group's commit takes the runner 0.1-0.2 s: the workers must not run out of work."""
+    pool, tasks, submitted = _counting_pool(tmp_path, 100)
+    try:
+        examined = pool.examine(tasks)
+        assert next(examined).outcome is work.Outcome.VANISHED
+        assert len(submitted) >= 2 * 16  # chunks handed out before the runner took the first
+        assert sum(1 for _ in examined) == len(tasks) - 1
+    finally:
+        pool.close()
+
+
+def test_the_runner_works_meanwhile_once_the_first_chunks_are_handed_out(tmp_path: Path) -> None:
+    """The runner's thread has nothing to do until the first chunk is examined: it loads the Arrow
+    insert's modules (pyarrow, the DuckDB wrapper: ~90 ms) then, not in its first commit."""
+    pool, tasks, submitted = _counting_pool(tmp_path, 3)
+    calls: list[int] = []
+    try:
+        examined = list(pool.examine(tasks, meanwhile=lambda: calls.append(len(submitted))))
+    finally:
+        pool.close()
+    assert len(examined) == len(tasks)
+    assert calls == [3]  # once, with every chunk handed out, before the first was waited for
+
+
+def test_a_cold_run_with_worker_threads_loads_the_arrow_insert_before_its_first_commit(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessionpipe_runner import tables
+
+    order: list[str] = []
+    load = tables.load_arrow_insert
+    monkeypatch.setattr(tables, "load_arrow_insert", lambda: (order.append("load"), load())[1])
+    processor = UsageProcessor()
+    write = processor.write
+    monkeypatch.setattr(processor, "write", lambda con, batch: (order.append("write"), write(con, batch))[1])
+    db = tmp_path / "db.duckdb"
+    settings = RunSettings(processor="usage", sessions=corpus, database=db, workers=2, lease_wait_seconds=5)
+    assert run(settings, processor, FileLease(db, "usage")).exit_code == EXIT_OK
+    assert order[:2] == ["load", "write"] and order.count("load") == 1

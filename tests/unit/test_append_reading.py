@@ -57,3 +57,16 @@ def test_without_a_committed_prefix_the_whole_file_is_given(tmp_path: Path) -> N
     path.write_bytes(FIRST + MORE)
     snapshot = read_snapshot(path)
     assert (snapshot.appended_from, snapshot.first_line, snapshot.appended) == (0, 1, FIRST + MORE)
+
+
+def test_a_snapshot_without_its_bytes_keeps_everything_else() -> None:
+    """``without_data`` builds the snapshot field by field: a field added later must not be lost."""
+    import dataclasses
+
+    from sessionpipe_runner.reading import Snapshot
+
+    values: dict[str, object] = {}
+    for number, field in enumerate(dataclasses.fields(Snapshot), start=2):
+        values[field.name] = {"data": b"lines\n", "partial_tail": True, "content_hash": "h"}.get(field.name, number)
+    snapshot = Snapshot(**values)  # type: ignore[arg-type]
+    assert dataclasses.asdict(snapshot.without_data()) == {**values, "data": b""}

@@ -15,6 +15,8 @@ import functools
 import gc
 import json
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,6 +193,35 @@ def test_a_batch_of_files_joins_into_one_table_in_order() -> None:
     values[columns.TS_COLUMN] = table.column(columns.TS_COLUMN).cast(pa.int64()).to_pylist()
     assert len(expected) > 10
     assert [[comparable(v) for v in row] for row in zip(*values, strict=True)] == expected
+
+
+def test_a_batch_is_joined_without_the_gil() -> None:
+    """The runner joins a batch of a whole row group while worker threads read files: a Python thread
+    runs while the columns are joined."""
+    session = SessionFile(key="u/p/s.jsonl", location="/x", user="u", project="p", session_id="s", size=0, mtime_ns=0)
+    parts = [processor().columnar_output(sessionpipe_native, session, path.read_bytes(), 1) for path in transcripts()]
+    batch = [output.columns for output in parts] * 800  # type: ignore[attr-defined]
+    assert sum(map(len, batch)) > 300_000
+    stamps: list[float] = []
+    stop = threading.Event()
+
+    def stamp() -> None:
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    stamper = threading.Thread(target=stamp)
+    stamper.start()
+    try:
+        time.sleep(0.01)
+        started = time.perf_counter()
+        sessionpipe_native.arrow_buffers(batch)
+        ended = time.perf_counter()
+    finally:
+        stop.set()
+        stamper.join()
+    quarter = (ended - started) / 4
+    assert ended - started > 0.01
+    assert any(started + quarter < moment < ended - quarter for moment in stamps)
 
 
 def read_rows(session: SessionFile, data: bytes) -> list[tuple[Any, ...]]:

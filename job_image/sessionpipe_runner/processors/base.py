@@ -92,6 +92,11 @@ class Output:
     #: are added to the session's stored rows, which :meth:`Processor.write` must keep.
     appended: bool = False
 
+    def row_count(self) -> int:
+        """The rows this output adds to the processor's tables (what the runner sizes batches by)."""
+        arrow_rows: int = sum(table.num_rows for table in self.arrow.values())
+        return sum(map(len, self.rows.values())) + arrow_rows
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -258,12 +263,15 @@ def replace_session_rows(
     con: duckdb.DuckDBPyConnection,
     tables: Sequence[str],
     batch: Sequence[tuple[SessionFile, Output]],
+    *,
+    delete: bool = True,
 ) -> None:
     """Delete the batch's sessions from ``tables`` and insert their new rows in bulk.
 
     A session whose output is :attr:`Output.appended` keeps its rows: the new ones add to them.
+    Without ``delete`` nothing is deleted: for a caller that knows the sessions have no rows.
     """
-    keys = [session.key for session, output in batch if not output.appended]
+    keys = [session.key for session, output in batch if not output.appended] if delete else []
     for table in tables if keys else ():
         con.execute(f"DELETE FROM {table} WHERE session_file = ANY(?)", [keys])
     for session, output in batch:

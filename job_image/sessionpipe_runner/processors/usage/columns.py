@@ -59,6 +59,9 @@ class ColumnarOutput(Output):
 
     columns: Any = None
 
+    def row_count(self) -> int:
+        return super().row_count() + (len(self.columns) if self.columns is not None else 0)
+
 
 def micros(moment: datetime) -> int:
     """An aware datetime as microseconds since the epoch (exact: integer arithmetic)."""
@@ -87,6 +90,27 @@ def _arrow_type(name: str) -> pa.DataType:
         return pa.bool_()
     factory: Any = getattr(pa, name)
     return factory()
+
+
+#: Rows joined into one Arrow table per insert (:func:`pieces`).
+INSERT_ROWS = 32_768
+
+
+def pieces(parts: Sequence[Any], rows: int = INSERT_ROWS) -> list[list[Any]]:
+    """``parts`` (``UsageColumns``, in order) in consecutive groups of at least ``rows`` rows (the last
+    may hold fewer)."""
+    grouped: list[list[Any]] = []
+    current: list[Any] = []
+    held = 0
+    for part in parts:
+        current.append(part)
+        held += len(part)
+        if held >= rows:
+            grouped.append(current)
+            current, held = [], 0
+    if current:
+        grouped.append(current)
+    return grouped
 
 
 def arrow_table(parts: Sequence[Any]) -> pa.Table:
