@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use crate::scanindex::Index;
+
 const SESSION_SUFFIX: &[u8] = b".jsonl";
 const FOLDER_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
 
@@ -39,14 +41,59 @@ impl Group {
     }
 }
 
-/// One user folder's walk: its groups in the reference's order, and its issues.
-#[derive(Default)]
-struct Walk {
-    groups: Vec<Group>,
-    issues: Vec<(&'static str, u64)>,
+/// What a walk checks each regular session file against (`ScanIndex.walk_user_folders`): the
+/// index of the state, and the key component of the user folder walked.
+#[derive(Clone, Copy)]
+pub(crate) struct Filter<'a> {
+    pub(crate) index: &'a Index,
+    pub(crate) user_key: &'a [u8],
 }
 
-impl Walk {
+/// One user folder's walk: its groups in the reference's order, and its issues; with a filter, the
+/// files it found plainly unchanged (left out of the groups) and the index rows it met.
+#[derive(Default)]
+pub(crate) struct Walk<'a> {
+    groups: Vec<Group>,
+    issues: Vec<(&'static str, u64)>,
+    filter: Option<Filter<'a>>,
+    pub(crate) unchanged: u64,
+    /// Whether a name below the user folder is not UTF-8 (its key is escaped: only Python makes it).
+    pub(crate) odd_name: bool,
+    /// The index rows whose key a regular session file of this walk has.
+    pub(crate) matched: Vec<u32>,
+    key: Vec<u8>, // the key being looked up (one buffer for the walk)
+}
+
+impl Walk<'_> {
+    /// Whether the file `name` in the folder at `parts`, of lstat `info`, is plainly unchanged by
+    /// the filter's index (then it is left out); notes the index row it has, if any.
+    fn plainly_unchanged(&mut self, parts: &[u8], name: &[u8], info: &libc::stat) -> bool {
+        let Some(filter) = self.filter else {
+            return false;
+        };
+        if std::str::from_utf8(name).is_err() || std::str::from_utf8(parts).is_err() {
+            self.odd_name = true; // its key is `key_part`'s escape: Python's to make
+            return false;
+        }
+        self.key.clear();
+        self.key.extend_from_slice(filter.user_key);
+        self.key.push(b'/');
+        if !parts.is_empty() {
+            self.key.extend_from_slice(parts);
+            self.key.push(b'/');
+        }
+        self.key.extend_from_slice(name);
+        let Some((at, row)) = filter.index.get(&self.key) else {
+            return false;
+        };
+        self.matched.push(at);
+        let mtime = i128::from(info.st_mtime) * 1_000_000_000 + i128::from(info.st_mtime_nsec);
+        let unchanged =
+            row.settled && i128::from(row.size) == i128::from(info.st_size) && i128::from(row.mtime_ns) == mtime;
+        self.unchanged += u64::from(unchanged);
+        unchanged
+    }
+
     fn count(&mut self, reason: &'static str) {
         match self.issues.iter_mut().find(|(name, _)| *name == reason) {
             Some(entry) => entry.1 += 1,
@@ -214,7 +261,9 @@ fn add_regular(fd: RawFd, entry: &Entry, group: &mut Group, walk: &mut Walk) {
         },
     };
     if info.st_mode & libc::S_IFMT == libc::S_IFREG {
-        group.add(entry.name.to_bytes(), &info);
+        if !walk.plainly_unchanged(&group.parts, entry.name.to_bytes(), &info) {
+            group.add(entry.name.to_bytes(), &info);
+        }
     } else {
         walk.count("not_a_file");
     }
@@ -228,8 +277,11 @@ struct Open {
 }
 
 /// `scan._walk` of the user folder open as `user_fd` (borrowed: the caller closes it).
-fn walk_user(user_fd: RawFd, max_depth: usize) -> Walk {
-    let mut walk = Walk::default();
+fn walk_user(user_fd: RawFd, max_depth: usize, filter: Option<Filter<'_>>) -> Walk<'_> {
+    let mut walk = Walk {
+        filter,
+        ..Walk::default()
+    };
     let rest = enter(user_fd, b"", &mut walk).into_iter();
     let mut stack = vec![Open {
         fd: user_fd,
@@ -305,23 +357,29 @@ fn walk_user(user_fd: RawFd, max_depth: usize) -> Walk {
     walk
 }
 
-/// The walks of the user folders open as `fds`, several at once, in `fds`' order.
-fn walk_users(fds: &[RawFd], max_depth: usize) -> Vec<Walk> {
+/// The walks of the user folders open as `fds`, several at once, in `fds`' order (with `filters`,
+/// one per folder, each checks its files against an index).
+pub(crate) fn walk_users<'a>(fds: &[RawFd], max_depth: usize, filters: Option<&[Filter<'a>]>) -> Vec<Walk<'a>> {
+    let filter = |index: usize| filters.map(|filters| filters[index]);
     let threads = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)
         .min(fds.len());
     if threads <= 1 {
-        return fds.iter().map(|fd| walk_user(*fd, max_depth)).collect();
+        return fds
+            .iter()
+            .enumerate()
+            .map(|(index, fd)| walk_user(*fd, max_depth, filter(index)))
+            .collect();
     }
     let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<(usize, Walk)>> = Mutex::new(Vec::with_capacity(fds.len()));
+    let done: Mutex<Vec<(usize, Walk<'a>)>> = Mutex::new(Vec::with_capacity(fds.len()));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(fd) = fds.get(index) else { break };
-                let walk = walk_user(*fd, max_depth);
+                let walk = walk_user(*fd, max_depth, filter(index));
                 done.lock().expect("no walk panics").push((index, walk));
             });
         }
@@ -350,24 +408,29 @@ fn nanoseconds<'py>(py: Python<'py>, times: &[i128]) -> PyResult<Bound<'py, PyLi
 /// by `/`. The walks run on several threads without the GIL.
 #[pyfunction]
 pub fn walk_user_folders<'py>(py: Python<'py>, fds: Vec<RawFd>, max_depth: usize) -> PyResult<Bound<'py, PyList>> {
-    let walks = py.allow_threads(|| walk_users(&fds, max_depth));
+    let walks = py.allow_threads(|| walk_users(&fds, max_depth, None));
     let result = PyList::empty(py);
     for walk in walks {
-        let groups = PyList::empty(py);
-        for group in walk.groups {
-            let item = (
-                PyBytes::new(py, &group.parts),
-                PyBytes::new(py, &group.names),
-                group.sizes,
-                nanoseconds(py, &group.mtimes)?,
-            );
-            groups.append(item)?;
-        }
-        let issues = PyDict::new(py);
-        for (reason, number) in walk.issues {
-            issues.set_item(reason, number)?;
-        }
-        result.append((groups, issues))?;
+        result.append(walk_result(py, walk)?)?;
     }
     Ok(result)
+}
+
+/// One walk as `walk_user_folders` gives it: `(groups, issues)`.
+pub(crate) fn walk_result<'py>(py: Python<'py>, walk: Walk<'_>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
+    let groups = PyList::empty(py);
+    for group in walk.groups {
+        let item = (
+            PyBytes::new(py, &group.parts),
+            PyBytes::new(py, &group.names),
+            group.sizes,
+            nanoseconds(py, &group.mtimes)?,
+        );
+        groups.append(item)?;
+    }
+    let issues = PyDict::new(py);
+    for (reason, number) in walk.issues {
+        issues.set_item(reason, number)?;
+    }
+    Ok((groups, issues))
 }
