@@ -54,7 +54,7 @@ from sessionpipe_runner.settings import RunSettings
 from sessionpipe_runner.signals import Sigterm, Terminated, sigterm_raises
 from sessionpipe_runner.snapshot import snapshot_path
 from sessionpipe_runner.store import runs
-from sessionpipe_runner.store.state import StateRow, StateSummary
+from sessionpipe_runner.store.state import StateRow
 from sessionpipe_runner.summary import RunSummary, write_termination_message
 from sessionpipe_runner.work import Examined, Outcome
 
@@ -117,8 +117,8 @@ class Run:
         #: Whether this run committed anything readers see besides its own run record (a
         #: migration, a session's rows or state, a vanished mark): only then is a snapshot due.
         self.changed = False
-        #: The state's summary when the scan index this run trusted was made (``None``: none was).
-        self.indexed: StateSummary | None = None
+        #: The scan index this run trusted (``None``: none was), to make the next one from.
+        self.scan_index: scanindex.Trusted | None = None
 
     # --- phases ---------------------------------------------------------------------------
     def open(self, lease_deadline: float) -> duckdb.DuckDBPyConnection:
@@ -199,7 +199,7 @@ class Run:
         scanned = scanindex.scan_and_compare(
             con, settings.database, settings.session_roots, settings.user, self.processor.name, version
         )
-        scan, compared, self.indexed = scanned.scan, scanned.compared, scanned.indexed
+        scan, compared, self.scan_index = scanned.scan, scanned.compared, scanned.trusted
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan)
         self._mark_vanished(con, compared.vanished, compared.reappeared)
@@ -223,7 +223,8 @@ class Run:
         folder) is logged, and the next run compares its whole scan instead.
         """
         try:
-            scanindex.save(con, self.settings.database, self.processor.name, self.processor.version, self.indexed)
+            name, version = self.processor.name, self.processor.version
+            scanindex.save(con, self.settings.database, name, version, self.scan_index, self.changed)
         except (OSError, _duckdb.Error) as error:
             log.warning("scan index not written: %s", work.error_text(error))
 

@@ -67,6 +67,18 @@ def index_path(database: Path, processor: str) -> Path:
     return database.with_name(f"{database.name}.{part}.scanindex")
 
 
+@dataclass(frozen=True)
+class Trusted:
+    """The index a run trusted, and what makes the next one from it: the rows the run may change
+    are those of ``keys`` (the files it looks at, vanished and reappeared files), and the state's
+    summary at the start less theirs is the summary of the rows it leaves as they are."""
+
+    index: ScanIndex
+    summary: StateSummary  # of the state at the start, which the index is
+    keys: list[str]
+    theirs: StateSummary  # of the rows of ``keys`` at the start
+
+
 @dataclass
 class Scanned:
     """A run's scan and its comparison with the state."""
@@ -75,9 +87,7 @@ class Scanned:
     compared: ScanComparison
     #: Why no index filtered the scan ("" when one did).
     not_used: str
-    #: The state's summary when the (trusted) index on disk was made: a run that leaves the state
-    #: so keeps that index.
-    indexed: StateSummary | None = None
+    trusted: Trusted | None = None
 
 
 def scan_and_compare(
@@ -94,14 +104,20 @@ def scan_and_compare(
     if index is not None:
         scan = scan_roots(roots, user, index)
         if not scan.index_unusable:
-            unsettled = unsettled_states(con, processor, version, (scan.keys, scan.sizes, scan.mtimes))
+            assert summary is not None
+            unsettled, theirs = unsettled_states(con, processor, version, (scan.keys, scan.sizes, scan.mtimes))
             vanished = index.vanished(None if user is None else user.encode("utf-8", "surrogateescape"))
-            return Scanned(scan, ScanComparison(unsettled, vanished, index.reappeared()), "", summary)
+            compared = ScanComparison(unsettled, vanished, index.reappeared())
+            found = set(scan.keys)
+            others = [key for key in {*vanished, *compared.reappeared} if key not in found]
+            if others:  # the rows of files not found, or found unchanged, that this run marks
+                theirs = theirs.plus(state_summary(con, processor, others))
+            trusted = Trusted(index, summary, [*scan.keys, *others], theirs)
+            return Scanned(scan, compared, "", trusted)
         reason = "odd_names"
     _note(reason)
     scan = scan_roots(roots, user)
-    compared = compare_scan(con, processor, version, user, (scan.keys, scan.sizes, scan.mtimes))
-    return Scanned(scan, compared, reason, summary)
+    return Scanned(scan, compare_scan(con, processor, version, user, (scan.keys, scan.sizes, scan.mtimes)), reason)
 
 
 def _note(reason: str) -> None:
@@ -167,32 +183,48 @@ def _header(line: bytes) -> dict[str, Any] | None:
 
 
 def save(
-    con: duckdb.DuckDBPyConnection, database: Path, processor: str, version: str, indexed: StateSummary | None
+    con: duckdb.DuckDBPyConnection,
+    database: Path,
+    processor: str,
+    version: str,
+    trusted: Trusted | None,
+    changed: bool = True,
 ) -> bool:
-    """Write the scan index of ``processor``'s state now, unless the index used (made at
-    ``indexed``) still is it; returns whether one was written.
+    """Write the scan index of ``processor``'s state now; returns whether one was written.
 
-    Only the lease holder calls this. The file is written whole to a temporary name and renamed,
-    so a reader sees the old index or the new one; a torn one (a crash mid-write) fails its checksum.
+    After a run that trusted an index (``trusted``): none if it ``changed`` nothing; else that
+    index with the rows of the keys it may have changed read again, and the summary worked out
+    from it (a row changed outside those keys makes the index stale at the next run's check, not
+    wrong). Else the whole state is read. Only the lease holder calls this. The file is written
+    whole to a temporary name and renamed, so a reader sees the old index or the new one; a torn
+    one (a crash mid-write) fails its checksum.
     """
     listing = compiled_listing()
     if os.environ.get(ENV_SCAN_INDEX) == OFF or listing is None or not hasattr(listing, "ScanIndex"):
         return False
-    if indexed is not None and state_summary(con, processor) == indexed:
-        return False
-    summary, body = scan_index_body(con, processor, version)
+    if trusted is None:
+        summary, body = scan_index_body(con, processor, version)
+    elif not changed:
+        return False  # the index on disk is the state still
+    else:
+        now, lines = scan_index_body(con, processor, version, trusted.keys) if trusted.keys else (trusted.theirs, b"")
+        summary = trusted.summary.plus(trusted.theirs, sign=-1).plus(now)
+        body = trusted.index.patched(trusted.keys, lines)
+    _write(index_path(database, processor), processor, version, summary, body, listing.ScanIndex.checksum(body))
+    return True
+
+
+def _write(path: Path, processor: str, version: str, summary: StateSummary, body: bytes, checksum: int) -> None:
     header = {
         "format": FORMAT,
         "processor": processor,
         "version": version,
         "rows": summary.rows,
         "hashes": summary.hashes,
-        "checksum": listing.ScanIndex.checksum(body),
+        "checksum": checksum,
     }
-    path = index_path(database, processor)
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("wb") as file:
         file.write(json.dumps(header).encode() + b"\n")
         file.write(body)
     temporary.replace(path)
-    return True

@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyBytes, PyList};
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
 
 use crate::listing::{walk_result, walk_users, Filter};
@@ -26,21 +26,41 @@ pub(crate) struct Row {
     pub(crate) mtime_ns: i64,
     pub(crate) settled: bool,
     vanished: bool,
-    user: u32, // index into `Index::users`
+    user: u32,                    // index into `Index::users`
+    key: std::ops::Range<usize>,  // its key in the body
+    line: std::ops::Range<usize>, // its line in the body
 }
 
-/// The rows by key.
-#[derive(Default)]
+/// The rows by key. Keys are not copied out of the body: rows are found by the hash of their key
+/// and the key compared; a key whose hash another key has already (practically never) is kept
+/// apart, by value.
 pub(crate) struct Index {
-    at: HashMap<Box<[u8]>, u32>,
+    body: Vec<u8>,
+    by_hash: HashMap<u64, u32>,
+    overflow: HashMap<Box<[u8]>, u32>,
     rows: Vec<Row>,
     users: Vec<Box<[u8]>>,
 }
 
+fn key_hash(key: &[u8]) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(key);
+    hasher.finish()
+}
+
 impl Index {
     pub(crate) fn get(&self, key: &[u8]) -> Option<(u32, &Row)> {
-        let at = *self.at.get(key)?;
+        let first = self.by_hash.get(&key_hash(key))?;
+        let at = if self.body[self.rows[*first as usize].key.clone()] == *key {
+            *first
+        } else {
+            *self.overflow.get(key)?
+        };
         Some((at, &self.rows[at as usize]))
+    }
+
+    fn key(&self, row: &Row) -> &[u8] {
+        &self.body[row.key.clone()]
     }
 }
 
@@ -51,6 +71,31 @@ fn checksum_of(body: &[u8]) -> u64 {
     hasher.finish()
 }
 
+/// What is read of a body before it is owned by its index.
+struct Parsed<'a> {
+    by_hash: HashMap<u64, u32>,
+    overflow: HashMap<Box<[u8]>, u32>,
+    rows: Vec<Row>,
+    users: HashMap<&'a [u8], u32>,
+}
+
+impl Parsed<'_> {
+    /// Whether `key` (of the row to be added next) is not a key of the rows so far; adds it.
+    fn add_key(&mut self, body: &[u8], key: &[u8]) -> bool {
+        let at = self.rows.len() as u32;
+        match self.by_hash.entry(key_hash(key)) {
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(at);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let first = &self.rows[*entry.get() as usize];
+                body[first.key.clone()] != *key && self.overflow.insert(key.into(), at).is_none()
+            }
+        }
+    }
+}
+
 /// A cursor over the body; every read fails on anything but the format.
 struct Reader<'a> {
     body: &'a [u8],
@@ -58,23 +103,41 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A decimal integer (`-` and digits) ended by `end`.
     fn number(&mut self, end: u8) -> Option<i64> {
         let rest = &self.body[self.at..];
-        let length = rest.iter().position(|byte| *byte == end)?;
-        let text = std::str::from_utf8(&rest[..length]).ok()?;
+        let negative = rest.first() == Some(&b'-');
+        let mut length = usize::from(negative);
+        let mut value: i64 = 0;
+        loop {
+            let byte = *rest.get(length)?;
+            if byte == end {
+                break;
+            }
+            if !byte.is_ascii_digit() {
+                return None;
+            }
+            value = value.checked_mul(10)?.checked_add(i64::from(byte - b'0'))?;
+            length += 1;
+        }
+        if length == usize::from(negative) {
+            return None;
+        }
         self.at += length + 1;
-        text.parse().ok()
+        Some(if negative { -value } else { value })
     }
 
-    fn bytes(&mut self, length: i64) -> Option<&'a [u8]> {
+    fn bytes(&mut self, length: i64) -> Option<std::ops::Range<usize>> {
         let length = usize::try_from(length).ok()?;
         let end = self.at.checked_add(length)?;
-        let bytes = self.body.get(self.at..end)?;
+        self.body.get(self.at..end)?;
+        let range = self.at..end;
         self.at = end;
-        Some(bytes)
+        Some(range)
     }
 
-    fn row(&mut self, index: &mut Index, users: &mut HashMap<&'a [u8], u32>) -> Option<()> {
+    fn row(&mut self, parsed: &mut Parsed<'a>) -> Option<()> {
+        let start = self.at;
         let size = self.number(b' ')?;
         let mtime_ns = self.number(b' ')?;
         let flags = u8::try_from(self.number(b' ')?)
@@ -84,37 +147,50 @@ impl<'a> Reader<'a> {
         let user = self.bytes(user_length)?;
         let key_length = self.number(b' ')?;
         let key = self.bytes(key_length)?;
-        if self.bytes(1)? != b"\n" || std::str::from_utf8(key).is_err() {
+        let body = self.body;
+        if self.bytes(1).map(|end| &body[end]) != Some(b"\n") || std::str::from_utf8(&body[key.clone()]).is_err() {
             return None;
         }
-        let next_user = u32::try_from(users.len()).ok()?;
-        let user = *users.entry(user).or_insert_with(|| {
-            index.users.push(user.into());
-            next_user
-        });
-        let at = u32::try_from(index.rows.len()).ok()?;
-        if index.at.insert(key.into(), at).is_some() {
+        let next_user = u32::try_from(parsed.users.len()).ok()?;
+        let user = *parsed.users.entry(&body[user]).or_insert(next_user);
+        u32::try_from(parsed.rows.len()).ok()?;
+        if !parsed.add_key(body, &body[key.clone()]) {
             return None; // a key twice: not what a state table (keyed by file) gives
         }
-        index.rows.push(Row {
+        parsed.rows.push(Row {
             size,
             mtime_ns,
             settled: flags & SETTLED != 0,
             vanished: flags & VANISHED != 0,
             user,
+            key,
+            line: start..self.at,
         });
         Some(())
     }
 }
 
-fn parse(body: &[u8]) -> Option<Index> {
-    let mut index = Index::default();
-    let mut users = HashMap::default();
-    let mut reader = Reader { body, at: 0 };
+fn parse(body: Vec<u8>, rows: usize) -> Option<Index> {
+    let mut parsed = Parsed {
+        by_hash: HashMap::with_capacity_and_hasher(rows, Default::default()),
+        overflow: HashMap::default(),
+        rows: Vec::with_capacity(rows),
+        users: HashMap::default(),
+    };
+    let mut reader = Reader { body: &body, at: 0 };
     while reader.at < body.len() {
-        reader.row(&mut index, &mut users)?;
+        reader.row(&mut parsed)?;
     }
-    Some(index)
+    let mut users: Vec<(&[u8], u32)> = parsed.users.into_iter().collect();
+    users.sort_unstable_by_key(|(_, at)| *at);
+    let users = users.into_iter().map(|(user, _)| user.into()).collect();
+    Some(Index {
+        by_hash: parsed.by_hash,
+        overflow: parsed.overflow,
+        rows: parsed.rows,
+        users,
+        body,
+    })
 }
 
 /// A scan index read from its body, and which of its rows the walks so far met.
@@ -132,12 +208,34 @@ impl ScanIndex {
         if checksum_of(body) != checksum {
             return Err(PyValueError::new_err("scan index: checksum mismatch"));
         }
-        let index = parse(body).ok_or_else(|| PyValueError::new_err("scan index: malformed body"))?;
+        let index = parse(body.to_vec(), rows).ok_or_else(|| PyValueError::new_err("scan index: malformed body"))?;
         if index.rows.len() != rows {
             return Err(PyValueError::new_err("scan index: row count mismatch"));
         }
         let matched = vec![false; rows];
         Ok(Self { index, matched })
+    }
+
+    /// The body of this index with the rows of `keys` replaced by `lines` (the rows those keys
+    /// have now, in the body's format; a key without one has none any more).
+    fn patched<'py>(&self, py: Python<'py>, keys: Vec<String>, lines: &[u8]) -> Bound<'py, PyBytes> {
+        let mut left_out: Vec<&std::ops::Range<usize>> = keys
+            .iter()
+            .filter_map(|key| self.index.get(key.as_bytes()))
+            .map(|(_, row)| &row.line)
+            .collect();
+        left_out.sort_unstable_by_key(|line| line.start);
+        left_out.dedup();
+        let old = &self.index.body;
+        let mut body = Vec::with_capacity(old.len() + lines.len());
+        let mut from = 0;
+        for line in left_out {
+            body.extend_from_slice(&old[from..line.start]);
+            from = line.end;
+        }
+        body.extend_from_slice(&old[from..]);
+        body.extend_from_slice(lines);
+        PyBytes::new(py, &body)
     }
 
     /// The checksum a body is written with.
@@ -164,7 +262,7 @@ impl ScanIndex {
         if user_keys.len() != fds.len() {
             return Err(PyValueError::new_err("one user key per folder"));
         }
-        let Self { index, matched } = self;
+        let Self { index, matched, .. } = self;
         let filters: Vec<Filter<'_>> = user_keys.iter().map(|user_key| Filter { index, user_key }).collect();
         let walks = py.allow_threads(|| walk_users(&fds, max_depth, Some(&filters)));
         let result = PyList::empty(py);
@@ -197,10 +295,11 @@ impl ScanIndex {
     fn keys(&self, wanted: impl Fn(usize, &Row) -> bool) -> Vec<String> {
         let mut keys: Vec<String> = self
             .index
-            .at
+            .rows
             .iter()
-            .filter(|(_, at)| wanted(**at as usize, &self.index.rows[**at as usize]))
-            .map(|(key, _)| String::from_utf8_lossy(key).into_owned()) // UTF-8: checked when read
+            .enumerate()
+            .filter(|(at, row)| wanted(*at, row))
+            .map(|(_, row)| String::from_utf8_lossy(self.index.key(row)).into_owned()) // UTF-8: checked when read
             .collect();
         keys.sort_unstable();
         keys

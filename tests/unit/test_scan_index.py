@@ -259,17 +259,28 @@ def test_an_index_that_is_not_the_state_now_is_refused(
     assert indexed.scan.unchanged == 0  # nothing was left out on its word
 
 
-def test_a_run_writes_the_index_only_when_the_state_changed(tmp_path: Path) -> None:
-    root, db = utf8_hostile_tree(tmp_path), tmp_path / "db.duckdb"
-    con = store.connect(db)
-    state_of_every_case(con, root)
-    assert save(con, db, PROCESSOR, VERSION, None)
-    indexed = scan_and_compare(con, db, [root], None, PROCESSOR, VERSION).indexed
-    assert indexed is not None
-    assert not save(con, db, PROCESSOR, VERSION, indexed)  # the state is the one indexed
-    con.execute("UPDATE session_processor_state SET size = size + 1 WHERE session_file LIKE '%b.jsonl'")
-    assert save(con, db, PROCESSOR, VERSION, indexed)
-    assert scan_and_compare(con, db, [root], None, PROCESSOR, VERSION).not_used == ""
+def test_after_a_run_the_index_is_patched_and_a_row_changed_elsewhere_makes_it_stale(
+    volume: tuple[duckdb.DuckDBPyConnection, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con, db, root = volume
+    trusted = scan_and_compare(con, db, [root], None, PROCESSOR, VERSION).trusted
+    assert trusted is not None and "alice/-gone/s.jsonl" in trusted.keys
+    assert not save(con, db, PROCESSOR, VERSION, trusted, changed=False)  # the index is the state still
+    # What a run does to the rows it looks at: here, settles them all, and removes a vanished row.
+    con.execute(
+        "UPDATE session_processor_state SET status = 'done', processor_version = $version, vanished_at = NULL "
+        "WHERE processor = $processor AND list_contains($keys, session_file)",
+        {"version": VERSION, "processor": PROCESSOR, "keys": trusted.keys},
+    )
+    con.execute("DELETE FROM session_processor_state WHERE session_file = 'bob/-gone/s.jsonl'")
+    assert save(con, db, PROCESSOR, VERSION, trusted)
+    indexed, _ = both_ways(monkeypatch, con, db, root)
+    assert indexed.not_used == ""  # the patched index is the state now
+    assert indexed.trusted is not None
+    con.execute("UPDATE session_processor_state SET size = size + 1 WHERE session_file = 'carol/-gone/marked.jsonl'")
+    assert "carol/-gone/marked.jsonl" not in indexed.trusted.keys
+    assert save(con, db, PROCESSOR, VERSION, indexed.trusted)  # a row it did not expect to change
+    assert both_ways(monkeypatch, con, db, root)[0].not_used == "stale"
 
 
 LINE = (

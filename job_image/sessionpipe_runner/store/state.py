@@ -82,15 +82,24 @@ SELECT * EXCLUDE (covered) FROM compared
 WHERE unsettled OR (found AND marked) OR (NOT found AND NOT marked AND covered)
 """
 
-#: The state of each of some scanned files (all of them unsettled: a scan index left out the others).
+#: A state row's hash: it changes whenever the row is written (of the columns the scan index reads).
+_ROW_HASH = "hash(session_file, user_name, size, mtime_ns, status, processor_version, vanished_at)"
+#: What changes whenever one of a processor's state rows is written, added or removed: the state a
+#: scan index was made from is the state now only if this is what it was.
+_STATE_SUMMARY = f"count(*), sum({_ROW_HASH})"
+
+#: The state of each of some scanned files, with its row's hash (the rows read by key only).
 _STATE_OF = f"""
 WITH scanned AS {_FILE_STATS}
 SELECT scanned.session_file, state.size, state.mtime_ns, state.content_hash, state.processor_version,
        state.attempts, state.status, state.items, state.content_length, state.line_count,
        state.session_file IS NULL
-       OR NOT ({_SETTLED} AND state.size = scanned.size AND state.mtime_ns = scanned.mtime_ns) AS unsettled
-FROM scanned LEFT JOIN (SELECT * FROM {STATE_TABLE} WHERE processor = $processor) AS state
-     ON state.session_file = scanned.session_file
+       OR NOT ({_SETTLED} AND state.size = scanned.size AND state.mtime_ns = scanned.mtime_ns) AS unsettled,
+       state.row_hash
+FROM scanned LEFT JOIN (
+    SELECT *, {_ROW_HASH} AS row_hash FROM {STATE_TABLE}
+    WHERE processor = $processor AND list_contains($keys::VARCHAR[], session_file)
+) AS state ON state.session_file = scanned.session_file
 """
 
 
@@ -134,22 +143,20 @@ def _state_or_none(row: tuple[Any, ...]) -> StateRow | None:
 
 def unsettled_states(
     con: duckdb.DuckDBPyConnection, processor: str, version: str, scan: tuple[list[str], list[int], list[int]]
-) -> dict[str, StateRow | None]:
+) -> tuple[dict[str, StateRow | None], StateSummary]:
     """:attr:`ScanComparison.unsettled` of a scan a scan index filtered: the state of each of its
     files that is unsettled (the index left out only plainly unchanged files; its vanished and
-    reappeared files are the index's to tell)."""
+    reappeared files are the index's to tell); and the :func:`state_summary` of those files' rows."""
     if not scan[0]:
-        return {}
+        return {}, StateSummary(0, None)
     keys, sizes, mtimes = scan
     rows = con.execute(
         _STATE_OF, {"keys": keys, "sizes": sizes, "mtimes": mtimes, "processor": processor, "version": version}
     ).fetchall()
-    return {row[0]: _state_or_none(row) for row in rows if row[10]}
-
-
-#: What changes whenever one of a processor's state rows is written, added or removed: the state a
-#: scan index was made from is the state now only if this is what it was.
-_STATE_SUMMARY = "count(*), sum(hash(session_file, user_name, size, mtime_ns, status, processor_version, vanished_at))"
+    hashes = [row[11] for row in rows if row[11] is not None]
+    return {row[0]: _state_or_none(row) for row in rows if row[10]}, StateSummary(
+        len(hashes), sum(hashes) if hashes else None
+    )
 
 
 class StateSummary(NamedTuple):
@@ -158,28 +165,50 @@ class StateSummary(NamedTuple):
     rows: int
     hashes: int | None  # None: no row
 
+    def plus(self, other: StateSummary, sign: int = 1) -> StateSummary:
+        """The summary of these rows and ``other``'s (``sign=-1``: of these rows but ``other``'s)."""
+        rows = self.rows + sign * other.rows
+        hashes = (self.hashes or 0) + sign * (other.hashes or 0)
+        return StateSummary(rows, hashes if rows else None)
 
-def state_summary(con: duckdb.DuckDBPyConnection, processor: str) -> StateSummary:
-    """The summary of ``processor``'s state rows now (one aggregate; ~2 ms over 25,000 rows)."""
-    row = con.execute(
-        f"SELECT {_STATE_SUMMARY} FROM {STATE_TABLE} WHERE processor = $processor", {"processor": processor}
-    ).fetchone()
-    assert row is not None
+
+def _summary(row: tuple[Any, ...]) -> StateSummary:
     return StateSummary(int(row[0]), None if row[1] is None else int(row[1]))
 
 
-def scan_index_body(con: duckdb.DuckDBPyConnection, processor: str, version: str) -> tuple[StateSummary, bytes]:
-    """The body of a scan index of ``processor``'s state (the format ``native/src/scanindex.rs``
-    reads), with the summary of the same rows: one statement, so the two describe one state."""
+def _rows_of(keys: Sequence[str] | None) -> str:
+    """The state rows of the processor (``$processor``), of only ``$keys`` if there are keys."""
+    only = "" if keys is None else " AND list_contains($keys::VARCHAR[], session_file)"
+    return f"FROM {STATE_TABLE} WHERE processor = $processor{only}"
+
+
+def state_summary(con: duckdb.DuckDBPyConnection, processor: str, keys: Sequence[str] | None = None) -> StateSummary:
+    """The summary of ``processor``'s state rows now (of those of ``keys`` only, if given):
+    one aggregate, ~2 ms over 25,000 rows."""
+    parameters: dict[str, Any] = {"processor": processor} if keys is None else {"processor": processor, "keys": keys}
+    row = con.execute(f"SELECT {_STATE_SUMMARY} {_rows_of(keys)}", parameters).fetchone()
+    assert row is not None
+    return _summary(row)
+
+
+def scan_index_body(
+    con: duckdb.DuckDBPyConnection, processor: str, version: str, keys: Sequence[str] | None = None
+) -> tuple[StateSummary, bytes]:
+    """The body of a scan index of ``processor``'s state (of the rows of ``keys`` only, if given),
+    in the format ``native/src/scanindex.rs`` reads, with the summary of the same rows: one
+    statement, so the two describe one state."""
+    parameters: dict[str, Any] = {"processor": processor, "version": version}
+    if keys is not None:
+        parameters["keys"] = keys
     row = con.execute(
         f"""SELECT {_STATE_SUMMARY}, encode(coalesce(string_agg(concat_ws(' ', size, mtime_ns,
                    ({_SETTLED})::INTEGER + 2 * (vanished_at IS NOT NULL)::INTEGER, strlen(user_name),
                    user_name || strlen(session_file), session_file || chr(10)), ''), ''))
-            FROM {STATE_TABLE} WHERE processor = $processor""",
-        {"processor": processor, "version": version},
+            {_rows_of(keys)}""",
+        parameters,
     ).fetchone()
     assert row is not None
-    return StateSummary(int(row[0]), None if row[1] is None else int(row[1])), bytes(row[2])
+    return _summary(row), bytes(row[2])
 
 
 def upsert_state(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
