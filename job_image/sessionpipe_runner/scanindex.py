@@ -105,7 +105,7 @@ def scan_and_compare(
         scan = scan_roots(roots, user, index)
         if not scan.index_unusable:
             assert summary is not None
-            unsettled, theirs = unsettled_states(con, processor, version, (scan.keys, scan.sizes, scan.mtimes))
+            unsettled, theirs = unsettled_states(con, processor, scan.keys)
             vanished = index.vanished(None if user is None else user.encode("utf-8", "surrogateescape"))
             compared = ScanComparison(unsettled, vanished, index.reappeared())
             found = set(scan.keys)

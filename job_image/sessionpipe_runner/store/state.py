@@ -88,18 +88,11 @@ _ROW_HASH = "hash(session_file, user_name, size, mtime_ns, status, processor_ver
 #: scan index was made from is the state now only if this is what it was.
 _STATE_SUMMARY = f"count(*), sum({_ROW_HASH})"
 
-#: The state of each of some scanned files, with its row's hash (the rows read by key only).
+#: The state rows of some files, each with its hash.
 _STATE_OF = f"""
-WITH scanned AS {_FILE_STATS}
-SELECT scanned.session_file, state.size, state.mtime_ns, state.content_hash, state.processor_version,
-       state.attempts, state.status, state.items, state.content_length, state.line_count,
-       state.session_file IS NULL
-       OR NOT ({_SETTLED} AND state.size = scanned.size AND state.mtime_ns = scanned.mtime_ns) AS unsettled,
-       state.row_hash
-FROM scanned LEFT JOIN (
-    SELECT *, {_ROW_HASH} AS row_hash FROM {STATE_TABLE}
-    WHERE processor = $processor AND list_contains($keys::VARCHAR[], session_file)
-) AS state ON state.session_file = scanned.session_file
+SELECT session_file, size, mtime_ns, content_hash, processor_version, attempts, status, items, content_length,
+       line_count, {_ROW_HASH}
+FROM {STATE_TABLE} WHERE processor = $processor AND list_contains($keys::VARCHAR[], session_file)
 """
 
 
@@ -142,21 +135,22 @@ def _state_or_none(row: tuple[Any, ...]) -> StateRow | None:
 
 
 def unsettled_states(
-    con: duckdb.DuckDBPyConnection, processor: str, version: str, scan: tuple[list[str], list[int], list[int]]
+    con: duckdb.DuckDBPyConnection, processor: str, keys: list[str]
 ) -> tuple[dict[str, StateRow | None], StateSummary]:
-    """:attr:`ScanComparison.unsettled` of a scan a scan index filtered: the state of each of its
-    files that is unsettled (the index left out only plainly unchanged files; its vanished and
-    reappeared files are the index's to tell); and the :func:`state_summary` of those files' rows."""
-    if not scan[0]:
+    """:attr:`ScanComparison.unsettled` of the files a scan index did not leave out, ``keys``: the
+    state of each (``None`` if it has none); and the :func:`state_summary` of their rows.
+
+    Every such file is unsettled: the index left out exactly the files whose row is settled with
+    their size and mtime (and :func:`~sessionpipe_runner.scan.decide` judges each one again).
+    """
+    if not keys:
         return {}, StateSummary(0, None)
-    keys, sizes, mtimes = scan
-    rows = con.execute(
-        _STATE_OF, {"keys": keys, "sizes": sizes, "mtimes": mtimes, "processor": processor, "version": version}
-    ).fetchall()
-    hashes = [row[11] for row in rows if row[11] is not None]
-    return {row[0]: _state_or_none(row) for row in rows if row[10]}, StateSummary(
-        len(hashes), sum(hashes) if hashes else None
-    )
+    rows = con.execute(_STATE_OF, {"keys": keys, "processor": processor}).fetchall()
+    unsettled: dict[str, StateRow | None] = dict.fromkeys(keys)
+    for row in rows:
+        unsettled[row[0]] = _make_state_row(row[:10])
+    hashes = [row[10] for row in rows]
+    return unsettled, StateSummary(len(hashes), sum(hashes) if hashes else None)
 
 
 class StateSummary(NamedTuple):
