@@ -130,6 +130,8 @@ def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | 
                 runs.append(measured)
             theirs = [str(launcher), "claude", "monthly", "--json", "--offline", "--timezone", "UTC"]
             result.theirs.append(run_timed(theirs, ccusage_env(config_dirs)))
+        if base is not None:
+            run_timed(command, installed_env())  # untimed: this build's database takes in the base's last call too
         result.our_tokens = our_total_tokens(db)
         result.their_tokens = int(json.loads(result.theirs[-1].stdout)["totals"]["totalTokens"])
         for _ in range(repeat):
