@@ -144,8 +144,8 @@ def _usable_index(
         return None, None, "missing"
     except OSError:
         return None, None, "unreadable"
-    header, _, body = data.partition(b"\n")
-    fields = _header(header)
+    offset = data.find(b"\n") + 1  # the body is handed over in place: no copy of it here
+    fields = _header(data[: offset - 1] if offset else data)
     if fields is None:
         return None, None, "malformed"
     if fields["processor"] != processor:
@@ -156,7 +156,7 @@ def _usable_index(
     if state_summary(con, processor) != indexed:
         return None, None, "stale"
     try:
-        return listing.ScanIndex(body, indexed.rows, fields["checksum"]), indexed, ""
+        return listing.ScanIndex(data, offset or len(data), indexed.rows, fields["checksum"]), indexed, ""
     except (ValueError, OverflowError):
         return None, None, "malformed"
 
@@ -204,13 +204,14 @@ def save(
         return False
     if trusted is None:
         summary, body = scan_index_body(con, processor, version)
+        checksum = listing.ScanIndex.checksum(body)
     elif not changed:
         return False  # the index on disk is the state still
     else:
         now, lines = scan_index_body(con, processor, version, trusted.keys) if trusted.keys else (trusted.theirs, b"")
         summary = trusted.summary.plus(trusted.theirs, sign=-1).plus(now)
-        body = trusted.index.patched(trusted.keys, lines)
-    _write(index_path(database, processor), processor, version, summary, body, listing.ScanIndex.checksum(body))
+        body, checksum = trusted.index.patched(trusted.keys, lines)
+    _write(index_path(database, processor), processor, version, summary, body, checksum)
     return True
 
 

@@ -202,9 +202,13 @@ pub struct ScanIndex {
 
 #[pymethods]
 impl ScanIndex {
-    /// The index of `body`; `ValueError` unless it has `rows` rows, `checksum`, and the format.
+    /// The index whose body is `data` from `offset` on (the file as read: no copy of the body is
+    /// made in Python); `ValueError` unless it has `rows` rows, `checksum`, and the format.
     #[new]
-    fn new(body: &[u8], rows: usize, checksum: u64) -> PyResult<Self> {
+    fn new(data: &[u8], offset: usize, rows: usize, checksum: u64) -> PyResult<Self> {
+        let body = data
+            .get(offset..)
+            .ok_or_else(|| PyValueError::new_err("scan index: no body"))?;
         if checksum_of(body) != checksum {
             return Err(PyValueError::new_err("scan index: checksum mismatch"));
         }
@@ -217,8 +221,8 @@ impl ScanIndex {
     }
 
     /// The body of this index with the rows of `keys` replaced by `lines` (the rows those keys
-    /// have now, in the body's format; a key without one has none any more).
-    fn patched<'py>(&self, py: Python<'py>, keys: Vec<String>, lines: &[u8]) -> Bound<'py, PyBytes> {
+    /// have now, in the body's format; a key without one has none any more), and its checksum.
+    fn patched<'py>(&self, py: Python<'py>, keys: Vec<String>, lines: &[u8]) -> PyResult<(Bound<'py, PyBytes>, u64)> {
         let mut left_out: Vec<&std::ops::Range<usize>> = keys
             .iter()
             .filter_map(|key| self.index.get(key.as_bytes()))
@@ -227,15 +231,26 @@ impl ScanIndex {
         left_out.sort_unstable_by_key(|line| line.start);
         left_out.dedup();
         let old = &self.index.body;
-        let mut body = Vec::with_capacity(old.len() + lines.len());
+        let mut kept = Vec::with_capacity(left_out.len() + 2);
         let mut from = 0;
         for line in left_out {
-            body.extend_from_slice(&old[from..line.start]);
+            kept.push(&old[from..line.start]);
             from = line.end;
         }
-        body.extend_from_slice(&old[from..]);
-        body.extend_from_slice(lines);
-        PyBytes::new(py, &body)
+        kept.push(&old[from..]);
+        kept.push(lines);
+        let length = kept.iter().map(|part| part.len()).sum();
+        let mut checksum = 0;
+        let body = PyBytes::new_with(py, length, |buffer| {
+            let mut at = 0;
+            for part in &kept {
+                buffer[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            checksum = checksum_of(buffer);
+            Ok(())
+        })?;
+        Ok((body, checksum))
     }
 
     /// The checksum a body is written with.

@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from sessionpipe_contract import EXIT_OK
-from sessionpipe_runner import scanindex, store
+from sessionpipe_runner import scan, scanindex, store
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.usage import UsageProcessor
 from sessionpipe_runner.runner import RunSettings, run
@@ -160,6 +160,7 @@ def test_the_index_plans_a_hostile_volume_as_the_whole_comparison_does(
     volume: tuple[duckdb.DuckDBPyConnection, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     con, db, root = volume
+    monkeypatch.setattr(scan, "USERS_PER_CALL", 2)  # the index meets the user folders over several calls
     indexed, (scanned, _, unchanged, decided, unsettled, vanished, reappeared) = both_ways(monkeypatch, con, db, root)
     assert indexed.not_used == ""  # the index was used, and left out the plainly unchanged files
     assert indexed.scan.unchanged == unchanged > 0 and len(indexed.scan.keys) == scanned - unchanged
