@@ -9,6 +9,7 @@ check that it is refused, and the reference comparison made instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from datetime import UTC, datetime
@@ -251,12 +252,18 @@ def _changed_behind_the_index(con: duckdb.DuckDBPyConnection, db: Path, how: str
     ],
 )
 def test_an_index_that_is_not_the_state_now_is_refused(
-    volume: tuple[duckdb.DuckDBPyConnection, Path, Path], monkeypatch: pytest.MonkeyPatch, how: str, reason: str
+    volume: tuple[duckdb.DuckDBPyConnection, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    reason: str,
 ) -> None:
     con, db, root = volume
     _changed_behind_the_index(con, db, how)
-    indexed, _ = both_ways(monkeypatch, con, db, root)
+    with caplog.at_level(logging.INFO, logger=scanindex.__name__):
+        indexed, _ = both_ways(monkeypatch, con, db, root)
     assert indexed.not_used == reason
+    assert f"scan index not used ({reason})" in caplog.text
     assert indexed.scan.unchanged == 0  # nothing was left out on its word
 
 
