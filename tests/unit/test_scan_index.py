@@ -345,3 +345,18 @@ def test_runs_through_the_index_end_as_runs_without_it(tmp_path: Path, monkeypat
         without = _usage_run(sessions, tmp_path / "reference.duckdb", monkeypatch, index=False)
         assert with_index == without, f"change {number}"
     assert used[0::2] == ["missing"] + [""] * (len(changes) - 1)
+
+
+def test_a_run_whose_index_cannot_be_written_succeeds_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sessions, db = tmp_path / "sessions", tmp_path / "usage.duckdb"
+    (sessions / "alice" / "-p").mkdir(parents=True)
+    (sessions / "alice" / "-p" / "s.jsonl").write_text(LINE % (1, 1, 1, 1))
+    path = index_path(db, PROCESSOR)
+    path.with_name(path.name + ".tmp").mkdir()  # in the way of the temporary file
+    with caplog.at_level(logging.WARNING, logger="sessionpipe_runner.runner"):
+        counts, _, _, _ = _usage_run(sessions, db, monkeypatch, index=True)
+    assert counts[2] == 1  # processed, and the run succeeded (asserted by _usage_run)
+    assert "scan index not written" in caplog.text
+    assert not path.exists()
