@@ -6,7 +6,8 @@ On a working copy of a generated corpus (``gen_corpus.py``; the cached corpus is
 one untimed ``sessionpipe run`` builds the database; then, ``--repeat`` times: one more API call is
 appended to the largest file and ``sessionpipe run`` takes it in, then (with ``--base``) one more
 call is appended and the build in ``DIR`` (a checkout whose ``job_image`` and ``common`` go on
-``PYTHONPATH``, e.g. ``git archive <commit> | tar -x -C DIR``) takes it in, then ccusage re-reads
+``PYTHONPATH``, e.g. ``git archive <commit> | tar -x -C DIR``) takes it in, on its own copy of the
+database (so that neither build's runs change the state the other's next run starts from), then ccusage re-reads
 everything. The runs are interleaved, so a load that changes during the measurement weighs on all
 of them alike. Each run's wall and CPU (user + system, its process tree) seconds are printed, then
 the medians and the ratio to ccusage; the total tokens of the database are checked against
@@ -110,20 +111,26 @@ def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | 
         run_timed(command, installed_env())  # the database the incremental runs start from
         result = IncrementalRun(corpus_bytes(sessions), sum(1 for _ in sessions.rglob("*.jsonl")))
         target_file = max(sessions.rglob("*.jsonl"), key=lambda p: p.stat().st_size)
-        variants = [(result.ours, installed_env())]
+        variants = [(result.ours, installed_env(), command)]
         if base is not None:
-            variants.append((result.base, base_env(base)))
+            # Its own copy of the database: a run of one build must not change the state the other's
+            # next run starts from (this build's scan index is trusted only if the state is the one indexed).
+            base_db = scratch / "base.duckdb"
+            shutil.copyfile(db, base_db)
+            variants.append((result.base, base_env(base), sessionpipe_command(sessions, base_db)))
         number = 0
         for _ in range(repeat):
-            for runs, env in variants:
+            for runs, env, variant_command in variants:
                 append_call(target_file, number)
                 number += 1
-                measured = run_timed(command, env)
+                measured = run_timed(variant_command, env)
                 summary = json.loads(measured.stdout.splitlines()[-1])
                 assert summary["processed"] == 1 and summary["unchanged"] == summary["scanned"] - 1, summary
                 runs.append(measured)
             theirs = [str(launcher), "claude", "monthly", "--json", "--offline", "--timezone", "UTC"]
             result.theirs.append(run_timed(theirs, ccusage_env(config_dirs)))
+        if base is not None:
+            run_timed(command, installed_env())  # untimed: this build's database takes in the base's last call too
         result.our_tokens = our_total_tokens(db)
         result.their_tokens = int(json.loads(result.theirs[-1].stdout)["totals"]["totalTokens"])
         result.publish = [timed_publish(db) for _ in range(repeat)]

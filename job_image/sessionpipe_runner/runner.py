@@ -43,14 +43,14 @@ from sessionpipe_contract import (
     OUTCOME_SUCCEEDED,
     OUTCOME_TERMINATED,
 )
-from sessionpipe_runner import batches, inflight, signals, snapshot, store, tables, work
+from sessionpipe_runner import batches, inflight, scanindex, signals, snapshot, store, tables, work
 from sessionpipe_runner.batches import Batch, BatchWriter
 from sessionpipe_runner.fencing import Fence
 from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
 from sessionpipe_runner.processors.base import BadSettings, FailRun, Processor, RunContext, SessionFile, StopRun
 from sessionpipe_runner.progress import Progress
 from sessionpipe_runner.reading import Committed
-from sessionpipe_runner.scan import Decision, plan, scan_roots
+from sessionpipe_runner.scan import Decision, plan
 from sessionpipe_runner.settings import RunSettings
 from sessionpipe_runner.signals import Sigterm, Terminated, sigterm_raises
 from sessionpipe_runner.snapshot import snapshot_path
@@ -118,6 +118,8 @@ class Run:
         #: Whether this run committed anything readers see besides its own run record (a
         #: migration, a session's rows or state, a vanished mark): only then is a snapshot due.
         self.changed = False
+        #: The scan index this run trusted (``None``: none was), to make the next one from.
+        self.scan_index: scanindex.Trusted | None = None
 
     # --- phases ---------------------------------------------------------------------------
     def open(self, lease_deadline: float) -> duckdb.DuckDBPyConnection:
@@ -196,12 +198,13 @@ class Run:
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, Committed | None]]:
         """Scan the volume and decide: the candidates, each with what the store knows of its content."""
-        scan = scan_roots(self.settings.session_roots, self.settings.user)
+        settings, version = self.settings, self.processor.version
+        scanned = scanindex.scan_and_compare(
+            con, settings.database, settings.session_roots, settings.user, self.processor.name, version
+        )
+        scan, compared, self.scan_index = scanned.scan, scanned.compared, scanned.trusted
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan)
-        version = self.processor.version
-        user = self.settings.user
-        compared = store.compare_scan(con, self.processor.name, version, user, (scan.keys, scan.sizes, scan.mtimes))
         self._mark_vanished(con, compared.vanished, compared.reappeared)
         unsettled = compared.unsettled
         self.states = {key: state for key, state in unsettled.items() if state is not None}
@@ -215,6 +218,18 @@ class Run:
             else:
                 candidates.append((file, self._committed(file, decision)))
         return candidates
+
+    def save_scan_index(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write the scan index of the state this run leaves, for the next run's scan.
+
+        The index only saves the next run time: failing to write it (a full disk, a read-only
+        folder) is logged, and the next run compares its whole scan instead.
+        """
+        try:
+            name, version = self.processor.name, self.processor.version
+            scanindex.save(con, self.settings.database, name, version, self.scan_index, self.changed)
+        except (OSError, _duckdb.Error) as error:
+            log.warning("scan index not written: %s", work.error_text(error))
 
     def _committed(self, file: SessionFile, decision: Decision) -> Committed | None:
         """What the store knows of a file to check: its hash, and where its lines end if they are done.
@@ -421,6 +436,7 @@ def run(
                 job.phase = Phase.WRITING
                 con = job.open(waiting_until)
                 job.process_all(con)
+                job.save_scan_index(con)
                 job.sigterm.check()
                 _settle(summary)
                 job.finish(con)

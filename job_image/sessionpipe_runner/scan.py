@@ -18,6 +18,9 @@ The user folders are walked by the compiled listing (``walk_user_folders`` of th
 ``sessionpipe-native``, ``native/src/listing.rs``) when it is installed: the same walk, on several
 threads. The Python walk here is its reference (``tests/unit/test_native_listing.py`` holds the two
 equal over hostile trees); ``SESSIONPIPE_LISTING=python`` selects it, and so does a missing package.
+
+Given a scan index (:mod:`sessionpipe_runner.scanindex`), the compiled listing leaves out the files
+the index shows plainly unchanged: only their number is kept (:attr:`ScanResult.unchanged`).
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from sessionpipe_runner.names import key_part
 from sessionpipe_runner.processors.base import SessionFile
 from sessionpipe_runner.store import StateRow
+
+if TYPE_CHECKING:
+    from sessionpipe_native import ScanIndex
 
 SESSION_SUFFIX = ".jsonl"
 
@@ -105,9 +112,15 @@ class ScanResult:
     issues: Counter[str] = field(default_factory=Counter)
     #: Indexes of the files whose key has an escaped (undecodable) name in it.
     escaped: list[int] = field(default_factory=list)
+    #: Files a scan index showed plainly unchanged: counted, not listed.
+    unchanged: int = 0
+    #: Whether the scan met a name a scan index cannot judge (one that is not UTF-8): its
+    #: filtering is not to be trusted, and the scan is to be made again without it.
+    index_unusable: bool = False
 
     def __len__(self) -> int:
-        return len(self.keys)
+        """How many session files were found (the listed ones and those an index left out)."""
+        return len(self.keys) + self.unchanged
 
     def file(self, index: int) -> SessionFile:
         """The :class:`SessionFile` of the file at ``index``."""
@@ -142,12 +155,13 @@ class ScanResult:
         self.origins = [self.origins[index] for index in kept]
 
 
-def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
+def scan_sessions(root: Path, user: str | None = None, index: ScanIndex | None = None) -> ScanResult:
     """Walk the sessions tree, never following a symlink below ``root`` (its own path may have some).
 
     Folders are opened relative to their parent's descriptor, so no path length limit applies and
     a folder swapped for a symlink during the scan is not entered. With ``user``, ``root`` is that
     user's ``projects/`` directory; without, the first path component below ``root`` names the user.
+    With ``index`` (and the compiled listing), the files it shows plainly unchanged are only counted.
     """
     result = ScanResult()
     location = str(root)
@@ -156,7 +170,7 @@ def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
     except OSError as error:
         result.issues["vanished" if isinstance(error, FileNotFoundError) else "unreadable_dir"] += 1
         return result
-    users = _UserFolders(location, result, compiled_listing())
+    users = _UserFolders(location, result, compiled_listing(), index)
     try:
         if user is not None:
             user_key = key_part(user)
@@ -171,7 +185,7 @@ def scan_sessions(root: Path, user: str | None = None) -> ScanResult:
     return result
 
 
-def scan_roots(roots: Sequence[Path], user: str | None = None) -> ScanResult:
+def scan_roots(roots: Sequence[Path], user: str | None = None, index: ScanIndex | None = None) -> ScanResult:
     """:func:`scan_sessions` of each root, as one scan whose keys are unique.
 
     Keys do not name the root: a file has the key a scan of its root alone gives it, so adding or
@@ -179,23 +193,28 @@ def scan_roots(roots: Sequence[Path], user: str | None = None) -> ScanResult:
     copied (Claude Code's move from ``~/.claude`` to ``~/.config/claude`` leaves such copies): the
     largest copy is read (it holds the most lines; on a tie the root listed first), and each other
     copy is counted ``duplicate_in_other_root``.
+
+    An ``index`` is for one root only: which copy of a file is read depends on the copies a scan
+    index would leave out.
     """
-    scans = [scan_sessions(root, user) for root in roots]
+    if index is not None and len(roots) != 1:
+        raise ValueError("a scan index filters the scan of one root")
+    scans = [scan_sessions(root, user, index) for root in roots]
     if len(scans) == 1:
         return scans[0]  # its keys are unique already
     merged = ScanResult()
     chosen: dict[str, int] = {}
     for scan in scans:
         merged.issues.update(scan.issues)
-        for index, key in enumerate(scan.keys):
+        for position, key in enumerate(scan.keys):
             at = chosen.get(key)
             if at is None:
                 chosen[key] = len(merged.keys)
-                merged._append(scan, index)
+                merged._append(scan, position)
                 continue
             merged.issues["duplicate_in_other_root"] += 1
-            if scan.sizes[index] > merged.sizes[at]:
-                merged._replace(at, scan, index)
+            if scan.sizes[position] > merged.sizes[at]:
+                merged._replace(at, scan, position)
     return merged
 
 
@@ -264,10 +283,14 @@ class _User:
 
 class _UserFolders:
     """The user folders of one scan: walked in Python as each is found, or by the compiled listing,
-    :data:`USERS_PER_CALL` at a time, its results added in the order the folders were found."""
+    :data:`USERS_PER_CALL` at a time, its results added in the order the folders were found (the
+    compiled listing leaves out the files ``index`` shows plainly unchanged)."""
 
-    def __init__(self, root: str, result: ScanResult, listing: ModuleType | None) -> None:
+    def __init__(
+        self, root: str, result: ScanResult, listing: ModuleType | None, index: ScanIndex | None = None
+    ) -> None:
         self.root, self.result, self.listing = root, result, listing
+        self.index = index if listing is not None else None
         self.pending: list[_User] = []
 
     def walk(self, user: str, fd: int, location: str, escaped: bool) -> None:
@@ -285,7 +308,7 @@ class _UserFolders:
             return
         users, self.pending = self.pending, []
         try:
-            walks = self.listing.walk_user_folders([user.fd for user in users], MAX_FOLDER_DEPTH)
+            walks = self._walks(users)
         finally:
             for user in users:
                 os.close(user.fd)
@@ -293,6 +316,23 @@ class _UserFolders:
             self.result.issues.update(issues)
             for parts, names, sizes, mtimes in groups:
                 _append_named(self._origin(user, parts), _decoded(names).split("/"), sizes, mtimes, self.result)
+
+    def _walks(
+        self, users: list[_User]
+    ) -> list[tuple[list[tuple[bytes, bytes, list[int], list[int]]], dict[str, int]]]:
+        """The compiled listing's walks of ``users``; with an index, what it left out is counted."""
+        assert self.listing is not None
+        fds = [user.fd for user in users]
+        if self.index is None:
+            walks: list[tuple[list[tuple[bytes, bytes, list[int], list[int]]], dict[str, int]]]
+            walks = self.listing.walk_user_folders(fds, MAX_FOLDER_DEPTH)
+            return walks
+        filtered = self.index.walk_user_folders(fds, MAX_FOLDER_DEPTH, [user.user.encode() for user in users])
+        for user, (_, _, unchanged, odd_name) in zip(users, filtered, strict=True):
+            self.result.unchanged += unchanged
+            # An escaped name's key is key_part's to make (and may collide): the index cannot judge it.
+            self.result.index_unusable |= odd_name or user.escaped
+        return [(groups, issues) for groups, issues, _, _ in filtered]
 
     def close(self) -> None:
         """Close the descriptors of the user folders not walked (an interrupted scan)."""

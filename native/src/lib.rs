@@ -17,6 +17,7 @@ mod decode;
 mod listing;
 mod reading;
 mod rules;
+mod scanindex;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -572,5 +573,6 @@ fn sessionpipe_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(usage_columns, module)?)?;
     module.add_function(wrap_pyfunction!(columns::arrow_buffers, module)?)?;
     module.add_class::<columns::UsageColumns>()?;
+    module.add_class::<scanindex::ScanIndex>()?;
     Ok(())
 }

@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use crate::scanindex::Index;
+
 const SESSION_SUFFIX: &[u8] = b".jsonl";
 const FOLDER_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
 
@@ -39,14 +41,60 @@ impl Group {
     }
 }
 
-/// One user folder's walk: its groups in the reference's order, and its issues.
-#[derive(Default)]
-struct Walk {
-    groups: Vec<Group>,
-    issues: Vec<(&'static str, u64)>,
+/// What a walk checks each regular session file against (`ScanIndex.walk_user_folders`): the
+/// index of the state, and the key component of the user folder walked.
+#[derive(Clone, Copy)]
+pub(crate) struct Filter<'a> {
+    pub(crate) index: &'a Index,
+    pub(crate) user_key: &'a [u8],
 }
 
-impl Walk {
+/// One user folder's walk: its groups in the reference's order, and its issues; with a filter, the
+/// files it found plainly unchanged (left out of the groups) and the index rows it met.
+#[derive(Default)]
+pub(crate) struct Walk<'a> {
+    groups: Vec<Group>,
+    issues: Vec<(&'static str, u64)>,
+    filter: Option<Filter<'a>>,
+    pub(crate) unchanged: u64,
+    /// Whether a name below the user folder is not UTF-8 (its key is escaped: only Python makes it).
+    pub(crate) odd_name: bool,
+    /// The index rows whose key a regular session file of this walk has.
+    pub(crate) matched: Vec<u32>,
+    key: Vec<u8>,    // the key being looked up (one buffer for the walk)
+    buffer: Vec<u8>, // the listing's (one for the walk)
+}
+
+impl Walk<'_> {
+    /// Whether the file `name` in the folder at `parts`, of lstat `info`, is plainly unchanged by
+    /// the filter's index (then it is left out); notes the index row it has, if any.
+    fn plainly_unchanged(&mut self, parts: &[u8], name: &[u8], info: &libc::stat) -> bool {
+        let Some(filter) = self.filter else {
+            return false;
+        };
+        if std::str::from_utf8(name).is_err() || std::str::from_utf8(parts).is_err() {
+            self.odd_name = true; // its key is `key_part`'s escape: Python's to make
+            return false;
+        }
+        self.key.clear();
+        self.key.extend_from_slice(filter.user_key);
+        self.key.push(b'/');
+        if !parts.is_empty() {
+            self.key.extend_from_slice(parts);
+            self.key.push(b'/');
+        }
+        self.key.extend_from_slice(name);
+        let Some((at, row)) = filter.index.get(&self.key) else {
+            return false;
+        };
+        self.matched.push(at);
+        let mtime = i128::from(info.st_mtime) * 1_000_000_000 + i128::from(info.st_mtime_nsec);
+        let unchanged =
+            row.settled && i128::from(row.size) == i128::from(info.st_size) && i128::from(row.mtime_ns) == mtime;
+        self.unchanged += u64::from(unchanged);
+        unchanged
+    }
+
     fn count(&mut self, reason: &'static str) {
         match self.issues.iter_mut().find(|(name, _)| *name == reason) {
             Some(entry) => entry.1 += 1,
@@ -100,49 +148,50 @@ fn kind_of(mode: libc::mode_t) -> u8 {
     }
 }
 
-/// The entries of the folder open as `fd`, as `os.scandir(fd)` lists them (on a `dup`, without `.`
-/// and `..`); an error anywhere loses the whole listing, as `list(os.scandir(fd))` does.
-fn list(fd: RawFd) -> Result<Vec<Entry>, i32> {
-    // SAFETY: plain descriptor calls; `dirp` is closed on every path, which closes the duplicate.
-    unsafe {
-        let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0);
-        if copy < 0 {
+/// The entries of the folder open as `fd`, as `os.scandir(fd)` lists them (without `.` and `..`);
+/// an error anywhere loses the whole listing, as `list(os.scandir(fd))` does.
+///
+/// Read with `getdents64` on `fd` itself: `os.scandir` lists a `dup` (which shares the offset) and
+/// rewinds it, five more system calls per folder than the listing needs. The folders this walk
+/// opens are listed once and closed; a folder the caller lent is rewound by [`walk_user`].
+fn list(fd: RawFd, buffer: &mut Vec<u8>) -> Result<Vec<Entry>, i32> {
+    const HEADER: usize = 19; // d_ino (8), d_off (8), d_reclen (2), d_type (1), then the name
+    buffer.resize(32 * 1024, 0);
+    let mut entries = Vec::new();
+    loop {
+        // SAFETY: the kernel writes at most `buffer.len()` bytes into `buffer`.
+        let read = unsafe { libc::syscall(libc::SYS_getdents64, fd, buffer.as_mut_ptr(), buffer.len()) };
+        if read < 0 {
             return Err(errno());
         }
-        let dirp = libc::fdopendir(copy);
-        if dirp.is_null() {
-            let error = errno();
-            libc::close(copy);
-            return Err(error);
+        if read == 0 {
+            return Ok(entries);
         }
-        let mut entries = Vec::new();
-        let outcome = loop {
-            *libc::__errno_location() = 0;
-            let entry = libc::readdir(dirp);
-            if entry.is_null() {
-                let error = errno();
-                break if error == 0 { Ok(()) } else { Err(error) };
+        let mut at = 0usize;
+        let end = read as usize;
+        while at + HEADER <= end {
+            let length = usize::from(u16::from_ne_bytes([buffer[at + 16], buffer[at + 17]]));
+            if length < HEADER || at + length > end {
+                return Err(libc::EIO); // not what the kernel writes
             }
-            let name = CStr::from_ptr((*entry).d_name.as_ptr());
+            let record = &buffer[at..at + length];
+            let name = CStr::from_bytes_until_nul(&record[HEADER..]).map_err(|_| libc::EIO)?;
             let bytes = name.to_bytes();
-            if bytes == b"." || bytes == b".." {
-                continue;
+            if bytes != b"." && bytes != b".." {
+                entries.push(Entry {
+                    name: name.to_owned(),
+                    kind: record[18],
+                    info: None,
+                });
             }
-            entries.push(Entry {
-                name: name.to_owned(),
-                kind: (*entry).d_type,
-                info: None,
-            });
-        };
-        libc::rewinddir(dirp);
-        libc::closedir(dirp);
-        outcome.map(|()| entries)
+            at += length;
+        }
     }
 }
 
 /// `scan._enter`: list the folder, add its regular `.jsonl` files as one group, return the rest.
 fn enter(fd: RawFd, parts: &[u8], walk: &mut Walk) -> Vec<Entry> {
-    let entries = list(fd).unwrap_or_else(|_| {
+    let entries = list(fd, &mut walk.buffer).unwrap_or_else(|_| {
         walk.count("unreadable_dir");
         Vec::new()
     });
@@ -214,7 +263,9 @@ fn add_regular(fd: RawFd, entry: &Entry, group: &mut Group, walk: &mut Walk) {
         },
     };
     if info.st_mode & libc::S_IFMT == libc::S_IFREG {
-        group.add(entry.name.to_bytes(), &info);
+        if !walk.plainly_unchanged(&group.parts, entry.name.to_bytes(), &info) {
+            group.add(entry.name.to_bytes(), &info);
+        }
     } else {
         walk.count("not_a_file");
     }
@@ -228,9 +279,14 @@ struct Open {
 }
 
 /// `scan._walk` of the user folder open as `user_fd` (borrowed: the caller closes it).
-fn walk_user(user_fd: RawFd, max_depth: usize) -> Walk {
-    let mut walk = Walk::default();
+fn walk_user(user_fd: RawFd, max_depth: usize, filter: Option<Filter<'_>>) -> Walk<'_> {
+    let mut walk = Walk {
+        filter,
+        ..Walk::default()
+    };
     let rest = enter(user_fd, b"", &mut walk).into_iter();
+    // SAFETY: a plain descriptor call: the caller's folder is left at its start, as `os.scandir` leaves it.
+    unsafe { libc::lseek(user_fd, 0, libc::SEEK_SET) };
     let mut stack = vec![Open {
         fd: user_fd,
         owned: false,
@@ -305,23 +361,29 @@ fn walk_user(user_fd: RawFd, max_depth: usize) -> Walk {
     walk
 }
 
-/// The walks of the user folders open as `fds`, several at once, in `fds`' order.
-fn walk_users(fds: &[RawFd], max_depth: usize) -> Vec<Walk> {
+/// The walks of the user folders open as `fds`, several at once, in `fds`' order (with `filters`,
+/// one per folder, each checks its files against an index).
+pub(crate) fn walk_users<'a>(fds: &[RawFd], max_depth: usize, filters: Option<&[Filter<'a>]>) -> Vec<Walk<'a>> {
+    let filter = |index: usize| filters.map(|filters| filters[index]);
     let threads = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)
         .min(fds.len());
     if threads <= 1 {
-        return fds.iter().map(|fd| walk_user(*fd, max_depth)).collect();
+        return fds
+            .iter()
+            .enumerate()
+            .map(|(index, fd)| walk_user(*fd, max_depth, filter(index)))
+            .collect();
     }
     let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<(usize, Walk)>> = Mutex::new(Vec::with_capacity(fds.len()));
+    let done: Mutex<Vec<(usize, Walk<'a>)>> = Mutex::new(Vec::with_capacity(fds.len()));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(fd) = fds.get(index) else { break };
-                let walk = walk_user(*fd, max_depth);
+                let walk = walk_user(*fd, max_depth, filter(index));
                 done.lock().expect("no walk panics").push((index, walk));
             });
         }
@@ -350,24 +412,29 @@ fn nanoseconds<'py>(py: Python<'py>, times: &[i128]) -> PyResult<Bound<'py, PyLi
 /// by `/`. The walks run on several threads without the GIL.
 #[pyfunction]
 pub fn walk_user_folders<'py>(py: Python<'py>, fds: Vec<RawFd>, max_depth: usize) -> PyResult<Bound<'py, PyList>> {
-    let walks = py.allow_threads(|| walk_users(&fds, max_depth));
+    let walks = py.allow_threads(|| walk_users(&fds, max_depth, None));
     let result = PyList::empty(py);
     for walk in walks {
-        let groups = PyList::empty(py);
-        for group in walk.groups {
-            let item = (
-                PyBytes::new(py, &group.parts),
-                PyBytes::new(py, &group.names),
-                group.sizes,
-                nanoseconds(py, &group.mtimes)?,
-            );
-            groups.append(item)?;
-        }
-        let issues = PyDict::new(py);
-        for (reason, number) in walk.issues {
-            issues.set_item(reason, number)?;
-        }
-        result.append((groups, issues))?;
+        result.append(walk_result(py, walk)?)?;
     }
     Ok(result)
+}
+
+/// One walk as `walk_user_folders` gives it: `(groups, issues)`.
+pub(crate) fn walk_result<'py>(py: Python<'py>, walk: Walk<'_>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
+    let groups = PyList::empty(py);
+    for group in walk.groups {
+        let item = (
+            PyBytes::new(py, &group.parts),
+            PyBytes::new(py, &group.names),
+            group.sizes,
+            nanoseconds(py, &group.mtimes)?,
+        );
+        groups.append(item)?;
+    }
+    let issues = PyDict::new(py);
+    for (reason, number) in walk.issues {
+        issues.set_item(reason, number)?;
+    }
+    Ok((groups, issues))
 }

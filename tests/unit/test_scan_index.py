@@ -1,0 +1,362 @@
+"""The scan index (``sessionpipe_runner.scanindex``) against the comparison it shortcuts.
+
+Each differential test compares, on the same volume and database, the scan and plan made through
+the index with those made without it (``SESSIONPIPE_SCAN_INDEX=off``: the whole scan compared by
+``store.compare_scan``): file counts, issues, every decision, every unsettled state, the vanished
+and reappeared files. The other tests change the state or the file behind the index's back and
+check that it is refused, and the reference comparison made instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from sessionpipe_contract import EXIT_OK
+from sessionpipe_runner import scan, scanindex, store
+from sessionpipe_runner.lease.file import FileLease
+from sessionpipe_runner.processors.usage import UsageProcessor
+from sessionpipe_runner.runner import RunSettings, run
+from sessionpipe_runner.scan import plan, scan_sessions
+from sessionpipe_runner.scanindex import Scanned, index_path, save, scan_and_compare
+from sessionpipe_runner.store.queries import forget_sessions
+from tests.unit.test_native_listing import hostile_tree, session
+
+PROCESSOR, VERSION = "usage", "2"
+WHEN = datetime(2026, 1, 1, tzinfo=UTC)
+#: The names of ``hostile_tree`` that are not UTF-8 (their keys are escaped: the index cannot judge them).
+NOT_UTF8 = (b"alice/-app/bad-\xff.jsonl", b"alice/-app/collide-\xfe.jsonl", b"alice/-app/proj-\xfa/inside.jsonl")
+
+
+def tree(base: Path) -> Path:
+    """``hostile_tree`` with more plain files (enough for every case of :data:`CASES`, for two
+    users), without its file from past 2262 (which the whole comparison cannot take: its mtime is
+    beyond 64 bits; the index compares it as not unchanged)."""
+    root = hostile_tree(base)
+    (root / "alice" / "-app" / "future.jsonl").unlink()
+    for number in range(40):
+        folder = root / ("alice", "bob")[number % 2] / "-many"
+        folder.mkdir(exist_ok=True)
+        session(folder / f"s{number:02}.jsonl", b"x" * number)
+    return root
+
+
+def utf8_hostile_tree(base: Path) -> Path:
+    """:func:`tree` without its names that are not UTF-8, every other odd entry kept."""
+    root = tree(base)
+    raw = os.fsencode(root)
+    for name in (*NOT_UTF8, b"user-\xff/p.jsonl"):
+        os.remove(raw + b"/" + name)  # noqa: PTH107 (bytes paths)
+    for folder in (b"alice/-app/proj-\xfa", b"user-\xff"):
+        os.rmdir(raw + b"/" + folder)  # noqa: PTH106 (bytes paths)
+    return root
+
+
+def add_state(
+    con: duckdb.DuckDBPyConnection,
+    key: str,
+    size: int,
+    mtime_ns: int,
+    *,
+    status: str = "done",
+    version: str = VERSION,
+    vanished: bool = False,
+    processor: str = PROCESSOR,
+) -> None:
+    con.execute(
+        "INSERT INTO session_processor_state (processor, session_file, user_name, size, mtime_ns, content_hash, "
+        "processor_version, attempts, status, processed_at, vanished_at) VALUES (?, ?, ?, ?, ?, 'h', ?, 1, ?, ?, ?)",
+        [processor, key, key.split("/")[0], size, mtime_ns, version, status, WHEN, WHEN if vanished else None],
+    )
+
+
+#: How each scanned file's state row differs from the file (by its place in the scan).
+CASES = (
+    "unchanged",
+    "grown",
+    "shrunk",
+    "rewritten",  # same size, another mtime: a touched-only file is this too until it is hashed
+    "failed",
+    "quarantined",
+    "quarantined_changed",
+    "old_version",
+    "reappeared",
+    "reappeared_grown",
+    "new",
+)
+
+
+def state_of_every_case(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """State rows for the files of ``root``, one case of :data:`CASES` after another, and rows of
+    files not there (some marked vanished already, of several users, of another processor)."""
+    store.migrate(con)
+    scan = scan_sessions(root)
+    assert len(scan) > 2 * len(CASES)
+    for index, file in enumerate(sorted(scan.files, key=lambda file: file.key)):
+        case, size, mtime = CASES[index % len(CASES)], file.size, file.mtime_ns
+        add_state(con, file.key, size, mtime, processor="other")  # another processor's row never counts
+        if case == "new":
+            continue
+        size += {"grown": -1, "shrunk": 1, "reappeared_grown": -1}.get(case, 0)
+        mtime += 1 if case in ("rewritten", "quarantined_changed") else 0
+        status = {"failed": "failed", "quarantined": "quarantined", "quarantined_changed": "quarantined"}.get(case)
+        version = "1" if case == "old_version" else VERSION
+        add_state(con, file.key, size, mtime, status=status or "done", version=version, vanished="reap" in case)
+    for user in ("alice", "bob", "carol"):
+        add_state(con, f"{user}/-gone/s.jsonl", 1, 1)
+        add_state(con, f"{user}/-gone/marked.jsonl", 1, 1, vanished=True)
+
+
+def outcome(scanned: Scanned, version: str = VERSION) -> tuple[Any, ...]:
+    """Everything a run takes from a scan and its comparison."""
+    scan, compared = scanned.scan, scanned.compared
+    decided = plan(scan, compared.unsettled, version)
+    return (
+        len(scan),
+        dict(scan.issues),
+        decided.unchanged,
+        decided.decided,
+        compared.unsettled,
+        sorted(compared.vanished),
+        sorted(compared.reappeared),
+    )
+
+
+def both_ways(
+    monkeypatch: pytest.MonkeyPatch,
+    con: duckdb.DuckDBPyConnection,
+    db: Path,
+    root: Path,
+    user: str | None = None,
+    version: str = VERSION,
+) -> tuple[Scanned, tuple[Any, ...]]:
+    """The scan through the index (as it stands), asserted equal to the reference; returns it."""
+    monkeypatch.setenv(scanindex.ENV_SCAN_INDEX, scanindex.OFF)
+    reference = scan_and_compare(con, db, [root], user, PROCESSOR, version)
+    assert reference.not_used == "disabled"
+    monkeypatch.delenv(scanindex.ENV_SCAN_INDEX)
+    indexed = scan_and_compare(con, db, [root], user, PROCESSOR, version)
+    assert outcome(indexed, version) == outcome(reference, version)
+    return indexed, outcome(reference, version)
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> tuple[duckdb.DuckDBPyConnection, Path, Path]:
+    """A hostile volume (its names UTF-8), a database with a state row of every case, and its index."""
+    root, db = utf8_hostile_tree(tmp_path), tmp_path / "db.duckdb"
+    con = store.connect(db)
+    state_of_every_case(con, root)
+    assert save(con, db, PROCESSOR, VERSION, None)
+    return con, db, root
+
+
+def test_the_index_plans_a_hostile_volume_as_the_whole_comparison_does(
+    volume: tuple[duckdb.DuckDBPyConnection, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con, db, root = volume
+    monkeypatch.setattr(scan, "USERS_PER_CALL", 2)  # the index meets the user folders over several calls
+    indexed, (scanned, _, unchanged, decided, unsettled, vanished, reappeared) = both_ways(monkeypatch, con, db, root)
+    assert indexed.not_used == ""  # the index was used, and left out the plainly unchanged files
+    assert indexed.scan.unchanged == unchanged > 0 and len(indexed.scan.keys) == scanned - unchanged
+    # Every case is there (equal plans that decided nothing would prove nothing).
+    assert {decision.value for _, decision in decided} == {"check", "process", "quarantined"}
+    assert any(state is None for state in unsettled.values())
+    assert "alice/-app/new\nline.jsonl" in indexed.scan.keys or "alice/-app/new\nline.jsonl" not in unsettled
+    assert vanished == ["alice/-gone/s.jsonl", "bob/-gone/s.jsonl", "carol/-gone/s.jsonl"]
+    assert len(reappeared) >= 2
+
+
+def test_one_users_run_through_the_index_vanishes_only_that_users_files(
+    volume: tuple[duckdb.DuckDBPyConnection, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con, db, root = volume
+    indexed, result = both_ways(monkeypatch, con, db, root / "alice", user="alice")
+    assert indexed.not_used == ""
+    assert result[5] == ["alice/-gone/s.jsonl"]
+
+
+def test_another_processor_version_is_compared_whole(
+    volume: tuple[duckdb.DuckDBPyConnection, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con, db, root = volume
+    indexed, result = both_ways(monkeypatch, con, db, root, version="3")
+    assert indexed.not_used == "other_version"
+    assert result[2] == 0  # nothing is unchanged for a new version
+
+
+def test_names_that_are_not_utf8_make_the_scan_go_without_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, db = tree(tmp_path), tmp_path / "db.duckdb"
+    con = store.connect(db)
+    state_of_every_case(con, root)
+    save(con, db, PROCESSOR, VERSION, None)
+    indexed, result = both_ways(monkeypatch, con, db, root)
+    assert indexed.not_used == "odd_names"
+    assert "alice/-app/proj-\\xfa/inside.jsonl" in result[4] or result[2] > 0
+    assert "name_collision" in result[1]
+
+
+def _changed_behind_the_index(con: duckdb.DuckDBPyConnection, db: Path, how: str) -> None:
+    path = index_path(db, PROCESSOR)
+    data = path.read_bytes()
+    header, _, body = data.partition(b"\n")
+    if how == "update":
+        con.execute("UPDATE session_processor_state SET mtime_ns = mtime_ns + 1 WHERE session_file LIKE '%a.jsonl'")
+    elif how == "failed":
+        done = "SELECT min(session_file) FROM session_processor_state WHERE status = 'done' AND vanished_at IS NULL"
+        con.execute(f"UPDATE session_processor_state SET status = 'failed' WHERE session_file = ({done})")
+    elif how == "forget":
+        forget_sessions(con, [(PROCESSOR, "alice/-app/a.jsonl")], lambda name: UsageProcessor())
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) - 40])
+    elif how == "garbage":
+        path.write_bytes(b"\x00garbage\xff" * 50)
+    elif how == "digit":  # the same length, one size changed: only the checksum tells
+        at = body.index(b" ")
+        digit = b"1" if body[at - 1 : at] != b"1" else b"2"
+        path.write_bytes(header + b"\n" + body[: at - 1] + digit + body[at:])
+    elif how == "header":
+        path.write_bytes(header.replace(b'"checksum"', b'"check"') + b"\n" + body)
+    elif how == "other_processor":
+        path.write_bytes(header.replace(b'"processor": "usage"', b'"processor": "other"') + b"\n" + body)
+    elif how == "other_database":  # the index of a database whose state differs
+        other = db.with_name("other.duckdb")
+        other_con = store.connect(other)
+        store.migrate(other_con)
+        add_state(other_con, "alice/-app/a.jsonl", 1, 1)
+        save(other_con, other, PROCESSOR, VERSION, None)
+        other_con.close()
+        shutil.copyfile(index_path(other, PROCESSOR), path)
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("update", "stale"),
+        ("failed", "stale"),
+        ("forget", "stale"),
+        ("truncated", "malformed"),
+        ("garbage", "malformed"),
+        ("digit", "malformed"),
+        ("header", "malformed"),
+        ("other_processor", "foreign"),
+        ("other_database", "stale"),
+    ],
+)
+def test_an_index_that_is_not_the_state_now_is_refused(
+    volume: tuple[duckdb.DuckDBPyConnection, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    reason: str,
+) -> None:
+    con, db, root = volume
+    _changed_behind_the_index(con, db, how)
+    with caplog.at_level(logging.INFO, logger=scanindex.__name__):
+        indexed, _ = both_ways(monkeypatch, con, db, root)
+    assert indexed.not_used == reason
+    assert f"scan index not used ({reason})" in caplog.text
+    assert indexed.scan.unchanged == 0  # nothing was left out on its word
+
+
+def test_after_a_run_the_index_is_patched_and_a_row_changed_elsewhere_makes_it_stale(
+    volume: tuple[duckdb.DuckDBPyConnection, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con, db, root = volume
+    trusted = scan_and_compare(con, db, [root], None, PROCESSOR, VERSION).trusted
+    assert trusted is not None and "alice/-gone/s.jsonl" in trusted.keys
+    assert not save(con, db, PROCESSOR, VERSION, trusted, changed=False)  # the index is the state still
+    # What a run does to the rows it looks at: here, settles them all, and removes a vanished row.
+    con.execute(
+        "UPDATE session_processor_state SET status = 'done', processor_version = $version, vanished_at = NULL "
+        "WHERE processor = $processor AND list_contains($keys, session_file)",
+        {"version": VERSION, "processor": PROCESSOR, "keys": trusted.keys},
+    )
+    con.execute("DELETE FROM session_processor_state WHERE session_file = 'bob/-gone/s.jsonl'")
+    assert save(con, db, PROCESSOR, VERSION, trusted)
+    indexed, _ = both_ways(monkeypatch, con, db, root)
+    assert indexed.not_used == ""  # the patched index is the state now
+    assert indexed.trusted is not None
+    con.execute("UPDATE session_processor_state SET size = size + 1 WHERE session_file = 'carol/-gone/marked.jsonl'")
+    assert "carol/-gone/marked.jsonl" not in indexed.trusted.keys
+    assert save(con, db, PROCESSOR, VERSION, indexed.trusted)  # a row it did not expect to change
+    assert both_ways(monkeypatch, con, db, root)[0].not_used == "stale"
+
+
+LINE = (
+    '{"type":"assistant","timestamp":"2026-01-0%dT00:00:00Z","requestId":"r%d","message":{"id":"m%d",'
+    '"model":"claude-sonnet-4-20250514","usage":{"input_tokens":%d,"output_tokens":1}}}\n'
+)
+
+
+def _usage_run(sessions: Path, db: Path, monkeypatch: pytest.MonkeyPatch, index: bool) -> tuple[Any, ...]:
+    if index:
+        monkeypatch.delenv(scanindex.ENV_SCAN_INDEX, raising=False)
+    else:
+        monkeypatch.setenv(scanindex.ENV_SCAN_INDEX, scanindex.OFF)
+    settings = RunSettings(processor="usage", sessions=sessions, database=db, lease_wait_seconds=5, workers=1)
+    summary = run(settings, UsageProcessor(), FileLease(db, "usage"))
+    assert summary.exit_code == EXIT_OK, summary.message
+    with duckdb.connect(str(db), read_only=True) as con:
+        state = con.execute(
+            "SELECT * EXCLUDE (processed_at, vanished_at), vanished_at IS NULL FROM session_processor_state ORDER BY 2"
+        ).fetchall()
+        usage = con.execute("SELECT count(*), sum(input_tokens) FROM usage_rows").fetchall()
+    counts = (summary.scanned, summary.unchanged, summary.processed, summary.hashed, summary.skipped, summary.appended)
+    return counts, dict(summary.issues), state, usage
+
+
+def test_runs_through_the_index_end_as_runs_without_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two databases over one volume, one run with the index and one without after each change."""
+    sessions = tmp_path / "sessions"
+    paths = [sessions / f"user{number % 3}" / f"-p{number % 2}" / f"s{number:02}.jsonl" for number in range(12)]
+    for number, path in enumerate(paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(LINE % (1, number, number, number))
+    used: list[str] = []
+    original = scanindex.scan_and_compare
+
+    def spying(*args: Any) -> Scanned:
+        scanned = original(*args)
+        used.append(scanned.not_used)
+        return scanned
+
+    monkeypatch.setattr(scanindex, "scan_and_compare", spying)
+    changes = [
+        lambda: None,  # nothing changed
+        lambda: paths[0].open("a").write(LINE % (2, 100, 100, 5)),  # grown: its tail is read
+        lambda: os.utime(paths[1], ns=(1, 1)),  # touched only
+        lambda: paths[2].write_text(LINE % (3, 200, 200, 7)),  # rewritten
+        lambda: paths[3].rename(tmp_path / "kept.jsonl"),  # vanished
+        lambda: (tmp_path / "kept.jsonl").rename(paths[3]),  # reappeared
+        lambda: paths[4].write_text('{"type":"assistant","message":{"usage":{"input_tokens":"x"}}}\n'),  # odd line
+    ]
+    for number, change in enumerate(changes):
+        change()
+        with_index = _usage_run(sessions, tmp_path / "index.duckdb", monkeypatch, index=True)
+        without = _usage_run(sessions, tmp_path / "reference.duckdb", monkeypatch, index=False)
+        assert with_index == without, f"change {number}"
+    assert used[0::2] == ["missing"] + [""] * (len(changes) - 1)
+
+
+def test_a_run_whose_index_cannot_be_written_succeeds_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sessions, db = tmp_path / "sessions", tmp_path / "usage.duckdb"
+    (sessions / "alice" / "-p").mkdir(parents=True)
+    (sessions / "alice" / "-p" / "s.jsonl").write_text(LINE % (1, 1, 1, 1))
+    path = index_path(db, PROCESSOR)
+    path.with_name(path.name + ".tmp").mkdir()  # in the way of the temporary file
+    with caplog.at_level(logging.WARNING, logger="sessionpipe_runner.runner"):
+        counts, _, _, _ = _usage_run(sessions, db, monkeypatch, index=True)
+    assert counts[2] == 1  # processed, and the run succeeded (asserted by _usage_run)
+    assert "scan index not written" in caplog.text
+    assert not path.exists()
