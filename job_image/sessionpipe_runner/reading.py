@@ -319,6 +319,16 @@ def compiled_reading() -> ModuleType | None:
     return _compiled()
 
 
+#: The store keeps an mtime as a BIGINT of nanoseconds: 1677-09-21 to 2262-04-11.
+MTIME_NS_MIN, MTIME_NS_MAX = -(2**63), 2**63 - 1
+
+
+def clamp_mtime_ns(mtime_ns: int) -> int:
+    """An mtime the store can hold: one beyond its range (a file's time set past 2262) becomes the
+    nearest bound, as the scan records it (``scan._clamp_mtimes``, issue ``mtime_out_of_range``)."""
+    return min(max(mtime_ns, MTIME_NS_MIN), MTIME_NS_MAX)
+
+
 def read_snapshot(
     location: str | Path, root: str = "", line_limit: int = MAX_LINE_BYTES, committed: Committed | None = None
 ) -> Snapshot:
@@ -339,10 +349,11 @@ def read_snapshot(
     compiled = compiled_reading()
     if compiled is None:
         fd, info = open_session_file(str(location), root)
-        size, mtime_ns = info.st_size, info.st_mtime_ns
+        size, mtime_ns = info.st_size, clamp_mtime_ns(info.st_mtime_ns)
     else:
         folder, parts = _root_and_parts(str(location), root)
         found, number, size, mtime_ns, raw, newlines = compiled.read_below(folder, parts, line_limit)
+        mtime_ns = clamp_mtime_ns(mtime_ns)
         if found == _READ:
             return _whole(raw, newlines, mtime_ns, committed)
         if found != _TOO_LONG:

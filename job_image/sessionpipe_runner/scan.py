@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from sessionpipe_runner.names import key_part
 from sessionpipe_runner.processors.base import SessionFile
+from sessionpipe_runner.reading import MTIME_NS_MAX, MTIME_NS_MIN, clamp_mtime_ns
 from sessionpipe_runner.store import StateRow
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ def scan_sessions(root: Path, user: str | None = None, index: ScanIndex | None =
         users.close()
         os.close(root_fd)
     _drop_name_collisions(result)
+    _clamp_mtimes(result)
     return result
 
 
@@ -543,6 +545,20 @@ def _add_odd_file(entry: os.DirEntry[str], is_symlink: bool, origin: _Origin, re
         result.issues[_os_reason(error)] += 1
         return
     _append_files(origin, [entry], [info], result)
+
+
+def _clamp_mtimes(result: ScanResult) -> None:
+    """Bring mtimes the store cannot hold (a clock or a tool that set a file's time past 2262) to
+    its nearest bound, counted ``mtime_out_of_range``: the file is read as any other, but only a
+    change of its size shows it changed while its mtime stays out of range."""
+    mtimes = result.mtimes
+    if not mtimes or (min(mtimes) >= MTIME_NS_MIN and max(mtimes) <= MTIME_NS_MAX):
+        return  # two passes in C over the column; the loop below is for the rare volume that needs it
+    for index, mtime in enumerate(mtimes):
+        clamped = clamp_mtime_ns(mtime)
+        if clamped != mtime:
+            mtimes[index] = clamped
+            result.issues["mtime_out_of_range"] += 1
 
 
 def _drop_name_collisions(result: ScanResult) -> None:

@@ -450,3 +450,35 @@ def test_the_readme_states_the_limits_and_names_the_reasons() -> None:
     for reason in ("symlink_skipped", "symlinked_dir_skipped", "not_a_file", "too_deep", "name_collision"):
         assert f"`{reason}`" in readme, reason
     assert "`line_too_long`" in readme
+
+
+@pytest.mark.parametrize(
+    "reading",
+    [{}, {"SESSIONPIPE_SCAN_INDEX": "off"}, {"SESSIONPIPE_LISTING": "python", "SESSIONPIPE_FILE_READING": "python"}],
+    ids=["compiled", "without-index", "python"],
+)
+def test_a_file_dated_past_what_the_store_holds_is_read_and_counted(
+    tmp_path: Path, plugin_env: dict[str, str], reading: dict[str, str]
+) -> None:
+    """A file whose mtime is past 2262 (more nanoseconds than a BIGINT holds) failed the whole run;
+    it is read, its mtime kept at the store's bound, and the next run finds it unchanged."""
+    sessions, project = make_project(tmp_path)
+    write_session(project / "now.jsonl")
+    write_session(project / "future.jsonl", lines=3)
+    beyond = 2**63 + 10**18  # in 2294; ext4 keeps times up to 2446
+    os.utime(project / "future.jsonl", ns=(beyond, beyond))
+    assert (project / "future.jsonl").stat().st_mtime_ns == beyond
+    db = tmp_path / "db.duckdb"
+    env = {**plugin_env, **reading}
+    command = ("run", "--processor", "lines", "--sessions", sessions, "--db", db, "--json")
+
+    first = sessionpipe(*command, env=env)
+    summary = run_summary(first)
+    assert (first.returncode, summary["processed"], summary["issues"]) == (EXIT_OK, 2, {"mtime_out_of_range": 1})
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM line_rows").fetchone() == (5,)
+        stored = con.execute("SELECT mtime_ns FROM session_processor_state WHERE session_file LIKE '%future%'")
+        assert stored.fetchone() == (2**63 - 1,)
+
+    again = run_summary(sessionpipe(*command, env=env))
+    assert (again["processed"], again["unchanged"], again["issues"]) == (0, 2, {"mtime_out_of_range": 1})
