@@ -118,6 +118,8 @@ class Run:
         #: Whether this run committed anything readers see besides its own run record (a
         #: migration, a session's rows or state, a vanished mark): only then is a snapshot due.
         self.changed = False
+        #: The scan started before the database was opened (``None``: not started).
+        self.pending_scan: scanindex.PendingScan | None = None
         #: The scan index this run trusted (``None``: none was), to make the next one from.
         self.scan_index: scanindex.Trusted | None = None
 
@@ -198,10 +200,8 @@ class Run:
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, Committed | None]]:
         """Scan the volume and decide: the candidates, each with what the store knows of its content."""
-        settings, version = self.settings, self.processor.version
-        scanned = scanindex.scan_and_compare(
-            con, settings.database, settings.session_roots, settings.user, self.processor.name, version
-        )
+        version = self.processor.version
+        scanned = (self.pending_scan or self.start_scan(background=False)).compare(con)
         scan, compared, self.scan_index = scanned.scan, scanned.compared, scanned.trusted
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan)
@@ -218,6 +218,19 @@ class Run:
             else:
                 candidates.append((file, self._committed(file, decision)))
         return candidates
+
+    def start_scan(self, *, background: bool = True) -> scanindex.PendingScan:
+        """Start the scan (in a thread, while the database opens): the lease must be held."""
+        settings = self.settings
+        self.pending_scan = scanindex.PendingScan(
+            settings.database,
+            settings.session_roots,
+            settings.user,
+            self.processor.name,
+            self.processor.version,
+            background=background,
+        )
+        return self.pending_scan
 
     def save_scan_index(self, con: duckdb.DuckDBPyConnection) -> None:
         """Write the scan index of the state this run leaves, for the next run's scan.
@@ -434,6 +447,7 @@ def run(
                     summary.issues["stale_snapshot_copy_removed"] += stale
                 freeing = snapshot.free_retired_snapshots_in_background(settings.database)
                 job.phase = Phase.WRITING
+                job.start_scan()
                 con = job.open(waiting_until)
                 job.process_all(con)
                 job.save_scan_index(con)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,24 +101,76 @@ def scan_and_compare(
 ) -> Scanned:
     """Scan ``roots`` and compare the scan with ``processor``'s state, through the scan index
     when it can be trusted, else as :func:`~.store.state.compare_scan` does (the same result)."""
-    index, summary, reason = _usable_index(con, database, roots, processor, version)
-    if index is not None:
-        scan = scan_roots(roots, user, index)
-        if not scan.index_unusable:
-            assert summary is not None
-            unsettled, theirs = unsettled_states(con, processor, scan.keys)
-            vanished = index.vanished(None if user is None else user.encode("utf-8", "surrogateescape"))
-            compared = ScanComparison(unsettled, vanished, index.reappeared())
-            found = set(scan.keys)
-            others = [key for key in {*vanished, *compared.reappeared} if key not in found]
-            if others:  # the rows of files not found, or found unchanged, that this run marks
-                theirs = theirs.plus(state_summary(con, processor, others))
-            trusted = Trusted(index, summary, [*scan.keys, *others], theirs)
-            return Scanned(scan, compared, "", trusted)
-        reason = "odd_names"
-    _note(reason)
-    scan = scan_roots(roots, user)
-    return Scanned(scan, compare_scan(con, processor, version, user, (scan.keys, scan.sizes, scan.mtimes)), reason)
+    return PendingScan(database, roots, user, processor, version, background=False).compare(con)
+
+
+class PendingScan:
+    """A scan started before the database is open, compared with the state once it is.
+
+    A run's walk (kernel work, without the GIL) and its opening of DuckDB (the engine's start,
+    without the GIL too) take about as long each: started first, in a thread, the walk costs a run
+    little. It is filtered through the scan index as read from its file; :meth:`compare` then
+    checks that index against the state (the summary the file says it was made at), and if it
+    cannot be trusted, scans again without it: a stale index costs a second walk, never a wrong plan.
+    """
+
+    def __init__(
+        self,
+        database: Path,
+        roots: Sequence[Path],
+        user: str | None,
+        processor: str,
+        version: str,
+        *,
+        background: bool = True,
+    ) -> None:
+        self.database, self.roots, self.user = database, list(roots), user
+        self.processor, self.version = processor, version
+        self.index, self.indexed, self.reason = _read_index(database, self.roots, processor, version)
+        self._scan: ScanResult | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._walk, name="scan", daemon=True)
+            self._thread.start()
+        else:
+            self._walk()
+
+    def _walk(self) -> None:
+        try:
+            self._scan = scan_roots(self.roots, self.user, self.index)
+        except BaseException as error:  # handed to the run's thread by compare()
+            self._error = error
+
+    def compare(self, con: duckdb.DuckDBPyConnection) -> Scanned:
+        """The scan and its comparison with the state (waits for the scan)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        scan, index, processor, user = self._scan, self.index, self.processor, self.user
+        assert scan is not None
+        reason = self.reason
+        if index is not None and state_summary(con, processor) != self.indexed:
+            index, reason = None, "stale"
+        if index is not None:
+            if not scan.index_unusable:
+                assert self.indexed is not None
+                unsettled, theirs = unsettled_states(con, processor, scan.keys)
+                vanished = index.vanished(None if user is None else user.encode("utf-8", "surrogateescape"))
+                compared = ScanComparison(unsettled, vanished, index.reappeared())
+                found = set(scan.keys)
+                others = [key for key in {*vanished, *compared.reappeared} if key not in found]
+                if others:  # the rows of files not found, or found unchanged, that this run marks
+                    theirs = theirs.plus(state_summary(con, processor, others))
+                trusted = Trusted(index, self.indexed, [*scan.keys, *others], theirs)
+                return Scanned(scan, compared, "", trusted)
+            reason = "odd_names"
+        _note(reason)
+        if self.index is not None:  # the scan was filtered through an index not to be trusted
+            scan = scan_roots(self.roots, user)
+        keys = (scan.keys, scan.sizes, scan.mtimes)
+        return Scanned(scan, compare_scan(con, processor, self.version, user, keys), reason)
 
 
 def _note(reason: str) -> None:
@@ -127,10 +180,11 @@ def _note(reason: str) -> None:
         log.debug("scan index not used (%s)", reason)
 
 
-def _usable_index(
-    con: duckdb.DuckDBPyConnection, database: Path, roots: Sequence[Path], processor: str, version: str
+def _read_index(
+    database: Path, roots: Sequence[Path], processor: str, version: str
 ) -> tuple[ScanIndex | None, StateSummary | None, str]:
-    """The scan index if it may filter this scan, with the summary it was made at; else why not."""
+    """The scan index from its file, if it may filter this scan, with the state summary it was
+    made at (still to be checked against the state: :meth:`PendingScan.compare`); else why not."""
     if os.environ.get(ENV_SCAN_INDEX) == OFF:
         return None, None, "disabled"
     listing = compiled_listing()
@@ -153,8 +207,6 @@ def _usable_index(
     if fields["version"] != version:
         return None, None, "other_version"  # every file is processed again: nothing to leave out
     indexed = StateSummary(fields["rows"], fields["hashes"])
-    if state_summary(con, processor) != indexed:
-        return None, None, "stale"
     try:
         return listing.ScanIndex(data, offset or len(data), indexed.rows, fields["checksum"]), indexed, ""
     except (ValueError, OverflowError):

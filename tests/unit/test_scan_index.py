@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -322,14 +323,14 @@ def test_runs_through_the_index_end_as_runs_without_it(tmp_path: Path, monkeypat
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(LINE % (1, number, number, number))
     used: list[str] = []
-    original = scanindex.scan_and_compare
+    original = scanindex.PendingScan.compare
 
-    def spying(*args: Any) -> Scanned:
-        scanned = original(*args)
+    def spying(pending: scanindex.PendingScan, con: Any) -> Scanned:
+        scanned = original(pending, con)
         used.append(scanned.not_used)
         return scanned
 
-    monkeypatch.setattr(scanindex, "scan_and_compare", spying)
+    monkeypatch.setattr(scanindex.PendingScan, "compare", spying)
     changes = [
         lambda: None,  # nothing changed
         lambda: paths[0].open("a").write(LINE % (2, 100, 100, 5)),  # grown: its tail is read
@@ -360,3 +361,36 @@ def test_a_run_whose_index_cannot_be_written_succeeds_and_says_so(
     assert counts[2] == 1  # processed, and the run succeeded (asserted by _usage_run)
     assert "scan index not written" in caplog.text
     assert not path.exists()
+
+
+def test_a_run_walks_the_volume_while_it_opens_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk and DuckDB's start each release the GIL: a run starts the scan in a thread before
+    it opens the database, and the plan is the one a scan after the opening makes."""
+    sessions = tmp_path / "sessions"
+    for number in range(6):
+        path = sessions / f"user{number % 2}" / "-p" / f"s{number}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(LINE % (1, number, number, number))
+    events: list[tuple[str, str]] = []
+    original_scan, original_connect = scanindex.scan_roots, store.connect
+
+    def scanning(*args: Any, **kwargs: Any) -> Any:
+        events.append(("scan starts", threading.current_thread().name))
+        return original_scan(*args, **kwargs)
+
+    def connecting(*args: Any, **kwargs: Any) -> Any:
+        events.append(("database opens", threading.current_thread().name))
+        return original_connect(*args, **kwargs)
+
+    monkeypatch.setattr(scanindex, "scan_roots", scanning)
+    monkeypatch.setattr(store, "connect", connecting)
+    overlapped = _usage_run(sessions, tmp_path / "index.duckdb", monkeypatch, index=True)
+    assert events[:2] == [("scan starts", "scan"), ("database opens", threading.current_thread().name)]
+    assert _usage_run(sessions, tmp_path / "reference.duckdb", monkeypatch, index=False) == overlapped
+
+    (sessions / "user0" / "-p" / "s0.jsonl").open("a").write(LINE % (2, 100, 100, 5))
+    events.clear()
+    again = _usage_run(sessions, tmp_path / "index.duckdb", monkeypatch, index=True)
+    assert events[0] == ("scan starts", "scan") and len(events) == 2  # one walk: the index was trusted
+    reference = _usage_run(sessions, tmp_path / "reference.duckdb", monkeypatch, index=False)
+    assert overlapped != again and again == reference
