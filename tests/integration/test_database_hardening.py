@@ -272,7 +272,7 @@ def test_sigterm_in_the_first_moments_still_ends_with_a_summary(
 
 def test_the_console_script_is_the_early_entry_point() -> None:
     pyproject = (TESTS.parent / "pyproject.toml").read_text()
-    assert 'sessionpipe = "sessionpipe_runner.__main__:main"' in pyproject
+    assert 'sessionpipe = "sessionpipe_runner.__main__:console"' in pyproject
 
 
 def test_sigterm_while_publishing_the_snapshot_says_the_run_was_committed(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.runner_support import CORPUS
@@ -55,3 +57,29 @@ def test_a_run_after_one_appended_line_imports_no_arrow_and_no_wrapper(tmp_path:
     assert heavy(loaded_modules(argv), ("pyarrow", "duckdb")) == []
     appended = "SELECT count(*) FROM usage_rows WHERE message_id = 'msg_appended'"
     assert rows(tmp_path / "u.duckdb", appended) == [(1,)]  # the run did write the appended call
+
+
+def _console(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``sessionpipe <argv>`` through the console script's function, with an exit handler that
+    says whether the interpreter's teardown ran."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('TEARDOWN RAN'))\n"
+        f"sys.argv = ['sessionpipe', *{argv!r}]\n"
+        "from sessionpipe_runner.__main__ import console\n"
+        "console()\n"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_console_script_flushes_its_output_and_skips_the_teardown(tmp_path: Path) -> None:
+    """The teardown of what a run loaded cost 20 ms of each command: the console script flushes
+    the streams and the log and leaves without it, with the command's exit code."""
+    projects = str(CORPUS / "ccusage-fixtures" / "projects")
+    db = str(tmp_path / "u.duckdb")
+    done = _console(["run", "--processor", "usage", "--sessions", projects, "--user", "alice", "--db", db, "--json"])
+    assert done.returncode == 0, done.stderr
+    assert "TEARDOWN RAN" not in done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["outcome"] == "succeeded"  # flushed whole
+    refused = _console(["report", "usage", "--db", str(tmp_path / "missing.duckdb")])
+    assert refused.returncode != 0 and "TEARDOWN RAN" not in refused.stderr and refused.stderr.strip()
