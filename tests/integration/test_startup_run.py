@@ -18,6 +18,7 @@ NOT_FOR_A_RUN_WITH_NOTHING_TO_DO = (
     "pyarrow",
     "duckdb",
     "multiprocessing",
+    "sessionpipe_runner.lease.k8s",  # a file lease's run: no Kubernetes client
     *(
         f"sessionpipe_runner.commands.{name}"
         for name in ("demo", "forget", "pricing", "processors", "quickstart", "report", "reset", "run_now", "status")

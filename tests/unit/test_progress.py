@@ -177,3 +177,15 @@ def test_the_cluster_lease_carries_progress_on_renewals_and_drops_it_on_release(
     lease.release()
     assert "annotations" not in api.bodies[-1]["metadata"]
     assert "holderIdentity" not in api.bodies[-1]["spec"]
+
+
+def test_the_run_command_publishes_progress_on_a_cluster_lease_only(tmp_path: Path) -> None:
+    from sessionpipe_runner.commands.run import progress_reporter
+
+    shown: list[Progress] = []
+    cluster = KubernetesLease("db", "ns", "pod-1", None, duration_seconds=30)
+    report = progress_reporter(shown.append, cluster)
+    report(progress(files_done=7))
+    assert json.loads(cluster._progress or "{}")["filesDone"] == 7 and len(shown) == 1
+    progress_reporter(shown.append, FileLease(tmp_path / "db.duckdb", "usage"))(progress(files_done=8))
+    assert len(shown) == 2

@@ -31,7 +31,6 @@ from sessionpipe_contract import (
 from sessionpipe_runner.commands.common import add_db_flag, add_lease_wait_flag, load_processor
 from sessionpipe_runner.lease import Lease
 from sessionpipe_runner.lease.factory import make_lease
-from sessionpipe_runner.lease.k8s import KubernetesLease
 from sessionpipe_runner.names import printable
 from sessionpipe_runner.progress import Progress, ProgressLog, TerminalBar
 from sessionpipe_runner.runner import run
@@ -149,7 +148,9 @@ def handle(args: argparse.Namespace) -> int:
 
 def progress_reporter(shown: Callable[[Progress], None], lease: Lease) -> Callable[[Progress], None]:
     """Show progress (a bar on a terminal, else log lines) and, on a cluster lease, publish it there."""
-    publish = lease.publish_progress if isinstance(lease, KubernetesLease) else None
+    # A cluster lease publishes progress; asked by attribute, so a laptop's run never imports the
+    # Kubernetes client to find out.
+    publish: Callable[[str], None] | None = getattr(lease, "publish_progress", None)
 
     def report(progress: Progress) -> None:
         if publish is not None:
