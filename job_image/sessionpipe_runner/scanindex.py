@@ -109,9 +109,10 @@ class PendingScan:
 
     A run's walk (kernel work, without the GIL) and its opening of DuckDB (the engine's start,
     without the GIL too) take about as long each: started first, in a thread, the walk costs a run
-    little. It is filtered through the scan index as read from its file; :meth:`compare` then
-    checks that index against the state (the summary the file says it was made at), and if it
-    cannot be trusted, scans again without it: a stale index costs a second walk, never a wrong plan.
+    little. The thread reads the scan index from its file and filters the walk through it;
+    :meth:`compare` then checks that index against the state (the summary the file says it was
+    made at), and if it cannot be trusted, scans again without it: a stale index costs a second
+    walk, never a wrong plan.
     """
 
     def __init__(
@@ -126,7 +127,9 @@ class PendingScan:
     ) -> None:
         self.database, self.roots, self.user = database, list(roots), user
         self.processor, self.version = processor, version
-        self.index, self.indexed, self.reason = _read_index(database, self.roots, processor, version)
+        self.index: ScanIndex | None = None
+        self.indexed: StateSummary | None = None
+        self.reason = ""
         self._scan: ScanResult | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -138,6 +141,7 @@ class PendingScan:
 
     def _walk(self) -> None:
         try:
+            self.index, self.indexed, self.reason = _read_index(self.database, self.roots, self.processor, self.version)
             self._scan = scan_roots(self.roots, self.user, self.index)
         except BaseException as error:  # handed to the run's thread by compare()
             self._error = error

@@ -372,25 +372,36 @@ def test_a_run_walks_the_volume_while_it_opens_the_database(tmp_path: Path, monk
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(LINE % (1, number, number, number))
     events: list[tuple[str, str]] = []
-    original_scan, original_connect = scanindex.scan_roots, store.connect
+    original_start, original_scan, original_connect = (
+        scanindex.PendingScan.__init__,
+        scanindex.scan_roots,
+        store.connect,
+    )
+
+    def starting(pending: scanindex.PendingScan, *args: Any, **kwargs: Any) -> None:
+        events.append(("scan starts", threading.current_thread().name))
+        original_start(pending, *args, **kwargs)
 
     def scanning(*args: Any, **kwargs: Any) -> Any:
-        events.append(("scan starts", threading.current_thread().name))
+        events.append(("walk", threading.current_thread().name))
         return original_scan(*args, **kwargs)
 
     def connecting(*args: Any, **kwargs: Any) -> Any:
         events.append(("database opens", threading.current_thread().name))
         return original_connect(*args, **kwargs)
 
+    monkeypatch.setattr(scanindex.PendingScan, "__init__", starting)
     monkeypatch.setattr(scanindex, "scan_roots", scanning)
     monkeypatch.setattr(store, "connect", connecting)
+    main = threading.current_thread().name
     overlapped = _usage_run(sessions, tmp_path / "index.duckdb", monkeypatch, index=True)
-    assert events[:2] == [("scan starts", "scan"), ("database opens", threading.current_thread().name)]
+    assert events[0] == ("scan starts", main) and ("walk", "scan") in events
+    assert events.index(("database opens", main)) > 0
     assert _usage_run(sessions, tmp_path / "reference.duckdb", monkeypatch, index=False) == overlapped
 
     (sessions / "user0" / "-p" / "s0.jsonl").open("a").write(LINE % (2, 100, 100, 5))
     events.clear()
     again = _usage_run(sessions, tmp_path / "index.duckdb", monkeypatch, index=True)
-    assert events[0] == ("scan starts", "scan") and len(events) == 2  # one walk: the index was trusted
+    assert events.count(("walk", "scan")) == 1 and ("walk", main) not in events  # one walk: the index was trusted
     reference = _usage_run(sessions, tmp_path / "reference.duckdb", monkeypatch, index=False)
     assert overlapped != again and again == reference
