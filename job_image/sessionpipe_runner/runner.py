@@ -120,6 +120,8 @@ class Run:
         self.changed = False
         #: The scan started before the database was opened (``None``: not started).
         self.pending_scan: scanindex.PendingScan | None = None
+        #: The scan index's file being written (``None``: none is).
+        self.writing: threading.Thread | None = None
         #: The scan index this run trusted (``None``: none was), to make the next one from.
         self.scan_index: scanindex.Trusted | None = None
 
@@ -240,9 +242,28 @@ class Run:
         """
         try:
             name, version = self.processor.name, self.processor.version
-            scanindex.save(con, self.settings.database, name, version, self.scan_index, self.changed)
+            scanindex.save(con, self.settings.database, name, version, self.scan_index, self.changed, self._write_later)
         except (OSError, _duckdb.Error) as error:
             log.warning("scan index not written: %s", work.error_text(error))
+
+    def _write_later(self, write: Callable[[], None]) -> None:
+        """Write the scan index's file in a thread, while the run checkpoints and publishes (joined
+        before the lease is released: :meth:`join_writes`)."""
+
+        def writing() -> None:
+            try:
+                write()
+            except OSError as error:
+                log.warning("scan index not written: %s", work.error_text(error))
+
+        self.writing = threading.Thread(target=writing, name="scan-index")
+        self.writing.start()
+
+    def join_writes(self) -> None:
+        """Wait for the scan index's file to be written."""
+        if self.writing is not None:
+            self.writing.join()
+            self.writing = None
 
     def _committed(self, file: SessionFile, decision: Decision) -> Committed | None:
         """What the store knows of a file to check: its hash, and where its lines end if they are done.
@@ -477,6 +498,7 @@ def run(
                     summary.message = work.error_text(error)
                     _close_after_failure(job)
     finally:
+        job.join_writes()
         if freeing is not None:
             freeing.join()
         if holding:

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,8 +245,12 @@ def save(
     version: str,
     trusted: Trusted | None,
     changed: bool = True,
+    write: Callable[[Callable[[], None]], None] | None = None,
 ) -> bool:
     """Write the scan index of ``processor``'s state now; returns whether one was written.
+
+    ``write``, if given, is handed the writing of the file (what is read from the database is
+    read before it returns): the runner writes it in a thread while it checkpoints and publishes.
 
     After a run that trusted an index (``trusted``): none if it ``changed`` nothing; else that
     index with the rows of the keys it may have changed read again, and the summary worked out
@@ -267,8 +271,13 @@ def save(
         now, lines = scan_index_body(con, processor, version, trusted.keys) if trusted.keys else (trusted.theirs, b"")
         summary = trusted.summary.plus(trusted.theirs, sign=-1).plus(now)
         body, checksum = trusted.index.patched(trusted.keys, lines)
-    _write(index_path(database, processor), processor, version, summary, body, checksum)
+    path = index_path(database, processor)
+    (write or _call)(lambda: _write(path, processor, version, summary, body, checksum))
     return True
+
+
+def _call(work: Callable[[], None]) -> None:
+    work()
 
 
 def _write(path: Path, processor: str, version: str, summary: StateSummary, body: bytes, checksum: int) -> None:

@@ -404,3 +404,26 @@ def test_a_run_walks_the_volume_while_it_opens_the_database(tmp_path: Path, monk
     assert events.count(("walk", "scan")) == 1 and ("walk", main) not in events  # one walk: the index was trusted
     reference = _usage_run(sessions, tmp_path / "reference.duckdb", monkeypatch, index=False)
     assert overlapped != again and again == reference
+
+
+def test_the_index_file_is_written_while_the_run_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the index holds is read from the database before the run goes on; the file is written
+    in a thread while the run checkpoints and publishes, and is whole when the run returns."""
+    sessions = tmp_path / "sessions"
+    (sessions / "alice" / "-p").mkdir(parents=True)
+    (sessions / "alice" / "-p" / "s.jsonl").write_text(LINE % (1, 1, 1, 1))
+    writers: list[str] = []
+    original = scanindex._write
+
+    def writing(*args: Any) -> None:
+        writers.append(threading.current_thread().name)
+        original(*args)
+
+    monkeypatch.setattr(scanindex, "_write", writing)
+    db = tmp_path / "usage.duckdb"
+    _usage_run(sessions, db, monkeypatch, index=True)
+    assert writers == ["scan-index"]
+    (sessions / "alice" / "-p" / "s.jsonl").open("a").write(LINE % (2, 2, 2, 2))
+    _usage_run(sessions, db, monkeypatch, index=True)
+    assert writers == ["scan-index", "scan-index"]
+    assert index_path(db, PROCESSOR).read_bytes().count(b"\n") == 2  # the header and the one file's row, whole
