@@ -69,9 +69,15 @@ def run_timed(command: list[str], env: dict[str, str]) -> Timed:
     return Timed(wall, cpu, process.stdout)
 
 
-def sessionpipe_command(sessions: Path, db: Path) -> list[str]:
-    script = Path(sys.executable).with_name("sessionpipe")
-    return [str(script), "run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
+def sessionpipe_command(sessions: Path, db: Path, *, as_module: bool = False) -> list[str]:
+    """This build's console script; with ``as_module``, ``python -m sessionpipe_runner`` (what the
+    console script of a build on ``PYTHONPATH`` does: its entry function may not be this one's)."""
+    launcher = (
+        [sys.executable, "-m", "sessionpipe_runner"]
+        if as_module
+        else [str(Path(sys.executable).with_name("sessionpipe"))]
+    )
+    return [*launcher, "run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
 
 
 def base_env(base: Path) -> dict[str, str]:
@@ -117,7 +123,7 @@ def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | 
             # next run starts from (this build's scan index is trusted only if the state is the one indexed).
             base_db = scratch / "base.duckdb"
             shutil.copyfile(db, base_db)
-            variants.append((result.base, base_env(base), sessionpipe_command(sessions, base_db)))
+            variants.append((result.base, base_env(base), sessionpipe_command(sessions, base_db, as_module=True)))
         number = 0
         for _ in range(repeat):
             for runs, env, variant_command in variants:
