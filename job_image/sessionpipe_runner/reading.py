@@ -22,13 +22,14 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
 import orjson
 import xxhash
+
+from sessionpipe_runner import native
 
 #: The longest line a processor is given. Longer lines are skipped and counted ``line_too_long``;
 #: while one streams past, the reader holds at most this much of it (plus one read). Claude Code
@@ -45,7 +46,7 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: ``SESSIONPIPE_FILE_READING=python`` opens and reads files in Python (the reference) even where
 #: the compiled module (``sessionpipe-native``'s ``read_below``) is installed.
 ENV_FILE_READING = "SESSIONPIPE_FILE_READING"
-PYTHON_FILE_READING = "python"
+PYTHON_FILE_READING = native.PYTHON
 #: What ``read_below`` found (native/src/reading.rs).
 _READ, _TOO_LONG, _OS_ERROR, _SYMLINK, _NOT_A_FILE = range(5)
 
@@ -303,20 +304,9 @@ def _after_committed(data: bytes, committed: Committed | None) -> tuple[int, str
     return (length if unchanged else 0), hasher.hexdigest()
 
 
-@cache
-def _compiled() -> ModuleType | None:
-    try:
-        import sessionpipe_native
-    except ImportError:
-        return None  # the usage processor logs that the package is missing
-    return sessionpipe_native if hasattr(sessionpipe_native, "read_below") else None
-
-
 def compiled_reading() -> ModuleType | None:
     """The compiled module that opens and reads files, or ``None`` when Python is to do it."""
-    if os.environ.get(ENV_FILE_READING) == PYTHON_FILE_READING:
-        return None
-    return _compiled()
+    return native.compiled(ENV_FILE_READING, "read_below")
 
 
 #: The store keeps an mtime as a BIGINT of nanoseconds: 1677-09-21 to 2262-04-11.

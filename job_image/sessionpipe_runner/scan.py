@@ -25,7 +25,6 @@ the index shows plainly unchanged: only their number is kept (:attr:`ScanResult.
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from sessionpipe_runner import native
 from sessionpipe_runner.names import key_part
 from sessionpipe_runner.processors.base import SessionFile
 from sessionpipe_runner.reading import MTIME_NS_MAX, MTIME_NS_MIN, clamp_mtime_ns
@@ -70,7 +70,7 @@ MAX_FOLDER_DEPTH = 32
 
 #: ``python`` makes the scan walk user folders in Python even when the compiled listing is installed.
 ENV_LISTING = "SESSIONPIPE_LISTING"
-PYTHON_LISTING = "python"
+PYTHON_LISTING = native.PYTHON
 
 #: User folders the compiled listing walks per call (each is an open descriptor until the call returns).
 USERS_PER_CALL = 64
@@ -257,20 +257,9 @@ def _join(location: str, name: str) -> str:
     return location + name if location.endswith("/") else f"{location}/{name}"
 
 
-@functools.cache
-def _compiled() -> ModuleType | None:
-    try:
-        import sessionpipe_native
-    except ImportError:
-        return None  # the usage processor logs that the package is missing
-    return sessionpipe_native if hasattr(sessionpipe_native, "walk_user_folders") else None
-
-
 def compiled_listing() -> ModuleType | None:
     """The compiled listing's module, or ``None`` when user folders are to be walked in Python."""
-    if os.environ.get(ENV_LISTING) == PYTHON_LISTING:
-        return None
-    return _compiled()
+    return native.compiled(ENV_LISTING, "walk_user_folders")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pytest
 import sessionpipe_native
 
+from sessionpipe_runner import native
 from sessionpipe_runner.processors import usage as usage_package
 from sessionpipe_runner.processors.base import Output, RunContext, SessionFile
 from sessionpipe_runner.processors.usage import UsageProcessor, columns
@@ -575,7 +576,7 @@ def test_a_missing_compiled_module_falls_back_to_the_python_reading(monkeypatch:
 
     monkeypatch.delenv(usage_native.ENV_USAGE_READING, raising=False)
     monkeypatch.setitem(sys.modules, "sessionpipe_native", None)  # import fails
-    usage_native._compiled.cache_clear()
+    native.forget_import()
     try:
         assert usage_native.compiled_reading() is None
         data = transcripts()[0].read_bytes()
@@ -584,4 +585,4 @@ def test_a_missing_compiled_module_falls_back_to_the_python_reading(monkeypatch:
             output.rows["usage_rows"] == read(UsageProcessor(), data, 1, usage_native.PYTHON_READING).rows["usage_rows"]
         )
     finally:
-        usage_native._compiled.cache_clear()
+        native.forget_import()

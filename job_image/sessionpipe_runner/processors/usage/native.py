@@ -18,25 +18,24 @@ import logging
 import os
 from types import ModuleType
 
+from sessionpipe_runner import native
+
 #: ``python`` makes the usage processor use the Python reading even when the compiled one is installed.
 ENV_USAGE_READING = "SESSIONPIPE_USAGE_READING"
-PYTHON_READING = "python"
+PYTHON_READING = native.PYTHON
 
 log = logging.getLogger(__name__)
 
 
-@functools.cache
-def _compiled() -> ModuleType | None:
-    try:
-        import sessionpipe_native
-    except ImportError as error:
-        log.warning("usage: the compiled parser (sessionpipe-native) is not installed (%s); reading in Python", error)
-        return None
-    return sessionpipe_native
-
-
 def compiled_reading() -> ModuleType | None:
     """The compiled parser's module, or ``None`` when the Python reading is to be used."""
-    if os.environ.get(ENV_USAGE_READING) == PYTHON_READING:
-        return None
-    return _compiled()
+    module = native.compiled(ENV_USAGE_READING, "usage_rows")
+    if module is None and os.environ.get(ENV_USAGE_READING) != PYTHON_READING:
+        _missing()
+    return module
+
+
+@functools.cache
+def _missing() -> None:
+    why = native.why_missing() or "it has no usage_rows"
+    log.warning("usage: the compiled parser (sessionpipe-native) is not installed (%s); reading in Python", why)
