@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sessionpipe_runner import work
+from sessionpipe_runner import store, work
 from sessionpipe_runner.lease import LeaseLost
 from sessionpipe_runner.processors.base import Output, Processor, SessionFile
 from sessionpipe_runner.store import state
@@ -33,20 +33,24 @@ if TYPE_CHECKING:
 BATCH_SESSIONS = 2048
 BATCH_BYTES = 64 * 1024 * 1024
 
-#: DuckDB's row group. A transaction that appends at least this many rows to a table has DuckDB
-#: write them compressed, as whole row groups, straight into the database file ("optimistic
-#: writes"), and its log records only where they are. Fewer go through the WAL and are compressed
-#: again by the checkpoint: every row written twice. So a processor whose rows go to one table
-#: commits, while rows keep coming, batches of exactly whole row groups (:func:`whole_row_groups`):
-#: a batch that ended in a part of a row group would leave that part in the middle of the table,
-#: and DuckDB's checkpoints would rewrite the table's row groups to merge such parts, about as
-#: costly as the log (bench/README.md, "Session 9: cold run").
-ROW_GROUP_ROWS = 122_880
+#: The database's row group (:data:`sessionpipe_runner.store.ROW_GROUP_ROWS`). A transaction that
+#: appends at least this many rows to a table has DuckDB write them compressed, as whole row
+#: groups, straight into the database file ("optimistic writes"), and its log records only where
+#: they are. Fewer go through the WAL and are compressed again by the checkpoint: every row written
+#: twice. So a processor whose rows go to one table commits, while rows keep coming, batches of
+#: exactly whole row groups (:func:`whole_row_groups`): a batch that ended in a part of a row group
+#: would leave that part in the middle of the table, and DuckDB's checkpoints would rewrite the
+#: table's row groups to merge such parts, about as costly as the log (bench/README.md, "Session 9:
+#: cold run").
+ROW_GROUP_ROWS = store.ROW_GROUP_ROWS
 #: Rows held beyond whole row groups before such a batch is committed: the sessions to fill the
 #: row groups exactly are picked from them.
 ROW_GROUP_SLACK = 16_384
 #: The most sessions such a batch waits with (sessions without rows add none).
 ROW_GROUP_BATCH_SESSIONS = 32_768
+#: The most rows held while no choice of sessions adds up to whole row groups (more sessions give
+#: more choice); beyond, the run's batches go through DuckDB's log.
+ROW_GROUP_HELD_ROWS = 8 * ROW_GROUP_ROWS
 
 
 #: DuckDB's threads while batches are written. An Arrow insert of a batch costs about half as
@@ -224,6 +228,8 @@ class BatchWriter:
         self.session_limit = BATCH_SESSIONS if processor.batchable else 1
         self.rows_held = 0  # rows of the sessions handed to commit_due so far, committed or not
         self.small_batches = False  # once one is committed, the run's batches stay small
+        #: When no choice made whole row groups: the rows held before the next try.
+        self.retry_at_rows = 0
 
     def commit_due(self, con: duckdb.DuckDBPyConnection, pending: Batch, bytes_done: int, bytes_total: int) -> Batch:
         """Commit what of ``pending`` is due, given the candidates' bytes dealt with so far and in
@@ -235,13 +241,18 @@ class BatchWriter:
         """
         if self.whole_row_groups and not self.small_batches:
             if not self._tail(pending, bytes_done, bytes_total):
-                if pending.rows >= ROW_GROUP_ROWS + ROW_GROUP_SLACK:
+                if pending.rows < max(ROW_GROUP_ROWS + ROW_GROUP_SLACK, self.retry_at_rows):
+                    if len(pending) < ROW_GROUP_BATCH_SESSIONS:
+                        return pending
+                else:
                     taken = pending.take_whole_row_groups()
                     if taken is not None:
+                        self.retry_at_rows = 0
                         self.flush(con, taken)
                         return pending
-                elif len(pending) < ROW_GROUP_BATCH_SESSIONS:
-                    return pending
+                    if pending.rows < ROW_GROUP_HELD_ROWS and len(pending) < ROW_GROUP_BATCH_SESSIONS:
+                        self.retry_at_rows = pending.rows + ROW_GROUP_SLACK // 4
+                        return pending
             self.small_batches = True
         return self._commit_small(con, pending, final=False)
 
