@@ -73,6 +73,22 @@ def test_the_database_leaves_out_exactly_the_files_decide_calls_unchanged(tmp_pa
     assert all(unsettled[key] == states[key] for key in unsettled if key in states)
 
 
+def test_a_processors_first_run_finds_every_file_new_beside_another_processors_state(tmp_path: Path) -> None:
+    """Without one state row of its own, a processor's files are all new (compared without a join)."""
+    con = store.connect(tmp_path / "db.duckdb")
+    store.migrate(con)
+    sessions = tmp_path / "sessions"
+    for number in range(3):
+        place(sessions, f"alice/-app/s{number}.jsonl", 10, 7)
+        stored(con, "other", StateRow(f"alice/-app/s{number}.jsonl", 10, 7, "hash", VERSION, 0, "done"))
+    stored(con, "other", StateRow("alice/-app/gone.jsonl", 1, 1, None, VERSION, 0, "done"))
+    scan = scan_sessions(sessions)
+    keys = (scan.keys, scan.sizes, scan.mtimes)
+    assert store.compare_scan(con, "usage", VERSION, None, keys) == (dict.fromkeys(scan.keys), [], [])
+    # The other processor's own comparison: all settled but the file no longer there.
+    assert store.compare_scan(con, "other", VERSION, None, keys) == ({}, ["alice/-app/gone.jsonl"], [])
+
+
 def test_no_scanned_files_need_no_query(tmp_path: Path) -> None:
     con = store.connect(tmp_path / "db.duckdb")
     store.migrate(con)

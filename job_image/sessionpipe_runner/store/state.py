@@ -112,6 +112,10 @@ def compare_scan(
     a re-run over 100,000 unchanged files gets no row back and builds no Python object per file.
     """
     keys, sizes, mtimes = scan
+    if con.execute(f"SELECT 1 FROM {STATE_TABLE} WHERE processor = ? LIMIT 1", [processor]).fetchone() is None:
+        # The processor's first run: every file is new. (Comparing sent 25,000 keys to DuckDB and
+        # took back as many rows: ~0.15 s of a cold run at 1 GB, before any file is read.)
+        return ScanComparison(dict.fromkeys(keys), [], [])
     rows = con.execute(
         _COMPARE_SCAN,
         {"keys": keys, "sizes": sizes, "mtimes": mtimes, "processor": processor, "version": version, "user": user},
