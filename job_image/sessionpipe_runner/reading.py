@@ -26,7 +26,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
-import orjson
 import xxhash
 
 from sessionpipe_runner import native
@@ -111,6 +110,8 @@ class Snapshot:
 
 def _is_complete_line(tail: bytes) -> bool:
     """Whether a last line without a newline is a whole JSON object (some writers omit the newline)."""
+    import orjson  # here: few files end so, and a run that meets none need not import it
+
     try:
         return isinstance(orjson.loads(tail), dict)
     except orjson.JSONDecodeError:

@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import _duckdb  # the engine alone: see sessionpipe_runner.store
-
 from sessionpipe_contract import (
     EXIT_FAILED,
     EXIT_LEASE_LOST,
@@ -244,7 +242,7 @@ class Run:
         try:
             name, version = self.processor.name, self.processor.version
             scanindex.save(con, self.settings.database, name, version, self.scan_index, self.changed, self._write_later)
-        except (OSError, _duckdb.Error) as error:
+        except (OSError, store.engine_error()) as error:
             log.warning("scan index not written: %s", work.error_text(error))
 
     def _write_later(self, write: Callable[[], None]) -> None:
@@ -556,7 +554,7 @@ def _terminated(job: Run) -> None:
 def _abandon(job: Run) -> None:
     """After losing the lease: write nothing more, just drop the connection."""
     if job.con is not None:
-        with contextlib.suppress(_duckdb.Error):
+        with contextlib.suppress(store.engine_error()):
             job.con.close()
         job.con = None
 
@@ -568,5 +566,5 @@ def _close_after_failure(job: Run) -> None:
         return
     try:
         job.finish(con)
-    except (_duckdb.Error, LeaseLost, Terminated):
+    except (store.engine_error(), LeaseLost, Terminated):
         _abandon(job)

@@ -13,7 +13,6 @@ of the runner's process for a processor that
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -185,6 +184,8 @@ _worker_columns: Mapping[str, Sequence[tuple[str, str]]] = {}
 
 def _die_with_parent(parent: int) -> None:
     """Have the kernel kill this worker when the runner dies, even by SIGKILL (Linux)."""
+    import ctypes  # here: only runs with worker processes start one
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -30,6 +30,7 @@ from sessionpipe_runner import native
 from sessionpipe_runner.processors import usage as usage_package
 from sessionpipe_runner.processors.base import Output, RunContext, SessionFile
 from sessionpipe_runner.processors.usage import UsageProcessor, columns
+from sessionpipe_runner.processors.usage import lines as line_limits
 from sessionpipe_runner.processors.usage import native as usage_native
 from sessionpipe_runner.processors.usage import parse as usage_parse
 from tests.runner_support import CORPUS
@@ -563,7 +564,7 @@ def test_fuzzed_real_usage_lines_give_the_same_rows_and_issues(monkeypatch: pyte
 
 
 def test_lines_over_the_length_limit_are_counted_alike(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(usage_parse, "MAX_LINE_BYTES", 600)
+    monkeypatch.setattr(line_limits, "MAX_LINE_BYTES", 600)
     rng = random.Random(SEED)
     lines = usage_lines()
     for _ in range(200):

@@ -15,6 +15,7 @@ import pytest
 
 from sessionpipe_runner.processors.base import SessionFile
 from sessionpipe_runner.processors.usage import UsageProcessor
+from sessionpipe_runner.processors.usage import lines as usage_lines
 from sessionpipe_runner.processors.usage import parse as usage_parse
 from sessionpipe_runner.processors.usage.parse import parse_usage_lines
 from tests.runner_support import CORPUS
@@ -143,7 +144,7 @@ def test_lines_the_decoder_refuses_late_are_counted_not_raised(raw: bytes, reaso
 
 def test_a_huge_line_is_counted_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     line = json.dumps(real_usage_line()).encode()
-    monkeypatch.setattr(usage_parse, "MAX_LINE_BYTES", len(line) - 1)
+    monkeypatch.setattr(usage_lines, "MAX_LINE_BYTES", len(line) - 1)
     result = parse_usage_lines(line + b"\n")
     assert (result.lines, dict(result.issues)) == ([], {"line_too_long": 1})
 

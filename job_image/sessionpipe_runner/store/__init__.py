@@ -24,12 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# The engine itself, not the ``duckdb`` package: that wrapper (relations, expressions, its version
-# through importlib.metadata) costs a run ~0.2 s of imports and none of it is used here. The
-# connection, its errors and parameterised statements are the engine's; what needs the wrapper
-# (registering an Arrow table) imports it where it is done (:mod:`sessionpipe_runner.tables`).
-import _duckdb
-
 from sessionpipe_runner import migrations
 from sessionpipe_runner.migrations import Migration
 from sessionpipe_runner.store.state import (
@@ -150,6 +144,13 @@ def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = N
     of :data:`ROW_GROUP_ROWS` rows (an option of ``ATTACH`` only) and makes it the default catalog,
     :data:`CATALOG`, so statements name tables as they would on the file opened directly.
     """
+    # The engine itself, not the ``duckdb`` package: that wrapper (relations, expressions, its
+    # version through importlib.metadata) costs a run ~0.2 s of imports and none of it is used
+    # here. The connection, its errors and parameterised statements are the engine's; what needs
+    # the wrapper (registering an Arrow table) imports it where it is done (:mod:`.tables`).
+    # Imported here, not with this module: a run's scan starts before (~15 ms, with the GIL held).
+    import _duckdb
+
     config: dict[str, str | bool | int | float | list[str]] = {
         "autoinstall_known_extensions": "false",
         "autoload_known_extensions": "false",
@@ -177,6 +178,14 @@ def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = N
         raise StoreError(f"cannot open database {path}: {error}") from error
     except _duckdb.Error as error:
         raise StoreError(f"cannot open database {path}: {error}") from error
+
+
+def engine_error() -> type[Exception]:
+    """DuckDB's base error (what every failed statement raises), from the engine :func:`connect` imports."""
+    import _duckdb
+
+    error: type[Exception] = _duckdb.Error
+    return error
 
 
 def _sql_text(text: str) -> str:

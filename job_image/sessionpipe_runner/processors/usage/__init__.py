@@ -32,14 +32,12 @@ from sessionpipe_runner.processors.base import (
     SessionFile,
     replace_session_rows,
 )
-from sessionpipe_runner.processors.usage import columns, parse
+
+# Not .parse (the Python reading, with msgspec): a run that reads with the compiled parser only
+# needs it for a line the compiled one hands back (:func:`read_line_outcome`).
+from sessionpipe_runner.processors.usage import columns, lines
+from sessionpipe_runner.processors.usage.lines import UsageLine, parse_timestamp
 from sessionpipe_runner.processors.usage.native import compiled_reading
-from sessionpipe_runner.processors.usage.parse import (
-    UsageLine,
-    parse_timestamp,
-    parse_usage_lines,
-    read_line_outcome,
-)
 from sessionpipe_runner.processors.usage.pricing import (
     ModelPrice,
     PriceTable,
@@ -150,6 +148,13 @@ GROUP BY user_name, project, session_id;
 DROP_INDEX = "DROP INDEX IF EXISTS usage_rows_session_file;"
 
 
+def read_line_outcome(line_no: int, raw: bytes) -> UsageLine | str | None:
+    """:func:`.parse.read_line_outcome`, importing the Python reading at the first line that needs it."""
+    from sessionpipe_runner.processors.usage.parse import read_line_outcome as read
+
+    return read(line_no, raw)
+
+
 def has_tokens(line: UsageLine) -> bool:
     """Whether a call used any token (a call with none needs no price, as in ccusage)."""
     return bool(
@@ -251,6 +256,8 @@ class UsageProcessor(Processor):
         compiled = compiled_reading()
         if compiled is not None:
             return self._compiled_rows(compiled, session, data, first_line)
+        from sessionpipe_runner.processors.usage.parse import parse_usage_lines
+
         parsed = parse_usage_lines(data, first_line=first_line)
         output = Output(issues=parsed.issues)
         rows: list[tuple[Any, ...]] = []
@@ -309,7 +316,7 @@ class UsageProcessor(Processor):
         rows, issues = compiled.usage_columns(
             data,
             first_line,
-            parse.MAX_LINE_BYTES,
+            lines.MAX_LINE_BYTES,
             (session.key, session.user, session.project, session.session_id),
             prices.version,
             functools.partial(price_rates, prices),
@@ -329,7 +336,7 @@ class UsageProcessor(Processor):
         rows, issues = compiled.usage_rows(
             data,
             first_line,
-            parse.MAX_LINE_BYTES,  # looked up per call: a test may lower it
+            lines.MAX_LINE_BYTES,  # looked up per call: a test may lower it
             (session.key, session.user, session.project, session.session_id),
             prices.version,
             functools.partial(price_rates, prices),

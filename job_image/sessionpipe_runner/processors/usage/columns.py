@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sessionpipe_runner.processors.base import Output
-from sessionpipe_runner.processors.usage.parse import parse_timestamp
+from sessionpipe_runner.processors.usage.lines import parse_timestamp
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -69,7 +69,7 @@ def micros(moment: datetime) -> int:
 
 
 def timestamp_micros(value: object) -> int | None:
-    """:func:`.parse.parse_timestamp` in microseconds since the epoch; ``None`` if it does not parse."""
+    """:func:`.lines.parse_timestamp` in microseconds since the epoch; ``None`` if it does not parse."""
     parsed = parse_timestamp(value)
     return None if parsed is None else micros(parsed)
 
