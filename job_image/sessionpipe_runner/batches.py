@@ -95,15 +95,20 @@ class Batch:
     seen: list[tuple[str, int, int]] = field(default_factory=list)
     bytes: int = 0
     rows: int = 0  # the rows of ``outputs``
+    #: The rows of each of ``outputs`` (counted once: batches are sized and split by them often).
+    counts: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.outputs) + len(self.failures) + len(self.seen)
 
-    def add(self, file: SessionFile, output: Output, snapshot: Snapshot) -> int:
-        """Hold a processed session until its commit; return its rows."""
+    def add(self, file: SessionFile, output: Output, snapshot: Snapshot, rows: int | None = None) -> int:
+        """Hold a processed session (of ``rows`` rows, counted here if not given) until its commit;
+        return its rows."""
+        if rows is None:
+            rows = output.row_count()
         self.outputs.append((file, output, snapshot))
+        self.counts.append(rows)
         self.bytes += snapshot.length
-        rows = output.row_count()
         self.rows += rows
         return rows
 
@@ -113,26 +118,30 @@ class Batch:
 
         What is taken leaves this batch; the sessions left wait for the next one.
         """
-        counts = [output.row_count() for _, output, _ in self.outputs]
-        chosen = whole_row_groups(counts)
+        chosen = whole_row_groups(self.counts)
         if chosen is None:
             return None
         taken = Batch(failures=self.failures, seen=self.seen)
         kept: list[tuple[SessionFile, Output, Snapshot]] = []
+        kept_counts: list[int] = []
         picked = set(chosen)
-        for index, one in enumerate(self.outputs):
+        for index, (one, rows) in enumerate(zip(self.outputs, self.counts, strict=True)):
             if index in picked:
-                taken.add(*one)
+                taken.add(*one, rows)
             else:
                 kept.append(one)
-        self.outputs, self.failures, self.seen = kept, [], []
+                kept_counts.append(rows)
+        self.outputs, self.counts, self.failures, self.seen = kept, kept_counts, [], []
         self.bytes -= taken.bytes
         self.rows -= taken.rows
         return taken
 
     def split(self) -> list[Batch]:
         """One batch per session (the bookkeeping of ``seen`` rides with the first)."""
-        parts = [Batch(outputs=[one], bytes=one[2].length) for one in self.outputs]
+        parts = [
+            Batch(outputs=[one], bytes=one[2].length, rows=rows, counts=[rows])
+            for one, rows in zip(self.outputs, self.counts, strict=True)
+        ]
         parts += [Batch(failures=[one]) for one in self.failures]
         parts[0].seen = self.seen
         return parts
@@ -282,12 +291,12 @@ class BatchWriter:
         if not (final or full):
             return pending
         small = Batch()
-        for file, output, snapshot in pending.outputs:
-            piece_full = small.rows + output.row_count() >= ROW_GROUP_ROWS or len(small) >= self.session_limit
+        for (file, output, snapshot), rows in zip(pending.outputs, pending.counts, strict=True):
+            piece_full = small.rows + rows >= ROW_GROUP_ROWS or len(small) >= self.session_limit
             if small.outputs and piece_full:
                 self.flush(con, small)
                 small = Batch()
-            small.add(file, output, snapshot)
+            small.add(file, output, snapshot, rows)
         small.failures, small.seen = pending.failures, pending.seen
         if final or len(small) >= self.session_limit or small.bytes >= BATCH_BYTES:
             self.flush(con, small)
@@ -349,8 +358,10 @@ class BatchWriter:
             summary.processed += 1
             summary.appended += output.appended
             summary.items += output.items
-            summary.issues.update(output.issues)
-            summary.counters.update(output.counters)
+            if output.issues:  # most sessions have none: Counter.update is a Python call
+                summary.issues.update(output.issues)
+            if output.counters:
+                summary.counters.update(output.counters)
         for file, _, error in batch.failures:
             summary.errors += 1
             summary.failures[file.key] = work.error_text(error)

@@ -23,7 +23,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import EllipsisType, ModuleType
 from typing import NamedTuple
 
 import xxhash
@@ -131,13 +131,17 @@ def complete_prefix(raw: bytes) -> tuple[bytes, bool]:
     return raw[:cut], True
 
 
+#: Path components that do not name an entry of their folder.
+_NOT_PLAIN = frozenset({"", ".", ".."})
+
+
 def _path_below(root: str, location: str) -> list[str]:
     """The components of ``location`` below ``root`` (``location`` is ``os.path.join(root, …)``)."""
     rest = location[len(root) :]
     if not location.startswith(root) or not (root.endswith("/") or rest.startswith("/")):
         raise OSError(errno.EINVAL, f"not below the sessions root {root!r}", location)
     parts = rest.lstrip("/").split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    if not _NOT_PLAIN.isdisjoint(parts):
         raise OSError(errno.EINVAL, "not a plain path below the sessions root", location)
     return parts
 
@@ -321,7 +325,11 @@ def clamp_mtime_ns(mtime_ns: int) -> int:
 
 
 def read_snapshot(
-    location: str | Path, root: str = "", line_limit: int = MAX_LINE_BYTES, committed: Committed | None = None
+    location: str | Path,
+    root: str = "",
+    line_limit: int = MAX_LINE_BYTES,
+    committed: Committed | None = None,
+    compiled: ModuleType | EllipsisType | None = ...,
 ) -> Snapshot:
     """Read a file once, as :func:`open_session_file` opens it; size and mtime come from the open
     descriptor, and only the bytes there were then are read, so they match.
@@ -334,10 +342,12 @@ def read_snapshot(
     recognised: :attr:`Snapshot.appended` is then just the new lines. (A file longer than
     ``line_limit`` is always given whole.)
 
-    With the compiled module (:func:`compiled_reading`), the opening and a whole read happen there,
-    the same calls with the GIL released around them, not around each.
+    With the compiled module (:func:`compiled_reading`, or ``compiled`` when the caller looked it
+    up once for many files), the opening and a whole read happen there, the same calls with the
+    GIL released around them, not around each.
     """
-    compiled = compiled_reading()
+    if compiled is ...:
+        compiled = compiled_reading()
     if compiled is None:
         fd, info = open_session_file(str(location), root)
         size, mtime_ns = info.st_size, clamp_mtime_ns(info.st_mtime_ns)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from operator import itemgetter
 from pathlib import Path
+from types import EllipsisType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from sessionpipe_runner.names import valid_text
@@ -32,7 +33,14 @@ from sessionpipe_runner.processors.base import (
     StopRun,
     check_declared_tables,
 )
-from sessionpipe_runner.reading import Committed, NotARegularFile, Snapshot, SymlinkRefused, read_snapshot
+from sessionpipe_runner.reading import (
+    Committed,
+    NotARegularFile,
+    Snapshot,
+    SymlinkRefused,
+    compiled_reading,
+    read_snapshot,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.pool import AsyncResult, Pool
@@ -68,6 +76,10 @@ class Outcome(Enum):
     FAIL_RUN = "fail_run"
     PENDING = "waiting_for_result"  # the processor's result is on its way (a batch): try again next run
 
+    # Members are singletons compared by identity: hashed by it too, in C (Enum's own hash is a
+    # Python call, and the runner looks each candidate's outcome up in sets).
+    __hash__ = object.__hash__
+
 
 class ProcessingError(Exception):
     """A processor's exception as text (from a worker, where the exception itself stays)."""
@@ -99,15 +111,19 @@ class Examined:
         return self.outcome in (Outcome.PROCESSED, Outcome.FAILED, Outcome.STOP_RUN, Outcome.FAIL_RUN)
 
 
-def examine(processor: Processor, file: SessionFile, known: Committed | None) -> Examined:
+def examine(
+    processor: Processor, file: SessionFile, known: Committed | None, reading: ModuleType | EllipsisType | None = ...
+) -> Examined:
     """Read ``file`` and process it, unless its complete lines still hash to what is ``known``.
 
     A file whose committed lines (``known``) are still there unchanged is given to an
     :attr:`~Processor.appendable` processor from their end: only the lines appended since.
+    ``reading`` is :func:`~sessionpipe_runner.reading.compiled_reading` if the caller looked it up.
     Never raises for the file's or the processor's sake: every ending is an :class:`Outcome`.
     """
     try:
-        snapshot = read_snapshot(file.location, file.root, committed=known if processor.appendable else None)
+        committed = known if processor.appendable else None
+        snapshot = read_snapshot(file.location, file.root, committed=committed, compiled=reading)
     except FileNotFoundError:
         return Examined(file, Outcome.VANISHED)
     except SymlinkRefused:
@@ -271,8 +287,9 @@ def examine_chunk(
 ) -> Chunk:
     """Examine a chunk of candidates; their rows become one Arrow table per table in ``columns``."""
     chunk = Chunk(examined=[])
+    reading = compiled_reading()  # once per chunk: an environment lookup per file cost ~2 µs
     for file, known in tasks:
-        examined = examine(processor, file, known)
+        examined = examine(processor, file, known, reading)
         if examined.snapshot is not None:
             examined.snapshot = examined.snapshot.without_data()
         if examined.outcome is Outcome.FAILED and examined.error is not None:

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sessionpipe_contract import ENV_PRICING
@@ -184,6 +185,8 @@ class UsageProcessor(Processor):
         self.prices: PriceTable | None = None
         #: Whether the table held rows when the run started (:meth:`start`); until then, assumed.
         self.rows_stored = True
+        #: The compiled parser :meth:`start` chose (``None``: reading in Python).
+        self.compiled: ModuleType | None = None
 
     def migrations(self) -> Sequence[Migration]:
         return (
@@ -209,7 +212,8 @@ class UsageProcessor(Processor):
             raise BadSettings(str(error)) from None
         # The compiled reading's rows are columns that cannot be pickled, and it parses without the
         # GIL: its workers are threads, beside the runner's writes (:mod:`sessionpipe_runner.work`).
-        self.releases_gil = compiled_reading() is not None
+        self.compiled = compiled_reading()  # looked up once: process() runs per file
+        self.releases_gil = self.compiled is not None
         # A run that starts with no rows stored has none to replace (it writes each file in one
         # batch): no DELETE per batch, which scans the table it grows (20-80 ms a row group).
         con = context.connection
@@ -242,7 +246,7 @@ class UsageProcessor(Processor):
         After :meth:`start` chose the compiled reading, the rows are columns
         (:class:`.columns.ColumnarOutput`), which :meth:`write` stores a batch at a time.
         """
-        compiled = compiled_reading() if self.releases_gil else None
+        compiled = self.compiled if self.releases_gil else None
         if compiled is not None:
             return self.columnar_output(compiled, session, data, 1)
         return self.process_appended(session, data, 1)
