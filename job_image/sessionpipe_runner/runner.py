@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -49,7 +49,7 @@ from sessionpipe_runner.lease import Lease, LeaseLost, LeaseNotAcquired
 from sessionpipe_runner.processors.base import BadSettings, FailRun, Processor, RunContext, SessionFile, StopRun
 from sessionpipe_runner.progress import Progress
 from sessionpipe_runner.reading import Committed
-from sessionpipe_runner.scan import Decision, plan
+from sessionpipe_runner.scan import Decision, new_files, plan
 from sessionpipe_runner.settings import RunSettings
 from sessionpipe_runner.signals import Sigterm, Terminated, sigterm_raises
 from sessionpipe_runner.snapshot import snapshot_path
@@ -165,11 +165,10 @@ class Run:
                 connection=con,
             )
         )
-        candidates = self._plan(con)
-        bytes_total = sum(file.size for file, _ in candidates)
+        candidates, files_total, bytes_total = self._plan(con)
         self.progress = Progress(
             processor=self.processor.name,
-            files_total=len(candidates),
+            files_total=files_total,
             bytes_total=bytes_total,
             started=time.monotonic(),
         )
@@ -199,8 +198,9 @@ class Run:
             self.fence.commit(con, lambda: self.summary.issues.update(self.processor.finish(con)))
             self.changed = True  # what finish() wrote (a submitted batch) is for readers too
 
-    def _plan(self, con: duckdb.DuckDBPyConnection) -> list[tuple[SessionFile, Committed | None]]:
-        """Scan the volume and decide: the candidates, each with what the store knows of its content."""
+    def _plan(self, con: duckdb.DuckDBPyConnection) -> tuple[Iterable[tuple[SessionFile, Committed | None]], int, int]:
+        """Scan the volume and decide: the candidates, each with what the store knows of its
+        content, and how many they are and their bytes."""
         version = self.processor.version
         scanned = (self.pending_scan or self.start_scan(background=False)).compare(con)
         scan, compared, self.scan_index = scanned.scan, scanned.compared, scanned.trusted
@@ -209,6 +209,9 @@ class Run:
         self._mark_vanished(con, compared.vanished, compared.reappeared)
         unsettled = compared.unsettled
         self.states = {key: state for key, state in unsettled.items() if state is not None}
+        if not self.states and len(unsettled) == len(scan.keys):  # every file new: decided alike
+            self.summary.unchanged += scan.unchanged
+            return ((file, None) for file in new_files(scan)), len(scan.keys), sum(scan.sizes)
         decided = plan(scan, unsettled, version)
         self.summary.unchanged += decided.unchanged
         candidates: list[tuple[SessionFile, Committed | None]] = []
@@ -218,7 +221,7 @@ class Run:
                 self.summary.issues["quarantined_unchanged"] += 1
             else:
                 candidates.append((file, self._committed(file, decision)))
-        return candidates
+        return candidates, len(candidates), sum(file.size for file, _ in candidates)
 
     def start_scan(self, *, background: bool = True) -> scanindex.PendingScan:
         """Start the scan (in a thread, while the database opens): the lease must be held."""
@@ -295,7 +298,7 @@ class Run:
     def _columns(self, con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
         return {table: store.table_columns(con, table) for table in self.processor.tables}
 
-    def _examine_here(self, candidates: Sequence[tuple[SessionFile, Committed | None]]) -> Iterator[Examined | None]:
+    def _examine_here(self, candidates: Iterable[tuple[SessionFile, Committed | None]]) -> Iterator[Examined | None]:
         """Examine candidates in this process; ``None`` for one left for the next run."""
         attempted = 0
         stopped = False

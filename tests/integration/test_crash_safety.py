@@ -19,7 +19,7 @@ KILL_POINTS = [
     "sql:INSERT INTO writer_epochs:1",  # while opening: recording the writer epoch
     "fn:sessionpipe_runner.migrations:apply_migrations:2",  # between the runner's and the processor's migrations
     "fn:sessionpipe_runner.scan:_append_named:3",  # during the scan (the Python walk and the compiled listing)
-    "fn:sessionpipe_runner.runner:plan:1",  # after the scan and the state load
+    "fn:sessionpipe_runner.runner:Run._consume:1",  # after the scan, the state load and the plan
     "fn:sessionpipe_runner.work:read_snapshot:4",  # while reading candidates
     "sql:BEGIN:4",  # at the start of a session's transaction
     "fn:sessionpipe_runner.tables:insert_rows:3",  # inside a transaction, between delete and insert

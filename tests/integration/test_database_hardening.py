@@ -166,7 +166,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_writer(
 ) -> None:
     db = tmp_path / "db.duckdb"
     args = lines_args(sessions, db)
-    point = "fn:sessionpipe_runner.runner:plan:1"  # the run is recorded as running, then killed
+    point = "fn:sessionpipe_runner.runner:Run._consume:1"  # the run is recorded as running, then killed
     killed = subprocess.run(
         [sys.executable, str(CRASH_WRAPPER), point, "--", *args], env=plugin_env, capture_output=True, timeout=120
     )

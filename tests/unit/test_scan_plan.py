@@ -19,7 +19,7 @@ from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.base import SessionFile
 from sessionpipe_runner.processors.usage import UsageProcessor
 from sessionpipe_runner.runner import RunSettings, run
-from sessionpipe_runner.scan import Decision, decide, plan, scan_sessions
+from sessionpipe_runner.scan import Decision, decide, new_files, plan, scan_sessions
 from sessionpipe_runner.store import StateRow
 from sessionpipe_runner.summary import RunSummary
 
@@ -87,6 +87,19 @@ def test_a_processors_first_run_finds_every_file_new_beside_another_processors_s
     assert store.compare_scan(con, "usage", VERSION, None, keys) == (dict.fromkeys(scan.keys), [], [])
     # The other processor's own comparison: all settled but the file no longer there.
     assert store.compare_scan(con, "other", VERSION, None, keys) == ({}, ["alice/-app/gone.jsonl"], [])
+
+
+def test_new_files_come_in_the_order_plan_decides_them_all_process(tmp_path: Path) -> None:
+    """A run whose files are all new makes them as the workers take them (``scan.new_files``):
+    the same files, in the same order, as :func:`plan` decides, every one ``PROCESS``."""
+    sessions = tmp_path / "sessions"
+    for number, key in enumerate(["bob/-b/2.jsonl", "alice/-a/s/subagents/x.jsonl", "alice/-a/1.jsonl", "bob/0.jsonl"]):
+        place(sessions, key, 10 + number, 7 + number)
+    scan = scan_sessions(sessions)
+    decided = plan(scan, dict.fromkeys(scan.keys), VERSION)
+    assert decided.unchanged == 0 and {decision for _, decision in decided.decided} == {Decision.PROCESS}
+    assert list(new_files(scan)) == [file for file, _ in decided.decided]
+    assert [file.key for file in new_files(scan)] == sorted(scan.keys)
 
 
 def test_no_scanned_files_need_no_query(tmp_path: Path) -> None:
