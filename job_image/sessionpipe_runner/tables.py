@@ -33,14 +33,17 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
-    """(name, type) of a table's columns in order."""
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-        "AND table_schema = current_schema() ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
-    if not rows:
-        raise StoreError(f"no table named {table!r}")
+    """(name, type) of a table's columns in order.
+
+    (``pragma_table_info``, not ``information_schema.columns``: a connection's first query of that
+    view builds it over the whole catalog, ~19 ms of a cold run before its first batch.)
+    """
+    import _duckdb
+
+    try:
+        rows = con.execute("SELECT name, type FROM pragma_table_info(?)", [table]).fetchall()
+    except _duckdb.CatalogException:
+        raise StoreError(f"no table named {table!r}") from None
     return [(str(name), str(kind)) for name, kind in rows]
 
 

@@ -43,7 +43,8 @@ from sessionpipe_runner.reading import (
 )
 
 if TYPE_CHECKING:
-    from multiprocessing.pool import AsyncResult, Pool
+    from concurrent.futures import ThreadPoolExecutor
+    from multiprocessing.pool import Pool
 
     import pyarrow as pa
 
@@ -355,21 +356,26 @@ class WorkerPool:
         self.threads = processor.releases_gil
         self.processor = processor
         self.columns = dict(columns)
-        self.pool: Pool
+        self.executor: ThreadPoolExecutor | None = None
+        self.pool: Pool | None = None
         if self.threads:
-            from multiprocessing.pool import ThreadPool
+            # Not multiprocessing's ThreadPool: importing multiprocessing cost ~10 ms of the run's
+            # start, and concurrent.futures is imported already (:mod:`.inflight`).
+            from concurrent.futures import ThreadPoolExecutor
 
-            self.pool = ThreadPool(workers)
+            self.executor = ThreadPoolExecutor(workers, thread_name_prefix="worker")
         else:
-            import multiprocessing  # only runs that use workers pay for the import
+            import multiprocessing  # only runs that use worker processes pay for the import
 
             context = multiprocessing.get_context("spawn")
             self.pool = context.Pool(workers, initializer=_init_worker, initargs=(os.getpid(), processor, self.columns))
 
-    def _submit(self, tasks: list[tuple[SessionFile, Committed | None]]) -> AsyncResult[Chunk]:
-        if self.threads:
-            return self.pool.apply_async(examine_chunk, (self.processor, self.columns, tasks))
-        return self.pool.apply_async(_examine_chunk, (tasks,))
+    def _submit(self, tasks: list[tuple[SessionFile, Committed | None]]) -> Callable[[], Chunk]:
+        """Hand ``tasks`` to a worker; what waits for, and returns, their :class:`Chunk`."""
+        if self.executor is not None:
+            return self.executor.submit(examine_chunk, self.processor, self.columns, tasks).result
+        assert self.pool is not None
+        return self.pool.apply_async(_examine_chunk, (tasks,)).get
 
     def examine(
         self, tasks: Iterable[tuple[SessionFile, Committed | None]], meanwhile: Callable[[], object] | None = None
@@ -379,7 +385,7 @@ class WorkerPool:
         ``meanwhile`` is called once the first chunks are handed out, before waiting for the first:
         work for the runner's thread that would otherwise wait.
         """
-        in_flight: collections.deque[AsyncResult[Chunk]] = collections.deque()
+        in_flight: collections.deque[Callable[[], Chunk]] = collections.deque()
         chunks = chunked(tasks)
         window = IN_FLIGHT_CHUNKS * self.workers
         exhausted = False
@@ -394,15 +400,19 @@ class WorkerPool:
                 meanwhile()
                 meanwhile = None
             if in_flight:
-                yield from _unpack(in_flight.popleft().get())
+                yield from _unpack(in_flight.popleft()())
 
     def close(self) -> None:
         """Stop the workers now (also on SIGTERM, or when the run ends early).
 
-        A worker thread cannot be stopped: it ends after its chunk, whose result is dropped.
+        A worker thread cannot be stopped: it ends after its chunk, whose result is dropped; the
+        chunks not started are dropped.
         """
-        self.pool.terminate()
-        self.pool.join()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
 
 
 def _unpack(chunk: Chunk) -> Iterator[Examined]:
