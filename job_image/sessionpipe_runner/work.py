@@ -353,12 +353,11 @@ class WorkerPool:
 
     def __init__(self, workers: int, processor: Processor, columns: Mapping[str, Sequence[tuple[str, str]]]) -> None:
         self.workers = workers
-        self.threads = processor.releases_gil
         self.processor = processor
         self.columns = dict(columns)
         self.executor: ThreadPoolExecutor | None = None
         self.pool: Pool | None = None
-        if self.threads:
+        if processor.releases_gil:
             # Not multiprocessing's ThreadPool: importing multiprocessing cost ~10 ms of the run's
             # start, and concurrent.futures is imported already (:mod:`.inflight`).
             from concurrent.futures import ThreadPoolExecutor

@@ -246,9 +246,8 @@ class UsageProcessor(Processor):
         After :meth:`start` chose the compiled reading, the rows are columns
         (:class:`.columns.ColumnarOutput`), which :meth:`write` stores a batch at a time.
         """
-        compiled = self.compiled if self.releases_gil else None
-        if compiled is not None:
-            return self.columnar_output(compiled, session, data, 1)
+        if self.compiled is not None:
+            return self.columnar_output(self.compiled, session, data, 1)
         return self.process_appended(session, data, 1)
 
     def process_appended(self, session: SessionFile, data: bytes, first_line: int) -> Output:
