@@ -139,7 +139,7 @@ def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | 
             run_timed(command, installed_env())  # untimed: this build's database takes in the base's last call too
         result.our_tokens = our_total_tokens(db)
         result.their_tokens = int(json.loads(result.theirs[-1].stdout)["totals"]["totalTokens"])
-        result.publish = [timed_publish(db) for _ in range(repeat)]
+        result.publish = [timed_publish(sessions, db, target_file, number + attempt) for attempt in range(repeat)]
     return result
 
 

@@ -9,7 +9,10 @@
 2. incremental run: one session file gets one more line, then ``sessionpipe run`` again, beside
    ccusage's full re-read (it has no state), as a ratio;
 3. peak memory of the sessionpipe run: its process and its worker processes together (PSS summed
-   over the process tree, sampled; see ``memory.py``), with the RSS sum and the runner's own peak;
+   over the process tree, sampled; see ``memory.py``), with the RSS sum and the runner's own peak,
+   in a cold and an incremental run of their own. The timed runs are not sampled: reading
+   ``/proc/*/smaps_rollup`` every 10 ms slowed both tools by about 0.4 s at 220 MB (ours 1.40 ->
+   1.77 s, ccusage 1.23 -> 1.65 s);
 4. a cross-check that both tools found the same total tokens.
 
 Targets (2-core machine): cold ≥ 100 MB/s; incremental ≥ 20x faster than ccusage; peak memory < 500 MB.
@@ -47,22 +50,28 @@ TARGET_PEAK_MEMORY_MB = 500.0
 @dataclass
 class Measured:
     seconds: float
-    memory: TreePeaks
+    memory: TreePeaks | None  # None: not sampled
     stdout: str
 
+    @property
+    def peaks(self) -> TreePeaks:
+        assert self.memory is not None, "a run timed without sampling its memory"
+        return self.memory
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run a command; its wall time and the peak memory of its process tree."""
+
+def timed(command: list[str], env: dict[str, str] | None = None, *, sample: bool = False) -> Measured:
+    """Run a command; its wall time, and with ``sample`` the peak memory of its process tree (the
+    sampling slows the command: time runs without it)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stderr is not None
-    sampler = TreeSampler(process.pid)
+    sampler = TreeSampler(process.pid) if sample else None
     # read before waiting so a large output cannot block the child; wait4 gives this child's rusage
     stdout = process.stdout.read()
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
-    memory = sampler.peaks(usage.ru_maxrss)
+    memory = sampler.peaks(usage.ru_maxrss) if sampler is not None else None
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{command[0]} exited {process.returncode}:\n{stderr}")
@@ -78,10 +87,13 @@ def installed_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def sessionpipe_run(sessions: Path, db: Path) -> Measured:
+def sessionpipe_arguments(sessions: Path, db: Path) -> list[str]:
+    return ["run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
+
+
+def sessionpipe_run(sessions: Path, db: Path, *, sample: bool = False) -> Measured:
     script = Path(sys.executable).with_name("sessionpipe")
-    command = [str(script), "run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
-    return timed(command, env=installed_env())
+    return timed([str(script), *sessionpipe_arguments(sessions, db)], env=installed_env(), sample=sample)
 
 
 def ccusage_env(config_dirs: list[Path]) -> dict[str, str]:
@@ -90,9 +102,9 @@ def ccusage_env(config_dirs: list[Path]) -> dict[str, str]:
     return env
 
 
-def ccusage_monthly(launcher: Path, config_dirs: list[Path]) -> Measured:
+def ccusage_monthly(launcher: Path, config_dirs: list[Path], *, sample: bool = False) -> Measured:
     command = [str(launcher), "claude", "monthly", "--json", "--offline", "--timezone", "UTC"]
-    return timed(command, env=ccusage_env(config_dirs))
+    return timed(command, env=ccusage_env(config_dirs), sample=sample)
 
 
 def corpus_bytes(root: Path) -> int:
@@ -189,7 +201,9 @@ class CorpusRun:
     theirs_again: list[Measured]
     our_tokens: int
     their_tokens: int
-    publish: list[float]  # seconds to publish the snapshot of the database the runs left
+    publish: list[float]  # seconds each of ``repeat`` more incremental runs took to publish its snapshot
+    memory: list[Measured]  # our cold and incremental run with the memory sampled (not timed)
+    theirs_memory: Measured  # a cold ccusage run with the memory sampled
 
     def median(self, runs: str) -> float:
         measured: list[Measured] = getattr(self, runs)
@@ -197,7 +211,7 @@ class CorpusRun:
 
     @property
     def peak_pss_mb(self) -> float:
-        return max(m.memory.pss_mb for m in [*self.cold, *self.incremental])
+        return max(m.peaks.pss_mb for m in self.memory)
 
 
 def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
@@ -219,6 +233,8 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
         for attempt in range(repeat):
             cold.append(sessionpipe_run(sessions, scratch / f"cold-{attempt}.duckdb"))
             theirs_cold.append(ccusage_monthly(launcher, config_dirs))
+        memory = [sessionpipe_run(sessions, scratch / "sampled.duckdb", sample=True)]
+        theirs_memory = ccusage_monthly(launcher, config_dirs, sample=True)
         db = scratch / f"cold-{repeat - 1}.duckdb"
         our_tokens = our_total_tokens(db)
         their_tokens = int(json.loads(theirs_cold[-1].stdout)["totals"]["totalTokens"])
@@ -233,23 +249,37 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
             assert summary["processed"] == 1 and summary["unchanged"] == summary["scanned"] - 1, summary
             incremental.append(run)
             theirs_again.append(ccusage_monthly(launcher, config_dirs))
-        publish = [timed_publish(db) for _ in range(repeat)]
+        publish = [timed_publish(sessions, db, target_file, repeat + attempt) for attempt in range(repeat)]
+        append_call(target_file, 2 * repeat)
+        memory.append(sessionpipe_run(sessions, db, sample=True))
         files = sum(1 for _ in sessions.rglob("*.jsonl"))
     return CorpusRun(
-        size, files, len(config_dirs), cold, theirs_cold, incremental, theirs_again, our_tokens, their_tokens, publish
+        size,
+        files,
+        len(config_dirs),
+        cold,
+        theirs_cold,
+        incremental,
+        theirs_again,
+        our_tokens,
+        their_tokens,
+        publish,
+        memory,
+        theirs_memory,
     )
 
 
-def timed_publish(db: Path) -> float:
-    """Seconds to publish the snapshot as a run does: the old copy is retired, and freed untimed
-    afterwards, as the next run frees it in the background while it scans."""
-    from sessionpipe_runner.snapshot import free_retired_snapshots, publish_snapshot
-
-    started = time.perf_counter()
-    publish_snapshot(db, retire_old=True)
-    seconds = time.perf_counter() - started
-    free_retired_snapshots(db)
-    return seconds
+def timed_publish(sessions: Path, db: Path, target_file: Path, number: int) -> float:
+    """Seconds an incremental run (one more call appended to ``target_file``) took to publish its
+    snapshot, timed inside that run (``bench.publish_probe``)."""
+    append_call(target_file, number)
+    command = [sys.executable, "-m", "bench.publish_probe", *sessionpipe_arguments(sessions, db)]
+    probe = subprocess.run(command, env=installed_env(), cwd=REPO, capture_output=True, text=True, check=True)
+    lines = probe.stdout.splitlines()
+    summary, timing = json.loads(lines[-2]), json.loads(lines[-1])
+    assert summary["processed"] == 1, summary
+    (seconds,) = timing["publish_seconds"]
+    return float(seconds)
 
 
 def main() -> int:
@@ -262,7 +292,7 @@ def main() -> int:
     cold_s, ccusage_cold_s = result.median("cold"), result.median("theirs_cold")
     incremental_s, ccusage_again_s = result.median("incremental"), result.median("theirs_again")
     our_tokens, their_tokens = result.our_tokens, result.their_tokens
-    ours = [m.memory for m in [*cold, *incremental]]
+    ours = [m.peaks for m in result.memory]
     peak = result.peak_pss_mb
     cold_mb_s = size / MB / cold_s
     ratio = ccusage_again_s / incremental_s
@@ -277,7 +307,7 @@ def main() -> int:
     print(
         f"peak memory:     sessionpipe {peak:.0f} MB PSS over its {max(m.processes for m in ours)} processes "
         f"(RSS sum {max(m.rss_mb for m in ours):.0f} MB; the runner alone {max(m.main_rss_mb for m in ours):.0f} MB); "
-        f"ccusage {max(m.memory.pss_mb for m in theirs_cold):.0f} MB"
+        f"ccusage {result.theirs_memory.peaks.pss_mb:.0f} MB"
     )
     agree = "agree" if our_tokens == their_tokens else "DISAGREE"
     print(f"total tokens:    sessionpipe {our_tokens:,}, ccusage {their_tokens:,} ({agree})")

@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_usage import DEFAULT_OUT, installed_env, warm_page_cache  # noqa: E402
-from bench.gen_corpus import ensure_corpus  # noqa: E402
+from bench.bench_usage import installed_env, warm_page_cache  # noqa: E402
+from bench.gen_corpus import DEFAULT_OUT, ensure_corpus  # noqa: E402
 from bench.memory import TreeSampler  # noqa: E402
 from sessionpipe_runner.processors.base import Output, SessionFile  # noqa: E402
 from sessionpipe_runner.processors.usage import UsageProcessor  # noqa: E402
@@ -105,7 +105,7 @@ def run_once(way: str, kind: str, sessions: Path, db: Path, workers: int, env: d
     wall = time.perf_counter() - started
     memory = sampler.peaks(usage.ru_maxrss)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{way} run failed: {process.stderr.read() if process.stderr else ''}")
+        raise SystemExit(f"{way} run failed: {process.stderr.read().decode(errors='replace') if process.stderr else ''}")
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "pss": memory.pss_mb}
 
 

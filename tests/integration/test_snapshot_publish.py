@@ -8,11 +8,24 @@ always published.
 
 from __future__ import annotations
 
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from sessionpipe_runner.snapshot import free_retired_snapshots, publish_snapshot, snapshot_path
+from sessionpipe_runner.snapshot import (
+    CHUNK_BYTES,
+    PAGE_BYTES,
+    _write_differences,
+    publish_snapshot,
+    remove_old_snapshots,
+    snapshot_path,
+    spare_path,
+)
 from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 from tests.support.db import rows
 
@@ -77,42 +90,139 @@ def retired(db: Path) -> dict[int, str]:
     return {path.stat().st_ino: path.name for path in db.parent.iterdir() if path.name.endswith(".retired")}
 
 
-def test_a_publishing_run_retires_the_old_snapshot_and_the_next_run_frees_it(
+def test_a_publishing_run_keeps_the_old_snapshot_as_the_spare_and_the_next_one_patches_it(
     tmp_path: Path, plugin_env: dict[str, str]
 ) -> None:
-    """Renaming over the old snapshot would free it on the run's path (as long as the copy takes):
-    the run keeps it under a hidden name, and the next run frees it while it scans."""
+    """Renaming over the old snapshot would free it on the run's path, and copying the whole
+    database each time made the publish most of an incremental run: the old snapshot is kept, and
+    the next publish writes into it only what changed."""
     session = tmp_path / "sessions" / "alice" / "-app" / "s1.jsonl"
     session.parent.mkdir(parents=True)
     session.write_text('{"n": 1}\n')
     db = tmp_path / "db.duckdb"
     run_lines(tmp_path / "sessions", db, plugin_env)
-    assert retired(db) == {}  # nothing was published before
+    assert not spare_path(db).exists()  # nothing was published before
     first_inode, _ = published(db)
 
     with session.open("a") as handle:
         handle.write('{"n": 2}\n')
     run_lines(tmp_path / "sessions", db, plugin_env)
-    assert list(retired(db)) == [first_inode]  # the old copy, not freed on this run's path
-    assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(2,)]
-
+    assert spare_path(db).stat().st_ino == first_inode
     second_inode, _ = published(db)
-    assert run_lines(tmp_path / "sessions", db, plugin_env)["unchanged"] == 1
-    assert retired(db) == {}  # freed by the next run, which published nothing
-    assert published(db)[0] == second_inode
+
+    with session.open("a") as handle:
+        handle.write('{"n": 3}\n')
+    run_lines(tmp_path / "sessions", db, plugin_env)
+    assert published(db)[0] == first_inode  # the spare, patched
+    assert spare_path(db).stat().st_ino == second_inode
+    assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(3,)]
+    assert snapshot_path(db).read_bytes() == db.read_bytes()
+    assert retired(db) == {}
 
 
-def test_publishing_without_retiring_frees_the_old_snapshot_and_retired_copies_can_be_freed(tmp_path: Path) -> None:
+def write_rows(db: Path, count: int) -> None:
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER, padding VARCHAR)")
+        con.execute("INSERT INTO t SELECT range, repeat('x', range % 500) FROM range(?, ?)", [count - 1000, count])
+        con.execute("CHECKPOINT")
+
+
+READER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(con.execute("SELECT count(*), sum(length(padding)) FROM t").fetchone(), flush=True)
+sys.stdin.readline()
+print(con.execute("SELECT count(*), sum(length(padding)) FROM t").fetchone(), flush=True)
+"""
+
+
+def test_a_spare_a_reader_still_has_open_is_not_written_and_the_snapshot_is_copied(tmp_path: Path) -> None:
+    """A reader that opened the snapshot before it was replaced keeps reading it as it was: DuckDB
+    holds a shared lock on what it opens, and the publish copies rather than patch a locked spare."""
     db = tmp_path / "db.duckdb"
-    db.write_bytes(b"one")
-    publish_snapshot(db, retire_old=True)  # nothing to retire yet
-    db.write_bytes(b"two")
+    write_rows(db, 1000)
     publish_snapshot(db, retire_old=True)
-    db.write_bytes(b"three")
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(snapshot_path(db))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout is not None and reader.stdin is not None
+        before = reader.stdout.readline()
+        first_inode, _ = published(db)
+        write_rows(db, 2000)
+        publish_snapshot(db, retire_old=True)  # the reader's file becomes the spare
+        assert spare_path(db).stat().st_ino == first_inode
+        second_inode, _ = published(db)
+        write_rows(db, 3000)
+        publish_snapshot(db, retire_old=True)
+        assert published(db)[0] not in (first_inode, second_inode)  # a copy: the spare is locked
+        assert snapshot_path(db).read_bytes() == db.read_bytes()
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline() == before == "(1000, 249500)\n"
+    finally:
+        reader.kill()
+        reader.wait()
+    assert spare_path(db).stat().st_ino == second_inode
+    write_rows(db, 4000)
     publish_snapshot(db, retire_old=True)
-    assert sorted(tmp_path.joinpath(name).read_bytes() for name in retired(db).values()) == [b"one", b"two"]
-    assert snapshot_path(db).read_bytes() == b"three"
-    assert free_retired_snapshots(db) == 2
+    assert published(db)[0] == second_inode  # no reader now: patched
+    assert rows(snapshot_path(db), "SELECT count(*) FROM t") == [(4000,)]
+
+
+@pytest.mark.parametrize("spare_bytes", [0, 5000, 3 * CHUNK_BYTES + 123, 9 * CHUNK_BYTES])
+def test_whatever_the_spare_holds_the_patched_snapshot_is_the_database_byte_for_byte(
+    tmp_path: Path, spare_bytes: int
+) -> None:
+    """A spare half-patched by a killed publish, shorter or longer than the database."""
+    db = tmp_path / "db.duckdb"
+    write_rows(db, 1000)
+    spare_path(db).write_bytes(random.Random(spare_bytes).randbytes(spare_bytes))
+    spare_inode = spare_path(db).stat().st_ino
+    publish_snapshot(db, retire_old=True)
+    assert published(db)[0] == spare_inode
+    assert snapshot_path(db).read_bytes() == db.read_bytes()
+    assert rows(snapshot_path(db), "SELECT count(*) FROM t") == [(1000,)]
+
+
+def patch(source: Path, target: Path) -> int:
+    with source.open("rb") as ours, target.open("r+b") as theirs:
+        return _write_differences(ours.fileno(), theirs.fileno(), target.stat().st_size)
+
+
+def test_only_the_pages_that_differ_are_written_and_a_chunk_not_in_the_page_cache_is_written_whole(
+    tmp_path: Path,
+) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    data = bytearray(random.Random(1).randbytes(4 * CHUNK_BYTES + 100))
+    source.write_bytes(data)
+    changed = bytearray(data)
+    for offset in (0, PAGE_BYTES * 3 + 7, PAGE_BYTES * 4, 2 * CHUNK_BYTES + 1, len(data) - 1):
+        changed[offset] ^= 0xFF
+    target.write_bytes(changed)
+    assert patch(source, target) == 4 * PAGE_BYTES + 100  # pages 0, 3-4 and one in chunk 2; the tail
+    assert target.read_bytes() == data
+    assert patch(source, target) == 0
+
+    target.write_bytes(changed)
+    with target.open("rb") as theirs:
+        os.fsync(theirs.fileno())
+        os.posix_fadvise(theirs.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+    # The first chunk at least is written whole (the refused read starts the kernel's read-ahead,
+    # so later chunks may be in the cache by the time they are read).
+    assert CHUNK_BYTES <= patch(source, target) <= len(data)
+    assert target.read_bytes() == data
+
+
+def test_forget_removes_the_spare_and_the_retired_copies(tmp_path: Path) -> None:
+    db = tmp_path / "db.duckdb"
+    for content in (b"one", b"two", b"three"):
+        db.write_bytes(content)
+        publish_snapshot(db, retire_old=True)
+    assert (snapshot_path(db).read_bytes(), spare_path(db).read_bytes()) == (b"three", b"two")
+    os.link(spare_path(db), tmp_path / f".{snapshot_path(db).name}.7-0123abcd.retired")  # an interrupted publish
+    assert remove_old_snapshots(db) == 2
+    assert (retired(db), spare_path(db).exists()) == ({}, False)
     db.write_bytes(b"four")
     publish_snapshot(db)
-    assert (retired(db), snapshot_path(db).read_bytes()) == ({}, b"four")
+    assert (spare_path(db).exists(), snapshot_path(db).read_bytes()) == (False, b"four")

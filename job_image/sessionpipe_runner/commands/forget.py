@@ -18,7 +18,7 @@ from sessionpipe_runner.commands.common import (
 from sessionpipe_runner.lease.factory import holding_lease
 from sessionpipe_runner.names import printable
 from sessionpipe_runner.settings import UsageError, database_path
-from sessionpipe_runner.snapshot import free_retired_snapshots, publish_snapshot, remove_stale_snapshots
+from sessionpipe_runner.snapshot import publish_snapshot, remove_old_snapshots, remove_stale_snapshots
 from sessionpipe_runner.store.queries import forget_sessions, forgettable
 
 NAME = "forget"
@@ -63,7 +63,7 @@ def handle(args: argparse.Namespace) -> int:
             forget_sessions(con, doomed, load_processor)
             con.execute("CHECKPOINT")
         publish_snapshot(database)  # the snapshot must not keep what was forgotten
-        free_retired_snapshots(database)  # nor the copies runs retired
+        remove_old_snapshots(database)  # nor the older copies runs kept
     print(f"forgot {_files(len(doomed))}{_by_processor(doomed)}")
     return EXIT_OK
 

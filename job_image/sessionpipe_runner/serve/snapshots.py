@@ -2,9 +2,10 @@
 
 A run publishes its snapshot by renaming a fresh copy over the old name (:mod:`..snapshot`), so
 the file's identity (device, inode, size, modification time) changes exactly when there is a new
-one. Each use compares it with the identity of the open file and reopens on a change; the old
-file, unlinked by the rename, goes away when it is closed. The dashboard never opens the
-database a run writes: DuckDB's file lock would make that run wait.
+one. Each use compares it with the identity of the open file and reopens on a change. The old
+file becomes the publisher's spare, which the next publish patches only once no reader holds
+DuckDB's lock on it: the open connection keeps reading it unchanged until it is closed. The
+dashboard never opens the database a run writes: DuckDB's file lock would make that run wait.
 """
 
 from __future__ import annotations
