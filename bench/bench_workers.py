@@ -105,7 +105,9 @@ def run_once(way: str, kind: str, sessions: Path, db: Path, workers: int, env: d
     wall = time.perf_counter() - started
     memory = sampler.peaks(usage.ru_maxrss)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{way} run failed: {process.stderr.read().decode(errors='replace') if process.stderr else ''}")
+        raise SystemExit(
+            f"{way} run failed: {process.stderr.read().decode(errors='replace') if process.stderr else ''}"
+        )
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "pss": memory.pss_mb}
 
 

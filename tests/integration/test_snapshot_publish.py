@@ -226,3 +226,13 @@ def test_forget_removes_the_spare_and_the_retired_copies(tmp_path: Path) -> None
     db.write_bytes(b"four")
     publish_snapshot(db)
     assert (spare_path(db).exists(), snapshot_path(db).read_bytes()) == (False, b"four")
+
+
+@pytest.mark.parametrize("target_bytes", [0, CHUNK_BYTES, 3 * CHUNK_BYTES + 5, 9 * CHUNK_BYTES])
+def test_both_halves_are_patched_whatever_the_targets_length(tmp_path: Path, target_bytes: int) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    data = random.Random(2).randbytes(5 * CHUNK_BYTES + 7)
+    source.write_bytes(data)
+    target.write_bytes(random.Random(target_bytes).randbytes(target_bytes))
+    patch(source, target)
+    assert target.read_bytes() == data
