@@ -115,6 +115,7 @@ def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | 
         db = scratch / "usage.duckdb"
         command = sessionpipe_command(sessions, db)
         run_timed(command, installed_env())  # the database the incremental runs start from
+        os.sync()  # its writes reach the disk first, as a scheduled run's long before the next (bench_usage)
         result = IncrementalRun(corpus_bytes(sessions), sum(1 for _ in sessions.rglob("*.jsonl")))
         target_file = max(sessions.rglob("*.jsonl"), key=lambda p: p.stat().st_size)
         variants = [(result.ours, installed_env(), command)]

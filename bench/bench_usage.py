@@ -233,13 +233,14 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
         for attempt in range(repeat):
             cold.append(sessionpipe_run(sessions, scratch / f"cold-{attempt}.duckdb"))
             theirs_cold.append(ccusage_monthly(launcher, config_dirs))
-        memory = [sessionpipe_run(sessions, scratch / "sampled.duckdb", sample=True)]
-        theirs_memory = ccusage_monthly(launcher, config_dirs, sample=True)
         db = scratch / f"cold-{repeat - 1}.duckdb"
         our_tokens = our_total_tokens(db)
         their_tokens = int(json.loads(theirs_cold[-1].stdout)["totals"]["totalTokens"])
 
         target_file = max(sessions.rglob("*.jsonl"), key=lambda p: p.stat().st_size)
+        # The cold runs' databases and snapshots are still being written back: a run's commit
+        # (fsync, on ext4 a journal commit) would wait for them. A scheduled run comes long after.
+        os.sync()
         incremental: list[Measured] = []
         theirs_again: list[Measured] = []
         for attempt in range(repeat):
@@ -251,7 +252,9 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
             theirs_again.append(ccusage_monthly(launcher, config_dirs))
         publish = [timed_publish(sessions, db, target_file, repeat + attempt) for attempt in range(repeat)]
         append_call(target_file, 2 * repeat)
-        memory.append(sessionpipe_run(sessions, db, sample=True))
+        memory = [sessionpipe_run(sessions, db, sample=True)]  # after the timed runs, as they were
+        memory.append(sessionpipe_run(sessions, scratch / "sampled.duckdb", sample=True))
+        theirs_memory = ccusage_monthly(launcher, config_dirs, sample=True)
         files = sum(1 for _ in sessions.rglob("*.jsonl"))
     return CorpusRun(
         size,

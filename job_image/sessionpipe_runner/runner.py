@@ -477,6 +477,7 @@ def run(
                 job.sigterm.check()
                 _settle(summary)
                 job.finish(con)
+                freeing.join()  # it removes retired copies: not the one this publish makes the spare
                 _publish(job)
             except LeaseNotAcquired as error:
                 summary.outcome, summary.exit_code = OUTCOME_LEASE_NOT_ACQUIRED, EXIT_LEASE_NOT_ACQUIRED
