@@ -86,7 +86,12 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
 def _patch(spare: Path, database: Path) -> bool:
     """Make ``spare`` a byte-for-byte copy of ``database`` by writing what differs; ``False`` when
     it is not there, has another name too, is open in a reader, or patching fails (then it is not
-    used, whatever it now holds)."""
+    used, whatever it now holds).
+
+    A reader is seen by its lock only from another process: POSIX record locks never conflict
+    within one, and closing any descriptor of a file drops the process's locks on it. No process
+    that publishes also reads the snapshot (the dashboard and ``report`` only read).
+    """
     if not hasattr(os, "preadv"):  # not on macOS: copy instead
         return False
     try:
