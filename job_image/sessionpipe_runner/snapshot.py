@@ -53,8 +53,9 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
     no spare, every byte is copied. Patching reads the spare only where it is in the page cache;
     a chunk that is not is written without comparing, as a copy would.
 
-    With ``retire_old`` the snapshot being replaced becomes the spare; without it (``forget``),
-    the rename frees it.
+    With ``retire_old`` the snapshot being replaced becomes the spare. Where clones are made, a
+    spare is never patched: the old snapshot stays retired instead, and the next run frees it
+    (:func:`free_retired_snapshots`). Without ``retire_old`` (``forget``), the rename frees it.
 
     If a step fails (a full disk, a directory in the way) or is interrupted, the temporary copy is
     removed: left behind, it would fill the disk the next run needs. A spare left half-patched is
@@ -65,15 +66,15 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
     spare = spare_path(database)
     fresh = temporary
     try:
-        if _clone(database, temporary):
-            pass
-        elif retire_old and _patch(spare, database):
-            fresh = spare
-        else:
-            shutil.copyfile(database, temporary)  # in-kernel (sendfile), but every byte
+        cloned = _clone(database, temporary)
+        if not cloned:
+            if retire_old and _patch(spare, database):
+                fresh = spare
+            else:
+                shutil.copyfile(database, temporary)  # in-kernel (sendfile), but every byte
         old = _retire(target) if retire_old else None
         fresh.replace(target)
-        if old is not None:
+        if old is not None and not cloned:
             with contextlib.suppress(OSError):  # else the next run frees it as a retired copy
                 old.replace(spare)
     except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from sessionpipe_runner import snapshot
 from sessionpipe_runner.snapshot import (
     CHUNK_BYTES,
     PAGE_BYTES,
     _write_differences,
+    free_retired_snapshots,
     publish_snapshot,
     remove_old_snapshots,
     snapshot_path,
@@ -236,3 +239,23 @@ def test_both_halves_are_patched_whatever_the_targets_length(tmp_path: Path, tar
     target.write_bytes(random.Random(target_bytes).randbytes(target_bytes))
     patch(source, target)
     assert target.read_bytes() == data
+
+
+def test_where_the_file_system_clones_the_old_snapshot_is_retired_not_kept_as_the_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone is always made first, so a spare would never be patched, only take disk space."""
+
+    def clone(source: Path, target: Path) -> bool:  # as FICLONE leaves it: a copy under the temporary name
+        shutil.copyfile(source, target)
+        return True
+
+    monkeypatch.setattr(snapshot, "_clone", clone)
+    db = tmp_path / "db.duckdb"
+    for content in (b"one", b"two"):
+        db.write_bytes(content)
+        publish_snapshot(db, retire_old=True)
+    assert not spare_path(db).exists()
+    assert [tmp_path.joinpath(name).read_bytes() for name in retired(db).values()] == [b"one"]
+    assert snapshot_path(db).read_bytes() == b"two"
+    assert free_retired_snapshots(db) == 1
