@@ -224,16 +224,8 @@ class Run:
         return candidates, len(candidates), sum(file.size for file, _ in candidates)
 
     def start_scan(self, *, background: bool = True) -> scanindex.PendingScan:
-        """Start the scan (in a thread, while the database opens): the lease must be held."""
-        settings = self.settings
-        self.pending_scan = scanindex.PendingScan(
-            settings.database,
-            settings.session_roots,
-            settings.user,
-            self.processor.name,
-            self.processor.version,
-            background=background,
-        )
+        """Start the scan (in a thread, while the database opens)."""
+        self.pending_scan = scanindex.PendingScan.of_run(self.settings, self.processor, background=background)
         return self.pending_scan
 
     def save_scan_index(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -444,16 +436,21 @@ def run(
     processor: Processor,
     lease: Lease,
     on_progress: Callable[[Progress], None] | None = None,
+    *,
+    scan: scanindex.PendingScan | None = None,
 ) -> RunSummary:
     """Run ``processor`` once under ``lease``; every ending is a summary with an exit code.
 
     ``on_progress`` is called with the run's :class:`Progress` once the candidates are known and
-    after each one is dealt with (it throttles itself).
+    after each one is dealt with (it throttles itself). ``scan``, if given, is this run's scan,
+    started early (:meth:`.PendingScan.of_run`); else the run starts it once it holds the lease.
+    Either way, the walk has ended when this returns.
 
     Raises nothing for run-level problems: they become the summary's outcome. (Bad settings are
     the caller's to reject before calling.)
     """
     job = Run(settings, processor, lease, on_progress)
+    job.pending_scan = scan
     summary = job.summary
     holding = False
     freeing: threading.Thread | None = None
@@ -470,7 +467,8 @@ def run(
                     summary.issues["stale_snapshot_copy_removed"] += stale
                 freeing = snapshot.free_retired_snapshots_in_background(settings.database)
                 job.phase = Phase.WRITING
-                job.start_scan()
+                if job.pending_scan is None:
+                    job.start_scan()
                 con = job.open(waiting_until)
                 job.process_all(con)
                 job.save_scan_index(con)
@@ -501,6 +499,8 @@ def run(
                     summary.message = work.error_text(error)
                     _close_after_failure(job)
     finally:
+        if job.pending_scan is not None:
+            job.pending_scan.join()
         job.join_writes()
         if freeing is not None:
             freeing.join()

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     import duckdb
     from sessionpipe_native import ScanIndex
 
+    from sessionpipe_runner.processors.base import Processor
+    from sessionpipe_runner.settings import RunSettings
+
 log = logging.getLogger(__name__)
 
 #: ``off`` makes every run compare its whole scan with the state, as without an index.
@@ -113,6 +116,11 @@ class PendingScan:
     :meth:`compare` then checks that index against the state (the summary the file says it was
     made at), and if it cannot be trusted, scans again without it: a stale index costs a second
     walk, never a wrong plan.
+
+    So a scan may start before the lease is held (``sessionpipe run`` starts it before it loads
+    the runner): it only reads, the index file is replaced whole (read old or new, never torn),
+    and whatever another writer changed in between makes the index stale at :meth:`compare`, which
+    runs under the lease.
     """
 
     def __init__(
@@ -139,6 +147,18 @@ class PendingScan:
         else:
             self._walk()
 
+    @classmethod
+    def of_run(cls, settings: RunSettings, processor: Processor, *, background: bool = True) -> PendingScan:
+        """The scan of a run of ``processor`` with ``settings``, started."""
+        return cls(
+            settings.database,
+            settings.session_roots,
+            settings.user,
+            processor.name,
+            processor.version,
+            background=background,
+        )
+
     def _walk(self) -> None:
         try:
             self.index, self.indexed, self.reason = _read_index(self.database, self.roots, self.processor, self.version)
@@ -146,10 +166,14 @@ class PendingScan:
         except BaseException as error:  # handed to the run's thread by compare()
             self._error = error
 
-    def compare(self, con: duckdb.DuckDBPyConnection) -> Scanned:
-        """The scan and its comparison with the state (waits for the scan)."""
+    def join(self) -> None:
+        """Wait for the walk (a run that ends before it compares does, so no walk outlives it)."""
         if self._thread is not None:
             self._thread.join()
+
+    def compare(self, con: duckdb.DuckDBPyConnection) -> Scanned:
+        """The scan and its comparison with the state (waits for the scan)."""
+        self.join()
         if self._error is not None:
             raise self._error
         scan, index, processor, user = self._scan, self.index, self.processor, self.user

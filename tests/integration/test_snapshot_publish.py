@@ -22,7 +22,10 @@ from sessionpipe_runner import snapshot
 from sessionpipe_runner.snapshot import (
     CHUNK_BYTES,
     PAGE_BYTES,
+    SPAN_BYTES,
+    Digests,
     _write_differences,
+    digests_path,
     free_retired_snapshots,
     publish_snapshot,
     remove_old_snapshots,
@@ -188,9 +191,14 @@ def test_whatever_the_spare_holds_the_patched_snapshot_is_the_database_byte_for_
     assert rows(snapshot_path(db), "SELECT count(*) FROM t") == [(1000,)]
 
 
-def patch(source: Path, target: Path) -> int:
+def patch(source: Path, target: Path, known: Digests | None = None) -> int:
     with source.open("rb") as ours, target.open("r+b") as theirs:
-        return _write_differences(ours.fileno(), theirs.fileno(), target.stat().st_size)
+        return _write_differences(ours.fileno(), theirs.fileno(), target.stat().st_size, known).written
+
+
+def digests_of(path: Path, seed: int = 7) -> Digests:
+    with path.open("rb") as source, (path.parent / "scratch").open("w+b") as scratch:
+        return _write_differences(source.fileno(), scratch.fileno(), 0, Digests(seed, [])).digests
 
 
 def test_only_the_pages_that_differ_are_written_and_a_chunk_not_in_the_page_cache_is_written_whole(
@@ -259,3 +267,98 @@ def test_where_the_file_system_clones_the_old_snapshot_is_retired_not_kept_as_th
     assert [tmp_path.joinpath(name).read_bytes() for name in retired(db).values()] == [b"one"]
     assert snapshot_path(db).read_bytes() == b"two"
     assert free_retired_snapshots(db) == 1
+
+
+def test_with_the_targets_digests_only_the_spans_whose_digest_differs_are_written(tmp_path: Path) -> None:
+    """The digests stand for the target's bytes: a span they call equal is not read, nor written."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    data = random.Random(3).randbytes(3 * CHUNK_BYTES + 100)
+    target.write_bytes(data)
+    known = digests_of(target)
+    assert len(known.values) == -(-len(data) // SPAN_BYTES)
+    changed = bytearray(data)
+    for offset in (5, SPAN_BYTES + 1, CHUNK_BYTES + 3 * SPAN_BYTES):
+        changed[offset] ^= 0xFF
+    source.write_bytes(bytes(changed) + b"longer")
+    unknown_to_the_digests = bytearray(data)
+    unknown_to_the_digests[2 * CHUNK_BYTES] ^= 0xFF  # the target changed behind its digests' back
+    target.write_bytes(unknown_to_the_digests)
+    assert patch(source, target, known) == 3 * SPAN_BYTES + 100 + len(b"longer")  # spans 0, 1, 19 and the tail
+    assert target.read_bytes()[: 2 * CHUNK_BYTES] == changed[: 2 * CHUNK_BYTES]
+    assert target.read_bytes()[2 * CHUNK_BYTES] != changed[2 * CHUNK_BYTES]  # trusted, so not read
+    assert patch(source, target) == PAGE_BYTES  # compared, without digests: the page found different
+    assert target.read_bytes() == bytes(changed) + b"longer"
+
+    shorter = bytes(changed[: CHUNK_BYTES + 10])
+    source.write_bytes(shorter)
+    assert patch(source, target, digests_of(target)) == 10  # the last span is shorter: written; the rest cut
+    assert target.read_bytes() == shorter
+
+
+def test_a_patch_keeps_the_digests_of_what_it_made_and_the_patch_after_the_next_uses_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "db.duckdb"
+    used: list[bool] = []
+    original = snapshot._write_differences
+
+    def spying(source_fd: int, target_fd: int, target_size: int, known: Digests | None = None) -> snapshot.Patched:
+        used.append(known is not None)
+        return original(source_fd, target_fd, target_size, known)
+
+    monkeypatch.setattr(snapshot, "_write_differences", spying)
+    for count in (1000, 2000, 3000, 4000, 5000):
+        write_rows(db, count)
+        publish_snapshot(db, retire_old=True)
+        assert snapshot_path(db).read_bytes() == db.read_bytes()
+    # Copies the first two times (no spare); then the two copies, patched by comparing (a copy has
+    # no digests); then the first of them again, through the digests its patch left.
+    assert used == [False, False, True]
+    kept = {digests_path(db, path.stat().st_ino).name for path in (snapshot_path(db), spare_path(db))}
+    assert {path.name for path in tmp_path.glob("*.digests*")} == kept
+    assert rows(snapshot_path(db), "SELECT count(*) FROM t") == [(5000,)]
+
+
+def test_digests_of_a_spare_written_since_or_garbled_are_refused(tmp_path: Path) -> None:
+    db = tmp_path / "db.duckdb"
+    for count in (1000, 2000, 3000, 4000):  # the spare now is a patch, with digests
+        write_rows(db, count)
+        publish_snapshot(db, retire_old=True)
+    spare = spare_path(db)
+    info = spare.stat()
+    assert snapshot._known_digests(db, info) is not None
+
+    with spare.open("r+b") as handle:  # a byte changed: the modification time moves on
+        handle.seek(CHUNK_BYTES // 2)
+        handle.write(b"\x00")
+    assert snapshot._known_digests(db, spare.stat()) is None
+    write_rows(db, 5000)
+    publish_snapshot(db, retire_old=True)
+    assert snapshot_path(db).read_bytes() == db.read_bytes()
+
+    spare = spare_path(db)
+    path = digests_path(db, spare.stat().st_ino)
+    whole = path.read_bytes()
+    for garbled in (whole[:-1], whole[:-16], whole.replace(b'"span": 65536', b'"span": 4096'), b"", b"{}\n"):
+        path.write_bytes(garbled)
+        assert snapshot._known_digests(db, spare.stat()) is None
+    path.write_bytes(whole)
+    assert snapshot._known_digests(db, spare.stat()) is not None
+
+
+def test_a_patch_interrupted_leaves_no_digests_of_the_spare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "db.duckdb"
+    for count in (1000, 2000, 3000, 4000):  # the spare now is a patch, with digests
+        write_rows(db, count)
+        publish_snapshot(db, retire_old=True)
+    spare_inode = spare_path(db).stat().st_ino
+    assert digests_path(db, spare_inode).exists()
+
+    def interrupted(*args: object) -> snapshot.Patched:
+        raise OSError("interrupted half way")
+
+    monkeypatch.setattr(snapshot, "_write_differences", interrupted)
+    write_rows(db, 5000)
+    publish_snapshot(db, retire_old=True)  # copied instead
+    assert snapshot_path(db).read_bytes() == db.read_bytes()
+    assert not digests_path(db, spare_inode).exists()

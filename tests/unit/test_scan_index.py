@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from sessionpipe_contract import EXIT_OK
+from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK
 from sessionpipe_runner import scan, scanindex, store
+from sessionpipe_runner.cli import main
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.usage import UsageProcessor
 from sessionpipe_runner.runner import RunSettings, run
@@ -297,13 +299,22 @@ LINE = (
 )
 
 
-def _usage_run(sessions: Path, db: Path, monkeypatch: pytest.MonkeyPatch, index: bool) -> tuple[Any, ...]:
+def _usage_settings(sessions: Path, db: Path) -> RunSettings:
+    return RunSettings(processor="usage", sessions=sessions, database=db, lease_wait_seconds=5, workers=1)
+
+
+def _usage_run(
+    sessions: Path,
+    db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    index: bool,
+    scan: scanindex.PendingScan | None = None,
+) -> tuple[Any, ...]:
     if index:
         monkeypatch.delenv(scanindex.ENV_SCAN_INDEX, raising=False)
     else:
         monkeypatch.setenv(scanindex.ENV_SCAN_INDEX, scanindex.OFF)
-    settings = RunSettings(processor="usage", sessions=sessions, database=db, lease_wait_seconds=5, workers=1)
-    summary = run(settings, UsageProcessor(), FileLease(db, "usage"))
+    summary = run(_usage_settings(sessions, db), UsageProcessor(), FileLease(db, "usage"), scan=scan)
     assert summary.exit_code == EXIT_OK, summary.message
     with duckdb.connect(str(db), read_only=True) as con:
         state = con.execute(
@@ -321,15 +332,7 @@ def test_runs_through_the_index_end_as_runs_without_it(tmp_path: Path, monkeypat
     for number, path in enumerate(paths):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(LINE % (1, number, number, number))
-    used: list[str] = []
-    original = scanindex.PendingScan.compare
-
-    def spying(pending: scanindex.PendingScan, con: Any) -> Scanned:
-        scanned = original(pending, con)
-        used.append(scanned.not_used)
-        return scanned
-
-    monkeypatch.setattr(scanindex.PendingScan, "compare", spying)
+    used = _spy_on_comparisons(monkeypatch)
     changes = [
         lambda: None,  # nothing changed
         lambda: paths[0].open("a").write(LINE % (2, 100, 100, 5)),  # grown: its tail is read
@@ -427,3 +430,101 @@ def test_the_index_file_is_written_while_the_run_finishes(tmp_path: Path, monkey
     _usage_run(sessions, db, monkeypatch, index=True)
     assert writers == ["scan-index", "scan-index"]
     assert index_path(db, PROCESSOR).read_bytes().count(b"\n") == 2  # the header and the one file's row, whole
+
+
+def _spy_on_comparisons(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Why each comparison from now on went without the index ("" when it used it)."""
+    used: list[str] = []
+    original = scanindex.PendingScan.compare
+
+    def spying(pending: scanindex.PendingScan, con: Any) -> Scanned:
+        scanned = original(pending, con)
+        used.append(scanned.not_used)
+        return scanned
+
+    monkeypatch.setattr(scanindex.PendingScan, "compare", spying)
+    return used
+
+
+def test_the_run_command_starts_the_walk_before_it_takes_the_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sessions, db = tmp_path / "sessions", tmp_path / "usage.duckdb"
+    (sessions / "alice" / "-p").mkdir(parents=True)
+    (sessions / "alice" / "-p" / "s.jsonl").write_text(LINE % (1, 1, 1, 1))
+    events: list[str] = []
+    original_start, original_acquire = scanindex.PendingScan.__init__, FileLease.acquire
+
+    def starting(pending: scanindex.PendingScan, *args: Any, **kwargs: Any) -> None:
+        events.append("scan starts")
+        original_start(pending, *args, **kwargs)
+
+    def acquiring(lease: FileLease, wait_seconds: float) -> int:
+        events.append("lease taken")
+        return original_acquire(lease, wait_seconds)
+
+    monkeypatch.setattr(scanindex.PendingScan, "__init__", starting)
+    monkeypatch.setattr(FileLease, "acquire", acquiring)
+    used = _spy_on_comparisons(monkeypatch)
+    arguments = ["run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
+    assert main(arguments) == EXIT_OK
+    assert events == ["scan starts", "lease taken"]
+    assert '"processed": 1' in capsys.readouterr().out
+    (sessions / "alice" / "-p" / "s.jsonl").open("a").write(LINE % (2, 2, 2, 2))
+    assert main(arguments) == EXIT_OK
+    assert events[2:] == ["scan starts", "lease taken"] and used == ["missing", ""]  # the second run trusted the index
+
+
+def test_a_scan_started_before_another_writers_run_finds_the_index_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan started before the lease reads the index another writer then replaces: the
+    comparison, under the lease, refuses it and walks again, and the run ends as one without the
+    index ends."""
+    sessions = tmp_path / "sessions"
+    paths = [sessions / f"user{number % 2}" / "-p" / f"s{number}.jsonl" for number in range(4)]
+    for number, path in enumerate(paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(LINE % (1, number, number, number))
+    indexed, reference = tmp_path / "index.duckdb", tmp_path / "reference.duckdb"
+    _usage_run(sessions, indexed, monkeypatch, index=True)
+    _usage_run(sessions, reference, monkeypatch, index=False)
+    monkeypatch.delenv(scanindex.ENV_SCAN_INDEX, raising=False)
+    early = scanindex.PendingScan.of_run(_usage_settings(sessions, indexed), UsageProcessor())
+    early.join()  # it has read the index and walked
+
+    paths[0].open("a").write(LINE % (2, 100, 100, 5))  # another writer runs meanwhile
+    _usage_run(sessions, indexed, monkeypatch, index=True)
+    _usage_run(sessions, reference, monkeypatch, index=False)
+    paths[1].open("a").write(LINE % (3, 200, 200, 7))  # after the early walk: only a second walk sees it
+    used = _spy_on_comparisons(monkeypatch)
+    late = _usage_run(sessions, indexed, monkeypatch, index=True, scan=early)
+    assert used == ["stale"]
+    assert late == _usage_run(sessions, reference, monkeypatch, index=False)
+    assert late[0][2] == 1  # the file grown after the early walk was processed
+
+
+def test_a_run_that_cannot_take_the_lease_waits_for_its_early_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, db = tmp_path / "sessions", tmp_path / "usage.duckdb"
+    (sessions / "alice" / "-p").mkdir(parents=True)
+    (sessions / "alice" / "-p" / "s.jsonl").write_text(LINE % (1, 1, 1, 1))
+    original = scanindex.scan_roots
+
+    def slow_walk(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # longer than the run takes to give up on the lease
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scanindex, "scan_roots", slow_walk)
+    holder = FileLease(db, "usage")
+    holder.acquire(0)
+    try:
+        settings = RunSettings(processor="usage", sessions=sessions, database=db, lease_wait_seconds=0)
+        early = scanindex.PendingScan.of_run(settings, UsageProcessor())
+        summary = run(settings, UsageProcessor(), FileLease(db, "usage"), scan=early)
+    finally:
+        holder.release()
+    assert summary.exit_code == EXIT_LEASE_NOT_ACQUIRED
+    assert early._thread is not None and not early._thread.is_alive()
+    assert not db.exists()  # nothing was written
