@@ -202,7 +202,7 @@ class Run:
         """Scan the volume and decide: the candidates, each with what the store knows of its
         content, and how many they are and their bytes."""
         version = self.processor.version
-        scanned = (self.pending_scan or self.start_scan(background=False)).compare(con)
+        scanned = (self.pending_scan or self.start_scan(background=False)).compare(con, version)
         scan, compared, self.scan_index = scanned.scan, scanned.compared, scanned.trusted
         self.summary.issues.update(scan.issues)
         self.summary.scanned = len(scan)
@@ -225,7 +225,7 @@ class Run:
 
     def start_scan(self, *, background: bool = True) -> scanindex.PendingScan:
         """Start the scan (in a thread, while the database opens)."""
-        self.pending_scan = scanindex.PendingScan.of_run(self.settings, self.processor, background=background)
+        self.pending_scan = scanindex.PendingScan.of_run(self.settings, background=background)
         return self.pending_scan
 
     def save_scan_index(self, con: duckdb.DuckDBPyConnection) -> None:

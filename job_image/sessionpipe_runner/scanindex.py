@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     import duckdb
     from sessionpipe_native import ScanIndex
 
-    from sessionpipe_runner.processors.base import Processor
     from sessionpipe_runner.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ def scan_and_compare(
 ) -> Scanned:
     """Scan ``roots`` and compare the scan with ``processor``'s state, through the scan index
     when it can be trusted, else as :func:`~.store.state.compare_scan` does (the same result)."""
-    return PendingScan(database, roots, user, processor, version, background=False).compare(con)
+    return PendingScan(database, roots, user, processor, background=False).compare(con, version)
 
 
 class PendingScan:
@@ -129,14 +128,14 @@ class PendingScan:
         roots: Sequence[Path],
         user: str | None,
         processor: str,
-        version: str,
         *,
         background: bool = True,
     ) -> None:
-        self.database, self.roots, self.user = database, list(roots), user
-        self.processor, self.version = processor, version
+        self.database, self.roots, self.user, self.processor = database, list(roots), user, processor
         self.index: ScanIndex | None = None
         self.indexed: StateSummary | None = None
+        #: The processor version the index was made for (checked by :meth:`compare`).
+        self.indexed_version = ""
         self.reason = ""
         self._scan: ScanResult | None = None
         self._error: BaseException | None = None
@@ -148,20 +147,14 @@ class PendingScan:
             self._walk()
 
     @classmethod
-    def of_run(cls, settings: RunSettings, processor: Processor, *, background: bool = True) -> PendingScan:
-        """The scan of a run of ``processor`` with ``settings``, started."""
-        return cls(
-            settings.database,
-            settings.session_roots,
-            settings.user,
-            processor.name,
-            processor.version,
-            background=background,
-        )
+    def of_run(cls, settings: RunSettings, *, background: bool = True) -> PendingScan:
+        """The scan of a run with ``settings``, started (the processor need not be loaded yet)."""
+        return cls(settings.database, settings.session_roots, settings.user, settings.processor, background=background)
 
     def _walk(self) -> None:
         try:
-            self.index, self.indexed, self.reason = _read_index(self.database, self.roots, self.processor, self.version)
+            found = _read_index(self.database, self.roots, self.processor)
+            self.index, self.indexed, self.indexed_version, self.reason = found
             self._scan = scan_roots(self.roots, self.user, self.index)
         except BaseException as error:  # handed to the run's thread by compare()
             self._error = error
@@ -171,15 +164,19 @@ class PendingScan:
         if self._thread is not None:
             self._thread.join()
 
-    def compare(self, con: duckdb.DuckDBPyConnection) -> Scanned:
-        """The scan and its comparison with the state (waits for the scan)."""
+    def compare(self, con: duckdb.DuckDBPyConnection, version: str) -> Scanned:
+        """The scan and its comparison with the state of ``version`` of the processor (waits for
+        the scan). An index made for another version settles nothing of this one: the scan it
+        filtered is made again without it."""
         self.join()
         if self._error is not None:
             raise self._error
         scan, index, processor, user = self._scan, self.index, self.processor, self.user
         assert scan is not None
         reason = self.reason
-        if index is not None and state_summary(con, processor) != self.indexed:
+        if index is not None and self.indexed_version != version:
+            index, reason = None, "other_version"  # every file is processed again: nothing to leave out
+        elif index is not None and state_summary(con, processor) != self.indexed:
             index, reason = None, "stale"
         if index is not None:
             if not scan.index_unusable:
@@ -198,7 +195,7 @@ class PendingScan:
         if self.index is not None:  # the scan was filtered through an index not to be trusted
             scan = scan_roots(self.roots, user)
         keys = (scan.keys, scan.sizes, scan.mtimes)
-        return Scanned(scan, compare_scan(con, processor, self.version, user, keys), reason)
+        return Scanned(scan, compare_scan(con, processor, version, user, keys), reason)
 
 
 def _note(reason: str) -> None:
@@ -209,36 +206,36 @@ def _note(reason: str) -> None:
 
 
 def _read_index(
-    database: Path, roots: Sequence[Path], processor: str, version: str
-) -> tuple[ScanIndex | None, StateSummary | None, str]:
-    """The scan index from its file, if it may filter this scan, with the state summary it was
-    made at (still to be checked against the state: :meth:`PendingScan.compare`); else why not."""
+    database: Path, roots: Sequence[Path], processor: str
+) -> tuple[ScanIndex | None, StateSummary | None, str, str]:
+    """The scan index from its file, if it may filter this scan, with the state summary and the
+    processor version it was made at (still to be checked: :meth:`PendingScan.compare`); else why
+    not."""
     if os.environ.get(ENV_SCAN_INDEX) == OFF:
-        return None, None, "disabled"
+        return None, None, "", "disabled"
     listing = compiled_listing()
     if listing is None or not hasattr(listing, "ScanIndex"):
-        return None, None, "python_listing"
+        return None, None, "", "python_listing"
     if len(roots) != 1:
-        return None, None, "several_roots"
+        return None, None, "", "several_roots"
     try:
         data = index_path(database, processor).read_bytes()
     except FileNotFoundError:
-        return None, None, "missing"
+        return None, None, "", "missing"
     except OSError:
-        return None, None, "unreadable"
+        return None, None, "", "unreadable"
     offset = data.find(b"\n") + 1  # the body is handed over in place: no copy of it here
     fields = _header(data[: offset - 1] if offset else data)
     if fields is None:
-        return None, None, "malformed"
+        return None, None, "", "malformed"
     if fields["processor"] != processor:
-        return None, None, "foreign"
-    if fields["version"] != version:
-        return None, None, "other_version"  # every file is processed again: nothing to leave out
+        return None, None, "", "foreign"
     indexed = StateSummary(fields["rows"], fields["hashes"])
     try:
-        return listing.ScanIndex(data, offset or len(data), indexed.rows, fields["checksum"]), indexed, ""
+        index = listing.ScanIndex(data, offset or len(data), indexed.rows, fields["checksum"])
     except (ValueError, OverflowError):
-        return None, None, "malformed"
+        return None, None, "", "malformed"
+    return index, indexed, fields["version"], ""
 
 
 def _header(line: bytes) -> dict[str, Any] | None:

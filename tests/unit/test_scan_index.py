@@ -21,9 +21,11 @@ from typing import Any
 import duckdb
 import pytest
 
-from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK
+from sessionpipe_contract import EXIT_LEASE_NOT_ACQUIRED, EXIT_OK, EXIT_USAGE
 from sessionpipe_runner import scan, scanindex, store
 from sessionpipe_runner.cli import main
+from sessionpipe_runner.commands import run as run_command
+from sessionpipe_runner.commands.common import load_processor
 from sessionpipe_runner.lease.file import FileLease
 from sessionpipe_runner.processors.usage import UsageProcessor
 from sessionpipe_runner.runner import RunSettings, run
@@ -437,8 +439,8 @@ def _spy_on_comparisons(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     used: list[str] = []
     original = scanindex.PendingScan.compare
 
-    def spying(pending: scanindex.PendingScan, con: Any) -> Scanned:
-        scanned = original(pending, con)
+    def spying(pending: scanindex.PendingScan, con: Any, version: str) -> Scanned:
+        scanned = original(pending, con, version)
         used.append(scanned.not_used)
         return scanned
 
@@ -463,16 +465,42 @@ def test_the_run_command_starts_the_walk_before_it_takes_the_lease(
         events.append("lease taken")
         return original_acquire(lease, wait_seconds)
 
+    def loading(name: str) -> Any:
+        events.append("processor loaded")
+        return load_processor(name)
+
     monkeypatch.setattr(scanindex.PendingScan, "__init__", starting)
     monkeypatch.setattr(FileLease, "acquire", acquiring)
+    monkeypatch.setattr(run_command, "load_processor", loading)
     used = _spy_on_comparisons(monkeypatch)
     arguments = ["run", "--processor", "usage", "--sessions", str(sessions), "--db", str(db), "--json"]
     assert main(arguments) == EXIT_OK
-    assert events == ["scan starts", "lease taken"]
+    assert events == ["scan starts", "processor loaded", "lease taken"]
     assert '"processed": 1' in capsys.readouterr().out
     (sessions / "alice" / "-p" / "s.jsonl").open("a").write(LINE % (2, 2, 2, 2))
     assert main(arguments) == EXIT_OK
-    assert events[2:] == ["scan starts", "lease taken"] and used == ["missing", ""]  # the second run trusted the index
+    assert events[3:] == ["scan starts", "processor loaded", "lease taken"]
+    assert used == ["missing", ""]  # the second run trusted the index the first wrote
+
+
+def test_a_run_of_a_processor_not_installed_waits_for_its_early_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sessions = tmp_path / "sessions"
+    (sessions / "alice" / "-p").mkdir(parents=True)
+    walks: list[threading.Thread] = []
+    original = scanindex.scan_roots
+
+    def slow_walk(*args: Any, **kwargs: Any) -> Any:
+        walks.append(threading.current_thread())
+        time.sleep(0.3)  # longer than the command takes to refuse the name
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scanindex, "scan_roots", slow_walk)
+    arguments = ["run", "--processor", "nope", "--sessions", str(sessions), "--db", str(tmp_path / "db.duckdb")]
+    assert main(arguments) == EXIT_USAGE
+    assert "no processor named 'nope'" in capsys.readouterr().err
+    assert len(walks) == 1 and not walks[0].is_alive()
 
 
 def test_a_scan_started_before_another_writers_run_finds_the_index_stale(
@@ -490,7 +518,7 @@ def test_a_scan_started_before_another_writers_run_finds_the_index_stale(
     _usage_run(sessions, indexed, monkeypatch, index=True)
     _usage_run(sessions, reference, monkeypatch, index=False)
     monkeypatch.delenv(scanindex.ENV_SCAN_INDEX, raising=False)
-    early = scanindex.PendingScan.of_run(_usage_settings(sessions, indexed), UsageProcessor())
+    early = scanindex.PendingScan.of_run(_usage_settings(sessions, indexed))
     early.join()  # it has read the index and walked
 
     paths[0].open("a").write(LINE % (2, 100, 100, 5))  # another writer runs meanwhile
@@ -521,7 +549,7 @@ def test_a_run_that_cannot_take_the_lease_waits_for_its_early_walk(
     holder.acquire(0)
     try:
         settings = RunSettings(processor="usage", sessions=sessions, database=db, lease_wait_seconds=0)
-        early = scanindex.PendingScan.of_run(settings, UsageProcessor())
+        early = scanindex.PendingScan.of_run(settings)
         summary = run(settings, UsageProcessor(), FileLease(db, "usage"), scan=early)
     finally:
         holder.release()

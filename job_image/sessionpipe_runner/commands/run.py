@@ -137,20 +137,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     settings = run_settings(args, os.environ)
-    processor = load_processor(settings.processor)
-    # The walk (kernel work, in a thread, without the GIL) starts before the runner's modules
-    # load and the lease is taken: on an incremental run it is the longest part, and the imports
-    # (~15 ms) can go on beside it on a second core.
-    scan = PendingScan.of_run(settings, processor)
-    from sessionpipe_runner.lease.factory import make_lease
-    from sessionpipe_runner.progress import ProgressLog, TerminalBar
-    from sessionpipe_runner.runner import run
-
+    # The walk (kernel work, in a thread, without the GIL) starts before the processor and the
+    # runner's modules load and the lease is taken: on an incremental run it is the longest part,
+    # and the loading (~25 ms) can go on beside it on a second core.
+    scan = PendingScan.of_run(settings)
     try:
+        processor = load_processor(settings.processor)
+        from sessionpipe_runner.lease.factory import make_lease
+
         lease = make_lease(lease_settings(args, settings.environ), settings)
     except BaseException:
         scan.join()
         raise
+    from sessionpipe_runner.progress import ProgressLog, TerminalBar
+    from sessionpipe_runner.runner import run
+
     shown = TerminalBar(sys.stderr) if sys.stderr.isatty() else ProgressLog()
     try:
         summary = run(settings, processor, lease, progress_reporter(shown, lease), scan=scan)
