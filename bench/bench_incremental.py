@@ -4,7 +4,8 @@
 
 On a working copy of a generated corpus (``gen_corpus.py``; the cached corpus is never modified),
 one untimed ``sessionpipe run`` builds the database; then, ``--repeat`` times: one more API call is
-appended to the largest file and ``sessionpipe run`` takes it in, then (with ``--base``) one more
+appended to the largest file and ``sessionpipe run`` takes it in (after the untimed settling runs
+of ``bench_usage.SETTLING_RUNS``), then (with ``--base``) one more
 call is appended and the build in ``DIR`` (a checkout whose ``job_image`` and ``common`` go on
 ``PYTHONPATH``, e.g. ``git archive <commit> | tar -x -C DIR``) takes it in, on its own copy of the
 database (so that neither build's runs change the state the other's next run starts from), then ccusage re-reads
@@ -18,6 +19,7 @@ measurement of ``bench_usage``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -34,12 +36,15 @@ sys.path.insert(0, str(REPO))  # run as a script or as a module (-m)
 
 from bench.bench_usage import (  # noqa: E402
     MB,
+    SETTLING_FIRST_NUMBER,
+    SETTLING_RUNS,
     append_call,
     ccusage_config_dirs,
     ccusage_env,
     corpus_bytes,
     installed_env,
     our_total_tokens,
+    settle,
     timed_publish,
     warm_page_cache,
 )
@@ -94,6 +99,7 @@ class IncrementalRun:
     ours: list[Timed] = field(default_factory=list)
     base: list[Timed] = field(default_factory=list)
     theirs: list[Timed] = field(default_factory=list)
+    settling: list[Timed] = field(default_factory=list)  # untimed in the ratio (bench_usage.SETTLING_RUNS)
     publish: list[float] = field(default_factory=list)
     our_tokens: int = 0
     their_tokens: int = 0
@@ -125,6 +131,10 @@ def measure_incremental(source: Path, launcher: Path, repeat: int, base: Path | 
             base_db = scratch / "base.duckdb"
             shutil.copyfile(db, base_db)
             variants.append((result.base, base_env(base), sessionpipe_command(sessions, base_db, as_module=True)))
+        for position, (_, env, variant_command) in enumerate(variants):
+            first = SETTLING_FIRST_NUMBER + position * SETTLING_RUNS
+            result.settling.extend(settle(target_file, functools.partial(run_timed, variant_command, env), first))
+        os.sync()  # the settling runs' writes too
         number = 0
         for _ in range(repeat):
             for runs, env, variant_command in variants:
@@ -159,6 +169,7 @@ def report(result: IncrementalRun) -> list[str]:
                 f"  {name}: incremental {wall:.3f}s wall, {cpu:.3f}s CPU (medians) = {theirs / wall:.1f}x ccusage"
                 f" ({_runs(runs)})"
             )
+    lines.append(f"  the {SETTLING_RUNS} settling runs of each build before them: {_runs(result.settling)}")
     publish = statistics.median(result.publish)
     ours = statistics.median(m.wall for m in result.ours)
     lines.append(f"  snapshot publish {publish:.3f}s = {publish / ours:.0%} of this build's incremental run")

@@ -7,7 +7,8 @@
    ``ccusage claude monthly --json --offline`` over the same files (one ``CLAUDE_CONFIG_DIR`` per
    user), as a ratio; both with the files in the page cache (a warm-up pass reads them first);
 2. incremental run: one session file gets one more line, then ``sessionpipe run`` again, beside
-   ccusage's full re-read (it has no state), as a ratio;
+   ccusage's full re-read (it has no state), as a ratio; timed after :data:`SETTLING_RUNS` such
+   runs that settle the snapshot's spare, whose times are printed too;
 3. peak memory of the sessionpipe run: its process and its worker processes together (PSS summed
    over the process tree, sampled; see ``memory.py``), with the RSS sum and the runner's own peak,
    in a cold and an incremental run of their own. The timed runs are not sampled: reading
@@ -30,9 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script (python bench/bench_usage.py) or as a module (-m)
@@ -133,6 +135,28 @@ def our_total_tokens(db: Path) -> int:
     return int(json.loads(result.stdout)["totals"]["totalTokens"])
 
 
+T = TypeVar("T")
+
+#: Incremental runs made, untimed, between the build of a database and the timed incremental runs.
+#: A database's snapshot settles in three publishes: the first finds no spare and copies; the next
+#: two patch spares that were copies, which have no digests, so they compare them with the
+#: database; from then on each publish patches the spare through its digests (docs/architecture.md,
+#: step 12), as every run of a scheduled processor does. Their times are printed beside the others.
+SETTLING_RUNS = 3
+#: The appended calls' numbers of the settling runs (the timed runs number theirs from 0).
+SETTLING_FIRST_NUMBER = 100_000
+
+
+def settle(target_file: Path, run: Callable[[], T], first: int = SETTLING_FIRST_NUMBER) -> list[T]:
+    """:data:`SETTLING_RUNS` incremental runs, each after one more call appended to ``target_file``
+    (numbered from ``first``)."""
+    settling = []
+    for number in range(first, first + SETTLING_RUNS):
+        append_call(target_file, number)
+        settling.append(run())
+    return settling
+
+
 def append_call(path: Path, number: int) -> None:
     """One more API call at the end of a session, as Claude Code appends it."""
     line = {
@@ -197,6 +221,7 @@ class CorpusRun:
     users: int
     cold: list[Measured]
     theirs_cold: list[Measured]
+    settling: list[Measured]  # the untimed incremental runs before the timed ones (:data:`SETTLING_RUNS`)
     incremental: list[Measured]
     theirs_again: list[Measured]
     our_tokens: int
@@ -238,6 +263,7 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
         their_tokens = int(json.loads(theirs_cold[-1].stdout)["totals"]["totalTokens"])
 
         target_file = max(sessions.rglob("*.jsonl"), key=lambda p: p.stat().st_size)
+        settling = settle(target_file, lambda: sessionpipe_run(sessions, db))
         # The cold runs' databases and snapshots are still being written back: a run's commit
         # (fsync, on ext4 a journal commit) would wait for them. A scheduled run comes long after.
         os.sync()
@@ -262,6 +288,7 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
         len(config_dirs),
         cold,
         theirs_cold,
+        settling,
         incremental,
         theirs_again,
         our_tokens,
@@ -306,6 +333,7 @@ def main() -> int:
         f"   (runs: {_list(theirs_cold)})   sessionpipe/ccusage speed ratio {ccusage_cold_s / cold_s:.2f}x"
     )
     print(f"incremental run: sessionpipe {incremental_s:.3f}s after appending one line (runs: {_list(incremental)})")
+    print(f"                 the {SETTLING_RUNS} settling runs before them: {_list(result.settling)}")
     print(f"                 ccusage re-reads everything: {ccusage_again_s:.2f}s   ratio {ratio:.1f}x")
     print(
         f"peak memory:     sessionpipe {peak:.0f} MB PSS over its {max(m.processes for m in ours)} processes "
