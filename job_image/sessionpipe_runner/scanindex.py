@@ -139,6 +139,7 @@ class PendingScan:
         self.reason = ""
         self._scan: ScanResult | None = None
         self._error: BaseException | None = None
+        self._index_read = threading.Event()  # set once the index's attributes are
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._walk, name="scan", daemon=True)
@@ -155,6 +156,7 @@ class PendingScan:
         try:
             found = _read_index(self.database, self.roots, self.processor)
             self.index, self.indexed, self.indexed_version, self.reason = found
+            self._index_read.set()
             self._scan = scan_roots(self.roots, self.user, self.index)
         except BaseException as error:  # handed to the run's thread by compare()
             self._error = error
@@ -168,6 +170,10 @@ class PendingScan:
         """The scan and its comparison with the state of ``version`` of the processor (waits for
         the scan). An index made for another version settles nothing of this one: the scan it
         filtered is made again without it."""
+        summary = None
+        walking = self._thread is not None and self._thread.is_alive()
+        if walking and self._index_read.is_set() and self.index is not None:
+            summary = state_summary(con, self.processor)  # while the walk goes on: it needs none of it
         self.join()
         if self._error is not None:
             raise self._error
@@ -176,7 +182,7 @@ class PendingScan:
         reason = self.reason
         if index is not None and self.indexed_version != version:
             index, reason = None, "other_version"  # every file is processed again: nothing to leave out
-        elif index is not None and state_summary(con, processor) != self.indexed:
+        elif index is not None and (summary if summary is not None else state_summary(con, processor)) != self.indexed:
             index, reason = None, "stale"
         if index is not None:
             if not scan.index_unusable:

@@ -503,12 +503,13 @@ def test_a_run_of_a_processor_not_installed_waits_for_its_early_walk(
     assert len(walks) == 1 and not walks[0].is_alive()
 
 
+@pytest.mark.parametrize("walk_held", [False, True], ids=["walked", "still_walking"])
 def test_a_scan_started_before_another_writers_run_finds_the_index_stale(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walk_held: bool
 ) -> None:
     """A scan started before the lease reads the index another writer then replaces: the
     comparison, under the lease, refuses it and walks again, and the run ends as one without the
-    index ends."""
+    index ends. The state is summed for that check while the walk goes on, if it still does."""
     sessions = tmp_path / "sessions"
     paths = [sessions / f"user{number % 2}" / "-p" / f"s{number}.jsonl" for number in range(4)]
     for number, path in enumerate(paths):
@@ -518,16 +519,37 @@ def test_a_scan_started_before_another_writers_run_finds_the_index_stale(
     _usage_run(sessions, indexed, monkeypatch, index=True)
     _usage_run(sessions, reference, monkeypatch, index=False)
     monkeypatch.delenv(scanindex.ENV_SCAN_INDEX, raising=False)
+    walks: list[threading.Thread] = []
+    released = threading.Event()
+    original_walk, original_summary = scanindex.scan_roots, scanindex.state_summary
+
+    def held_walk(*args: Any, **kwargs: Any) -> Any:
+        walks.append(threading.current_thread())
+        if len(walks) == 1 and walk_held:  # the early scan's walk, once it has read the index
+            released.wait(10)
+        return original_walk(*args, **kwargs)
+
+    monkeypatch.setattr(scanindex, "scan_roots", held_walk)
     early = scanindex.PendingScan.of_run(_usage_settings(sessions, indexed))
-    early.join()  # it has read the index and walked
+    if not walk_held:
+        early.join()  # it has read the index and walked
 
     paths[0].open("a").write(LINE % (2, 100, 100, 5))  # another writer runs meanwhile
     _usage_run(sessions, indexed, monkeypatch, index=True)
     _usage_run(sessions, reference, monkeypatch, index=False)
     paths[1].open("a").write(LINE % (3, 200, 200, 7))  # after the early walk: only a second walk sees it
+    summed_while_walking: list[bool] = []
+
+    def summing(*args: Any) -> Any:
+        summed_while_walking.append(walks[0].is_alive())
+        released.set()
+        return original_summary(*args)
+
+    monkeypatch.setattr(scanindex, "state_summary", summing)
     used = _spy_on_comparisons(monkeypatch)
     late = _usage_run(sessions, indexed, monkeypatch, index=True, scan=early)
     assert used == ["stale"]
+    assert summed_while_walking == [walk_held]
     assert late == _usage_run(sessions, reference, monkeypatch, index=False)
     assert late[0][2] == 1  # the file grown after the early walk was processed
 
