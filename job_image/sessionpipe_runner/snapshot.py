@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,29 +261,29 @@ def _differing_spans(
 ) -> list[tuple[int, int]]:
     """The runs of spans of the chunk at ``offset`` (its ``length`` bytes with digests ``chunk``)
     that differ from the target's: a span the target lacks, or has of another length, differs."""
-    runs: list[tuple[int, int]] = []
     first = offset // SPAN_BYTES
+    differing = []
     for number, digest in enumerate(chunk):
         start = number * SPAN_BYTES
         stop = min(start + SPAN_BYTES, length)
         theirs = min(SPAN_BYTES, target_size - offset - start)
         same = first + number < len(known.values) and theirs == stop - start and known.values[first + number] == digest
-        if same:
-            continue
-        if runs and runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], stop)
-        else:
-            runs.append((start, stop))
-    return runs
+        if not same:
+            differing.append((start, stop))
+    return _joined(differing)
 
 
 def _differing_pages(ours: bytearray, theirs: bytearray, length: int) -> list[tuple[int, int]]:
     """The runs of pages in the first ``length`` bytes where the two buffers differ."""
+    pages = ((start, min(start + PAGE_BYTES, length)) for start in range(0, length, PAGE_BYTES))
+    return _joined([(start, end) for start, end in pages if ours[start:end] != theirs[start:end]])
+
+
+def _joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` (in order, not overlapping) with each that starts where the one before ends
+    joined to it: one write each."""
     runs: list[tuple[int, int]] = []
-    for start in range(0, length, PAGE_BYTES):
-        end = min(start + PAGE_BYTES, length)
-        if ours[start:end] == theirs[start:end]:
-            continue
+    for start, end in ranges:
         if runs and runs[-1][1] == start:
             runs[-1] = (runs[-1][0], end)
         else:
@@ -311,13 +312,7 @@ def _known_digests(database: Path, info: os.stat_result) -> Digests | None:
         fields = json.loads(header)
     except ValueError:
         return None
-    expected = {
-        "format": DIGESTS_FORMAT,
-        "span": SPAN_BYTES,
-        "size": info.st_size,
-        "mtime_ns": info.st_mtime_ns,
-        "count": -(-info.st_size // SPAN_BYTES),
-    }
+    expected = _digests_header(info)
     if not isinstance(fields, dict) or any(fields.get(name) != value for name, value in expected.items()):
         return None
     seed, checksum = fields.get("seed"), fields.get("checksum")
@@ -330,19 +325,22 @@ def _known_digests(database: Path, info: os.stat_result) -> Digests | None:
 def _save_digests(database: Path, info: os.stat_result, digests: Digests) -> None:
     """Save ``digests`` as those of the file ``info`` describes (taken after its last write)."""
     body = b"".join(value.to_bytes(16, "little") for value in digests.values)
-    header = {
-        "format": DIGESTS_FORMAT,
-        "span": SPAN_BYTES,
-        "size": info.st_size,
-        "mtime_ns": info.st_mtime_ns,
-        "count": len(digests.values),
-        "seed": digests.seed,
-        "checksum": xxh3_64_intdigest(body),
-    }
+    header = {**_digests_header(info), "seed": digests.seed, "checksum": xxh3_64_intdigest(body)}
     path = digests_path(database, info.st_ino)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(json.dumps(header).encode() + b"\n" + body)
     temporary.replace(path)
+
+
+def _digests_header(info: os.stat_result) -> dict[str, int]:
+    """What a digest file says of the file it describes (``info``), and of its own format."""
+    return {
+        "format": DIGESTS_FORMAT,
+        "span": SPAN_BYTES,
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "count": -(-info.st_size // SPAN_BYTES),
+    }
 
 
 def _remove_other_digests(database: Path, *snapshots: Path) -> None:
@@ -352,13 +350,7 @@ def _remove_other_digests(database: Path, *snapshots: Path) -> None:
     for path in snapshots:
         with contextlib.suppress(OSError):
             keep.add(str(path.stat().st_ino))
-    pattern = _digests_name(database)
-    with contextlib.suppress(OSError), os.scandir(database.parent) as entries:
-        for entry in entries:
-            match = pattern.fullmatch(entry.name)
-            if match is not None and (match.group(2) is not None or match.group(1) not in keep):
-                with contextlib.suppress(OSError):
-                    Path(entry.path).unlink()
+    _remove_matching(database, _digests_name(database), lambda match: match[2] is not None or match[1] not in keep)
 
 
 def _retire(snapshot: Path) -> Path | None:
@@ -421,11 +413,16 @@ def remove_stale_snapshots(database: Path) -> int:
     return _remove_matching(database, _temporary_snapshot_name(database))
 
 
-def _remove_matching(database: Path, pattern: re.Pattern[str]) -> int:
+def _remove_matching(
+    database: Path, pattern: re.Pattern[str], doomed: Callable[[re.Match[str]], bool] = lambda _: True
+) -> int:
+    """Remove the files beside the database whose names match ``pattern`` and whose match is
+    ``doomed``; returns how many."""
     removed = 0
     with contextlib.suppress(OSError), os.scandir(database.parent) as entries:
         for entry in entries:
-            if pattern.fullmatch(entry.name):
+            match = pattern.fullmatch(entry.name)
+            if match is not None and doomed(match):
                 with contextlib.suppress(OSError):
                     Path(entry.path).unlink()
                     removed += 1
