@@ -53,3 +53,13 @@ def usage_columns(
 def arrow_buffers(
     parts: list[UsageColumns],
 ) -> tuple[int, list[tuple[bytes | None, bytes | None, bytes]]]: ...
+def usage_files(
+    files: list[tuple[str, list[str]]],
+    limit: int,
+    max_line_bytes: int,
+    sessions: list[tuple[str, str, str, str]],
+    pricing_version: str,
+    price_of: Callable[[str], tuple[float | None, ...] | None],
+    parse_timestamp: Callable[[str], int | None],
+    reference: Callable[[int, int, bytes], tuple[tuple[Any, ...], bool] | str | None],
+) -> list[tuple[int, int, int, int, int, int, str | None, UsageColumns | None, dict[str, int] | None]]: ...

@@ -348,7 +348,8 @@ class BatchWriter:
             attempts = self._previous_attempts(file) + 1
             status = "quarantined" if attempts >= self.max_attempts else "failed"
             rows.append(self._state_row(file, tried, 0, attempts, work.error_text(error), status, now))
-        state.upsert_state(con, rows)
+        # A session with no state row when the run planned (every one, in a first run) has none to replace.
+        state.upsert_state(con, rows, replacing=any(row[1] in self.states for row in rows))
         state.update_seen(con, self.processor.name, batch.seen)
 
     def _count(self, batch: Batch) -> None:

@@ -46,8 +46,9 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: the compiled module (``sessionpipe-native``'s ``read_below``) is installed.
 ENV_FILE_READING = "SESSIONPIPE_FILE_READING"
 PYTHON_FILE_READING = native.PYTHON
-#: What ``read_below`` found (native/src/reading.rs).
-_READ, _TOO_LONG, _OS_ERROR, _SYMLINK, _NOT_A_FILE = range(5)
+#: What ``read_below`` found (native/src/reading.rs), and what ``usage_files`` leaves to
+#: :func:`read_snapshot`: a last line with no newline that only :func:`complete_prefix` can judge.
+_READ, _TOO_LONG, _OS_ERROR, _SYMLINK, _NOT_A_FILE, _UNDECIDED_TAIL = range(6)
 
 
 class SymlinkRefused(OSError):
@@ -176,7 +177,7 @@ def _open_walking(root: str, parts: list[str]) -> int:
         os.close(directory)
 
 
-def _root_and_parts(location: str, root: str) -> tuple[str, list[str]]:
+def root_and_parts(location: str, root: str) -> tuple[str, list[str]]:
     """The folder to start from and the components to walk down from it (with no ``root``, the
     file's own folder and its name)."""
     if not root:
@@ -193,7 +194,7 @@ def open_session_file(location: str, root: str = "") -> tuple[int, os.stat_resul
     Raises ``FileNotFoundError`` if it vanished, :class:`SymlinkRefused`, :class:`NotARegularFile`,
     or another ``OSError`` if it cannot be opened.
     """
-    root, parts = _root_and_parts(location, root)
+    root, parts = root_and_parts(location, root)
     fd = _open_walking(root, parts)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
@@ -352,7 +353,7 @@ def read_snapshot(
         fd, info = open_session_file(str(location), root)
         size, mtime_ns = info.st_size, clamp_mtime_ns(info.st_mtime_ns)
     else:
-        folder, parts = _root_and_parts(str(location), root)
+        folder, parts = root_and_parts(str(location), root)
         found, number, size, mtime_ns, raw, newlines = compiled.read_below(folder, parts, line_limit)
         mtime_ns = clamp_mtime_ns(mtime_ns)
         if found == _READ:
@@ -367,6 +368,21 @@ def read_snapshot(
         return _bounded(fd, size, mtime_ns, line_limit)
     finally:
         os.close(fd)
+
+
+def compiled_snapshot(
+    found: int, number: int, size: int, mtime_ns: int, length: int, lines: int, content_hash: str, location: str
+) -> Snapshot | OSError | None:
+    """What :func:`read_snapshot` gives for a new file (no committed lines) that a compiled call of
+    many files read whole (``usage_files``, native/src/lib.rs): its :class:`Snapshot` without the
+    data, the ``OSError`` it raises, or ``None`` for a file left to it (too long to read whole, or
+    a last line without a newline to judge).
+    """
+    if found == _READ:
+        return Snapshot(b"", length, size, clamp_mtime_ns(mtime_ns), False, content_hash, lines=lines)
+    if found in (_TOO_LONG, _UNDECIDED_TAIL):
+        return None
+    return _refused(found, number, location)
 
 
 def _refused(found: int, number: int, location: str) -> OSError:

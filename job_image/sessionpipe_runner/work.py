@@ -125,16 +125,9 @@ def examine(
     try:
         committed = known if processor.appendable else None
         snapshot = read_snapshot(file.location, file.root, committed=committed, compiled=reading)
-    except FileNotFoundError:
-        return Examined(file, Outcome.VANISHED)
-    except SymlinkRefused:
-        return Examined(file, Outcome.SYMLINK_SKIPPED)
-    except NotARegularFile:
-        return Examined(file, Outcome.NOT_A_FILE)
-    except OSError:
-        return Examined(file, Outcome.UNREADABLE)
-    if (snapshot.size, snapshot.mtime_ns) != (file.size, file.mtime_ns):  # as a rule not (dataclasses.replace: 4 µs)
-        file = replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+    except OSError as error:
+        return _unread(file, error)
+    file = _as_read(file, snapshot)
     if known is not None and known.content_hash == snapshot.content_hash:
         return Examined(file, Outcome.TOUCHED_UNCHANGED, snapshot)
     try:
@@ -152,6 +145,49 @@ def examine(
     except Exception as error:
         return Examined(file, Outcome.FAILED, snapshot, error=error)
     return Examined(file, Outcome.PROCESSED, snapshot, output)
+
+
+def _unread(file: SessionFile, error: OSError) -> Examined:
+    """A candidate that could not be read, by why."""
+    if isinstance(error, FileNotFoundError):
+        return Examined(file, Outcome.VANISHED)
+    if isinstance(error, SymlinkRefused):
+        return Examined(file, Outcome.SYMLINK_SKIPPED)
+    if isinstance(error, NotARegularFile):
+        return Examined(file, Outcome.NOT_A_FILE)
+    return Examined(file, Outcome.UNREADABLE)
+
+
+def _as_read(file: SessionFile, snapshot: Snapshot) -> SessionFile:
+    """``file`` with the size and mtime of the bytes read (as a rule the scan's already)."""
+    if (snapshot.size, snapshot.mtime_ns) != (file.size, file.mtime_ns):  # dataclasses.replace: 4 µs
+        return replace(file, size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+    return file
+
+
+def _read_and_processed(
+    processor: Processor, tasks: Sequence[tuple[SessionFile, Committed | None]]
+) -> list[Examined | None]:
+    """The :meth:`~Processor.read_and_process` of a chunk's new files (``None`` for the others, and
+    for all when the processor offers nothing or its call raises: the per-file way then decides)."""
+    new = [index for index, (_, known) in enumerate(tasks) if known is None]
+    done: list[Examined | None] = [None] * len(tasks)
+    if not new:
+        return done
+    try:
+        results = processor.read_and_process([tasks[index][0] for index in new])
+    except Exception:
+        return done
+    if results is None:
+        return done
+    for index, result in zip(new, results, strict=True):
+        file = tasks[index][0]
+        if isinstance(result, OSError):
+            done[index] = _unread(file, result)
+        elif result is not None:
+            snapshot, output = result
+            done[index] = Examined(_as_read(file, snapshot), Outcome.PROCESSED, snapshot, output)
+    return done
 
 
 def available_cpus() -> int:
@@ -289,8 +325,9 @@ def examine_chunk(
     """Examine a chunk of candidates; their rows become one Arrow table per table in ``columns``."""
     chunk = Chunk(examined=[])
     reading = compiled_reading()  # once per chunk: an environment lookup per file cost ~2 µs
-    for file, known in tasks:
-        examined = examine(processor, file, known, reading)
+    done = _read_and_processed(processor, tasks) if reading is not None else [None] * len(tasks)
+    for (file, known), read in zip(tasks, done, strict=True):
+        examined = examine(processor, file, known, reading) if read is None else read
         if examined.snapshot is not None:
             examined.snapshot = examined.snapshot.without_data()
         if examined.outcome is Outcome.FAILED and examined.error is not None:

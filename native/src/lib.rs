@@ -439,7 +439,19 @@ fn read_into<'py, S: Sink<'py>>(
         parse_timestamp,
         prices: HashMap::default(),
     };
-    let context = &mut context;
+    settle(py, &found, too_long, &mut context, reference, sink)
+}
+
+/// The lines [`scan`] found, priced and given to `sink` (with the GIL: the reference may be asked);
+/// returns the issue counts.
+fn settle<'py, S: Sink<'py>>(
+    py: Python<'py>,
+    found: &[Found<'_>],
+    too_long: u64,
+    context: &mut Context<'py>,
+    reference: &Bound<'py, PyAny>,
+    sink: &mut S,
+) -> PyResult<Bound<'py, PyDict>> {
     let count =
         |reason: &str, counted: &mut Vec<(String, u64)>| match counted.iter_mut().find(|(name, _)| name == reason) {
             Some(entry) => entry.1 += 1,
@@ -450,7 +462,7 @@ fn read_into<'py, S: Sink<'py>>(
         counted.push(("line_too_long".to_owned(), too_long));
     }
     let mut missing_prices = 0u64;
-    for item in &found {
+    for item in found {
         match &item.outcome {
             Outcome::NoUsage => {}
             Outcome::Skip(reason) => count(reason, &mut counted),
@@ -565,12 +577,154 @@ fn usage_columns<'py>(
     Ok((columns::UsageColumns { columns }, issues))
 }
 
+/// What [`usage_files`] did with a file it read: its last line has no newline and is not blank, so
+/// whether it is complete (a whole JSON object) or still being written is the Python reading's call.
+const UNDECIDED_TAIL: i32 = 5;
+
+/// Whether `tail` is empty once ASCII whitespace is stripped (as Python's `bytes.strip()` strips).
+fn blank(tail: &[u8]) -> bool {
+    tail.iter()
+        .all(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+}
+
+/// One file of [`usage_files`], read and scanned without the GIL.
+struct Scanned<'a> {
+    read: reading::FileRead,
+    /// The complete lines (the whole file when it ends in a newline or blanks).
+    data: &'a [u8],
+    newlines: usize,
+    content_hash: u128,
+    found: Vec<Found<'a>>,
+    too_long: u64,
+}
+
+/// New session files read and parsed in one call: for each, what `reading.read_snapshot` and then
+/// [`usage_columns`] would make of it, with the GIL released once for the whole list.
+///
+/// Worker threads examine chunks of files beside the runner's thread. Per file, `read_below` and
+/// `usage_columns` released the GIL three times, and each take-back waited for whichever thread
+/// held it then (a context switch, tens of µs on a VM): two such threads read and parsed no faster
+/// than one. `files` are `(root, parts)` as `read_below` takes them, `sessions` the
+/// `(session_file key, user, project, session id)` of each; `reference(index, line_no, raw)` is
+/// [`usage_columns`]'s with the file's index in `files` first. Returns, per file, `(what, number,
+/// size, mtime_ns, length, lines, content_hash, columns, issues)`: `what` is `read_below`'s code,
+/// or [`UNDECIDED_TAIL`]; the last four are set only for a file read (`what` 0), `number` only for
+/// an `OSError`. A file too long to read whole (`limit`) or with an undecided tail is left to the
+/// per-file way.
+#[pyfunction]
+#[pyo3(signature = (files, limit, max_line_bytes, sessions, pricing_version, price_of, parse_timestamp, reference))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn usage_files<'py>(
+    py: Python<'py>,
+    files: Vec<(std::path::PathBuf, Vec<std::path::PathBuf>)>,
+    limit: u64,
+    max_line_bytes: usize,
+    sessions: Vec<[String; 4]>,
+    pricing_version: String,
+    price_of: Bound<'py, PyAny>,
+    parse_timestamp: Bound<'py, PyAny>,
+    reference: Bound<'py, PyAny>,
+) -> PyResult<
+    Vec<(
+        i32,
+        i64,
+        i64,
+        i128,
+        usize,
+        usize,
+        Option<String>,
+        Option<columns::UsageColumns>,
+        Option<Bound<'py, PyDict>>,
+    )>,
+> {
+    if sessions.len() != files.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err("one session per file"));
+    }
+    let mut names = Vec::with_capacity(files.len());
+    for (root, parts) in &files {
+        if parts.is_empty() {
+            return Err(pyo3::exceptions::PyValueError::new_err("no path below the root"));
+        }
+        let parts = parts
+            .iter()
+            .map(|part| reading::c_name(part))
+            .collect::<PyResult<Vec<_>>>()?;
+        names.push((reading::c_name(root)?, parts));
+    }
+    let (buffer, reads) = py.allow_threads(|| reading::read_files(&names, limit));
+    let scanned: Vec<Scanned<'_>> = py.allow_threads(|| {
+        reads
+            .into_iter()
+            .map(|read| {
+                let raw = &buffer[read.start..read.start + read.length];
+                let mut scanned = Scanned {
+                    read,
+                    data: raw,
+                    newlines: 0,
+                    content_hash: 0,
+                    found: Vec::new(),
+                    too_long: 0,
+                };
+                if scanned.read.what != reading::READ {
+                    return scanned;
+                }
+                let cut = memrchr(b'\n', raw).map_or(0, |at| at + 1);
+                if !blank(&raw[cut..]) {
+                    scanned.read.what = UNDECIDED_TAIL;
+                    return scanned;
+                }
+                scanned.newlines = memchr_iter(b'\n', raw).count();
+                scanned.content_hash = xxhash_rust::xxh3::xxh3_128(raw);
+                scanned.found = scan(raw, 1, max_line_bytes, &mut scanned.too_long);
+                scanned
+            })
+            .collect()
+    });
+    let mut context = Context {
+        price_of,
+        parse_timestamp,
+        prices: HashMap::default(),
+    };
+    let partial = py.import("functools")?.getattr("partial")?;
+    let mut results = Vec::with_capacity(scanned.len());
+    for (index, (file, session)) in scanned.into_iter().zip(sessions).enumerate() {
+        let read = &file.read;
+        if read.what != reading::READ {
+            results.push((read.what, read.number, 0, 0, 0, 0, None, None, None));
+            continue;
+        }
+        let mut columns = columns::Columns {
+            session,
+            pricing_version: pricing_version.clone(),
+            ..Default::default()
+        };
+        let reference = partial.call1((&reference, index))?;
+        let issues = settle(py, &file.found, file.too_long, &mut context, &reference, &mut columns)?;
+        columns.shrink_to_fit();
+        let data = file.data;
+        let lines = file.newlines + usize::from(!data.is_empty() && data[data.len() - 1] != b'\n');
+        results.push((
+            reading::READ,
+            -1,
+            read.length as i64,
+            read.mtime_ns,
+            data.len(),
+            lines,
+            Some(format!("{:032x}", file.content_hash)),
+            Some(columns::UsageColumns { columns }),
+            Some(issues),
+        ));
+    }
+    Ok(results)
+}
+
 #[pymodule]
 fn sessionpipe_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(usage_rows, module)?)?;
     module.add_function(wrap_pyfunction!(listing::walk_user_folders, module)?)?;
     module.add_function(wrap_pyfunction!(reading::read_below, module)?)?;
     module.add_function(wrap_pyfunction!(usage_columns, module)?)?;
+    module.add_function(wrap_pyfunction!(usage_files, module)?)?;
     module.add_function(wrap_pyfunction!(columns::arrow_buffers, module)?)?;
     module.add_class::<columns::UsageColumns>()?;
     module.add_class::<scanindex::ScanIndex>()?;

@@ -26,11 +26,11 @@ const FOLDER_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_N
 const FILE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
 
 /// What [`read_below`] found: read whole, too long to read whole, or why it could not be read.
-const READ: i32 = 0;
-const TOO_LONG: i32 = 1;
-const OS_ERROR: i32 = 2;
-const SYMLINK: i32 = 3;
-const NOT_A_FILE: i32 = 4;
+pub(crate) const READ: i32 = 0;
+pub(crate) const TOO_LONG: i32 = 1;
+pub(crate) const OS_ERROR: i32 = 2;
+pub(crate) const SYMLINK: i32 = 3;
+pub(crate) const NOT_A_FILE: i32 = 4;
 
 enum Refused {
     Os(i32),
@@ -137,7 +137,7 @@ fn read_into(fd: libc::c_int, buffer: &mut [u8]) -> Result<usize, i32> {
     Ok(got)
 }
 
-fn c_name(path: &Path) -> PyResult<CString> {
+pub(crate) fn c_name(path: &Path) -> PyResult<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| PyValueError::new_err("embedded null byte"))
 }
 
@@ -196,4 +196,70 @@ pub fn read_below<'py>(
             std::io::Error::from_raw_os_error(error).to_string(),
         ))),
     }
+}
+
+/// One file of [`read_files`]: where its bytes are in the shared buffer, or why there are none.
+pub(crate) struct FileRead {
+    /// [`READ`], [`TOO_LONG`] (not read: the caller reads it its own way), or why it could not be read.
+    pub what: i32,
+    /// The errno of an `OSError`.
+    pub number: i64,
+    pub start: usize,
+    /// Bytes read: the size the file had when opened, or fewer if it shrank while being read.
+    pub length: usize,
+    pub mtime_ns: i128,
+}
+
+/// Open and read `files` (each a root and the parts below it) as [`read_below`] does, one after
+/// another into one buffer, with no Python object per file: for a caller that releases the GIL once
+/// for many files. A file longer than `limit` is opened, not read (`TOO_LONG`, descriptor closed).
+pub(crate) fn read_files(files: &[(CString, Vec<CString>)], limit: u64) -> (Vec<u8>, Vec<FileRead>) {
+    let opened: Vec<_> = files.iter().map(|(root, parts)| open_file(root, parts)).collect();
+    let total: usize = opened
+        .iter()
+        .filter_map(|found| match found {
+            Ok((_, size, _)) if *size >= 0 && *size as u64 <= limit => Some(*size as usize),
+            _ => None,
+        })
+        .sum();
+    let mut buffer = vec![0u8; total];
+    let mut start = 0;
+    let mut reads = Vec::with_capacity(opened.len());
+    for found in opened {
+        let refused = |what: i32, number: i32| FileRead {
+            what,
+            number: i64::from(number),
+            start: 0,
+            length: 0,
+            mtime_ns: 0,
+        };
+        reads.push(match found {
+            Ok((fd, size, mtime_ns)) if size >= 0 && size as u64 <= limit => {
+                let got = read_into(fd, &mut buffer[start..start + size as usize]);
+                close(fd);
+                match got {
+                    Ok(got) => {
+                        let read = FileRead {
+                            what: READ,
+                            number: -1,
+                            start,
+                            length: got,
+                            mtime_ns,
+                        };
+                        start += size as usize;
+                        read
+                    }
+                    Err(error) => refused(OS_ERROR, error),
+                }
+            }
+            Ok((fd, _, _)) => {
+                close(fd);
+                refused(TOO_LONG, 0)
+            }
+            Err(Refused::Os(error)) => refused(OS_ERROR, error),
+            Err(Refused::Symlink) => refused(SYMLINK, libc::ELOOP),
+            Err(Refused::NotAFile) => refused(NOT_A_FILE, libc::EINVAL),
+        });
+    }
+    (buffer, reads)
 }

@@ -89,3 +89,47 @@ def test_replacing_rows_twice_in_one_transaction_keeps_one_row_each(con: duckdb.
         ("user/-project/00000001.jsonl", 11),
         ("user/-project/00000002.jsonl", 13),
     ]
+
+
+LINE = (
+    '{"type":"assistant","timestamp":"2026-01-0%dT00:00:00Z","requestId":"r%d","message":{"id":"m%d",'
+    '"model":"claude-sonnet-4-20250514","usage":{"input_tokens":%d,"output_tokens":1}}}\n'
+)
+
+
+def test_a_first_run_deletes_no_state_and_a_later_run_replaces_what_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor's first run writes each file's state row once: there is none to delete (the
+    delete scanned the table the run was growing). A later run replaces the rows of what changed;
+    the table's primary key would refuse a second row for a file."""
+    from sessionpipe_contract import EXIT_OK
+    from sessionpipe_runner.lease.file import FileLease
+    from sessionpipe_runner.processors.usage import UsageProcessor
+    from sessionpipe_runner.runner import RunSettings, run
+    from sessionpipe_runner.store import state
+
+    sessions, db = tmp_path / "sessions", tmp_path / "db.duckdb"
+    for number in range(1, 7):
+        path = sessions / ("alice", "bob")[number % 2] / "-app" / f"s{number}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(LINE % (number, number, number, number))
+    deletes: list[int] = []
+    real_delete = state._delete_state
+    monkeypatch.setattr(state, "_delete_state", lambda con, rows: deletes.append(len(rows)) or real_delete(con, rows))
+    settings = RunSettings(processor="usage", sessions=sessions, database=db, lease_wait_seconds=5, workers=1)
+
+    def usage_run() -> list[tuple[object, ...]]:
+        summary = run(settings, UsageProcessor(), FileLease(db, "usage"))
+        assert summary.exit_code == EXIT_OK, summary.message
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute("SELECT session_file, size, items FROM session_processor_state ORDER BY 1").fetchall()
+
+    first = usage_run()
+    assert deletes == [] and [row[2] for row in first] == [1] * 6
+    with (sessions / "alice" / "-app" / "s2.jsonl").open("a") as grown:
+        grown.write(LINE % (9, 9, 9, 9))
+    (sessions / "bob" / "-app" / "s7.jsonl").write_text(LINE % (7, 7, 7, 7))  # new beside the grown one
+    second = usage_run()
+    assert sum(deletes) >= 1
+    assert len(second) == 7 and dict((key, items) for key, _, items in second)["alice/-app/s2.jsonl"] == 2

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from sessionpipe_runner.reading import Snapshot
     from sessionpipe_runner.reports import Report
 
 
@@ -140,6 +141,10 @@ class FailRun(Exception):
     """
 
 
+#: One file of :meth:`Processor.read_and_process`: read and processed, unreadable, or left alone.
+ReadAndProcessed = tuple["Snapshot", Output] | OSError | None
+
+
 class BadSettings(FailRun):
     """Raised by a processor when its settings are wrong (a missing API key, an unreadable price file).
 
@@ -202,6 +207,20 @@ class Processor:
         :meth:`process` of the whole file gives for those lines.
         """
         raise NotImplementedError
+
+    def read_and_process(self, sessions: Sequence[SessionFile]) -> Sequence[ReadAndProcessed] | None:
+        """Read new files and :meth:`process` them in one call, for a processor with a compiled way
+        of doing both (:attr:`releases_gil`): the runner's workers offer it each chunk of files that
+        have no committed lines, so the GIL is released once per chunk rather than a few times per
+        file (each time cost a context switch with two threads).
+
+        Per file, in order: its :class:`~sessionpipe_runner.reading.Snapshot` (without the data) and
+        its output, exactly what :func:`~sessionpipe_runner.reading.read_snapshot` and
+        :meth:`process` give; the ``OSError`` that ``read_snapshot`` raises; or ``None`` to leave
+        the file to them. The default offers nothing (``None``); an exception leaves the whole
+        chunk to them.
+        """
+        return None
 
     def write(self, con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[SessionFile, Output]]) -> None:
         """Store the output of one or more sessions inside the runner's open transaction.

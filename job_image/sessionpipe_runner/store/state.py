@@ -209,8 +209,10 @@ def scan_index_body(
     return _summary(row), bytes(row[2])
 
 
-def upsert_state(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Write state rows (the table's column order), replacing earlier rows of the same sessions.
+def upsert_state(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]], *, replacing: bool = True) -> None:
+    """Write state rows (the table's column order), replacing earlier rows of the same sessions
+    (``replacing=False``: the caller knows none has one, as in a processor's first run, and the
+    delete, a scan of the table this run is growing, is skipped).
 
     The earlier rows are deleted and the new ones appended, not updated in place: at the next
     checkpoint DuckDB rewrites each updated column of a row group whole, and a volume's state is one
@@ -220,12 +222,17 @@ def upsert_state(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]
     """
     if not rows:
         return
+    if replacing:
+        _delete_state(con, rows)
+    tables.insert_rows(con, STATE_TABLE, rows)
+
+
+def _delete_state(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
     con.execute(
         f"DELETE FROM {STATE_TABLE} WHERE (processor, session_file) IN "
         "(SELECT unnest($processors::VARCHAR[]), unnest($keys::VARCHAR[]))",
         {"processors": [row[0] for row in rows], "keys": [row[1] for row in rows]},
     )
-    tables.insert_rows(con, STATE_TABLE, rows)
 
 
 def update_seen(con: duckdb.DuckDBPyConnection, processor: str, seen: Sequence[tuple[str, int, int]]) -> None:

@@ -23,12 +23,14 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sessionpipe_contract import ENV_PRICING
+from sessionpipe_runner import reading
 from sessionpipe_runner import tables as table_writes
 from sessionpipe_runner.processors.base import (
     BadSettings,
     Migration,
     Output,
     Processor,
+    ReadAndProcessed,
     RunContext,
     SessionFile,
     replace_session_rows,
@@ -327,6 +329,45 @@ class UsageProcessor(Processor):
             reference,
         )
         return columns.ColumnarOutput(issues=Counter(issues), items=len(rows), columns=rows)
+
+    def read_and_process(self, sessions: Sequence[SessionFile]) -> list[ReadAndProcessed] | None:
+        """New files read and parsed by one compiled call (``usage_files``), when both the compiled
+        file reading and the compiled parser are in use (:meth:`Processor.read_and_process`)."""
+        compiled = self.compiled
+        if compiled is None or reading.compiled_reading() is None or not hasattr(compiled, "usage_files"):
+            return None
+        prices = self._price_table()
+
+        def reference(index: int, line_no: int, raw: bytes) -> tuple[tuple[Any, ...], bool] | str | None:
+            read = read_line_outcome(line_no, raw)
+            if not isinstance(read, UsageLine):
+                return read
+            row, missing = self._row(sessions[index], read)
+            return columns.with_micros(row), missing
+
+        found = compiled.usage_files(
+            [reading.root_and_parts(session.location, session.root) for session in sessions],
+            reading.MAX_LINE_BYTES,
+            lines.MAX_LINE_BYTES,
+            [(session.key, session.user, session.project, session.session_id) for session in sessions],
+            prices.version,
+            functools.partial(price_rates, prices),
+            columns.timestamp_micros,
+            reference,
+        )
+        results: list[ReadAndProcessed] = []
+        for session, (what, number, size, mtime_ns, length, line_count, content_hash, rows, issues) in zip(
+            sessions, found, strict=True
+        ):
+            snapshot = reading.compiled_snapshot(
+                what, number, size, mtime_ns, length, line_count, content_hash, session.location
+            )
+            if isinstance(snapshot, reading.Snapshot):
+                output = columns.ColumnarOutput(issues=Counter(issues), items=len(rows), columns=rows)
+                results.append((snapshot, output))
+            else:
+                results.append(snapshot)
+        return results
 
     def _compiled_rows(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
         """:meth:`process_appended` by the compiled parser; lines it cannot decide are read here."""
