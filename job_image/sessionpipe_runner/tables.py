@@ -7,6 +7,8 @@ used: importing a processor (in a worker process, say) stays cheap.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -99,14 +101,52 @@ def insert_rows(
 
 
 def load_arrow_insert() -> None:
-    """Import what an Arrow insert needs, pyarrow and the DuckDB wrapper (~90 ms), ahead of the first."""
-    import duckdb  # noqa: F401
+    """Import what an Arrow insert needs (pyarrow, and the engine's Arrow scan), ahead of the first."""
+    arrow_scans()
     import pyarrow  # noqa: F401
 
 
-def _insert_table(con: duckdb.DuckDBPyConnection, verb: str, table: str, arrow: pa.Table) -> None:
-    import duckdb  # noqa: F401  # the wrapper tells the engine how to scan Arrow tables (the engine alone cannot)
+@functools.cache
+def arrow_scans() -> None:
+    """Make the DuckDB engine able to scan Arrow tables, as importing the ``duckdb`` package does
+    (``_duckdb._set_arrow_sources(duckdb._sources)``; the engine alone refuses them).
 
+    Only ``duckdb._sources`` is loaded, without the package's ``__init__``: alone it costs ~12 ms,
+    the whole package ~55 ms (its relational API, its version through importlib.metadata), with the
+    GIL held in the writer's thread while the workers parse. A later ``import duckdb`` runs the
+    package as usual, over the same ``duckdb._sources``. If the package is laid out otherwise, it
+    is imported whole.
+    """
+    if "duckdb" in sys.modules:
+        return  # imported whole: it set the sources up
+    import _imp
+    import importlib.util
+
+    import _duckdb
+
+    try:
+        spec = importlib.util.find_spec("duckdb")
+        if spec is None:
+            raise ImportError("no duckdb package")
+        # The package, not run, stands in for itself while its subpackage loads: a submodule is
+        # found through its parent's __path__. The import lock keeps other threads' imports from
+        # meeting the stand-in.
+        _imp.acquire_lock()
+        try:
+            sys.modules["duckdb"] = importlib.util.module_from_spec(spec)
+            try:
+                sources = importlib.import_module("duckdb._sources")
+            finally:
+                del sys.modules["duckdb"]
+        finally:
+            _imp.release_lock()
+        _duckdb._set_arrow_sources(sources)
+    except Exception:
+        import duckdb  # noqa: F401
+
+
+def _insert_table(con: duckdb.DuckDBPyConnection, verb: str, table: str, arrow: pa.Table) -> None:
+    arrow_scans()
     con.register("_sessionpipe_insert", arrow)
     try:
         con.execute(f"{verb} INTO {table} SELECT * FROM _sessionpipe_insert")

@@ -53,3 +53,37 @@ def test_a_command_help_imports_that_command_only() -> None:
     commands = {m for m in modules if m.startswith("sessionpipe_runner.commands.")}
     assert commands <= {"sessionpipe_runner.commands.status", "sessionpipe_runner.commands.common", PARSERS}
     assert heavy(modules, ("pyarrow", "duckdb")) == []
+
+
+def run_python(script: str) -> str:
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+ARROW_INSERT = (
+    "import _duckdb, sys, pyarrow as pa\n"
+    "from sessionpipe_runner import tables\n"
+    "con = _duckdb.connect()\n"
+    "con.execute('CREATE TABLE t (a BIGINT, s VARCHAR)')\n"
+    "tables.insert_arrow(con, 't', [pa.table({'a': [1, 2], 's': ['x', None]})])\n"
+    "print(con.execute('SELECT * FROM t ORDER BY a').fetchall())\n"
+    "print('duckdb' in sys.modules)\n"
+)
+
+
+def test_an_arrow_insert_loads_the_engines_arrow_scan_not_the_duckdb_package() -> None:
+    """A cold run's writer inserts Arrow tables: it needs ``duckdb._sources`` (~12 ms), not the
+    package around it (~55 ms of imports with the GIL held); the package still imports whole later."""
+    out = run_python(
+        ARROW_INSERT + "import duckdb\n"
+        "print(duckdb.sql('SELECT 42').fetchall(), duckdb._sources is sys.modules['duckdb._sources'])\n"
+        "print(duckdb.connect().sql('SELECT count(*) FROM (SELECT 1)').fetchall())\n"
+    )
+    assert out.split("\n")[:4] == ["[(1, 'x'), (2, None)]", "False", "[(42,)] True", "[(1,)]"]
+
+
+def test_an_arrow_insert_imports_the_duckdb_package_where_its_parts_are_laid_out_otherwise() -> None:
+    not_found = "import importlib.util\nimportlib.util.find_spec = lambda name, *args: None\n"
+    out = run_python(not_found + ARROW_INSERT)
+    assert out.split("\n")[:2] == ["[(1, 'x'), (2, None)]", "True"]
