@@ -608,8 +608,8 @@ struct Scanned<'a> {
 /// `(session_file key, user, project, session id)` of each; `reference(index, line_no, raw)` is
 /// [`usage_columns`]'s with the file's index in `files` first. Returns, per file, `(what, number,
 /// size, mtime_ns, length, lines, content_hash, columns, issues)`: `what` is `read_below`'s code,
-/// or [`UNDECIDED_TAIL`]; the last four are set only for a file read (`what` 0), `number` only for
-/// an `OSError`. A file too long to read whole (`limit`) or with an undecided tail is left to the
+/// or [`UNDECIDED_TAIL`]; the hash, columns and issues are set only for a file read (`what` 0),
+/// `number` only for an `OSError`. A file too long to read whole (`limit`) or with an undecided tail is left to the
 /// per-file way.
 #[pyfunction]
 #[pyo3(signature = (files, limit, max_line_bytes, sessions, pricing_version, price_of, parse_timestamp, reference))]

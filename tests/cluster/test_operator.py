@@ -365,7 +365,8 @@ def test_usage_run_now_end_to_end_fills_the_database_and_the_status(
     expected_keys = sorted(str(path.relative_to(SNIFFLY)) for path in expected_files)
     assert [key for key, _ in sessions] == expected_keys  # first component: the user folder
     assert {state for _, state in sessions} == {"done"}
-    assert events(kube, ns, "usage", "RunSucceeded"), "a RunSucceeded Event"
+    # kopf posts Events from a queue of its own, after the status it patched: wait for it.
+    wait_for(lambda: events(kube, ns, "usage", "RunSucceeded"), CONVERGE_SECONDS, "a RunSucceeded Event")
 
     # the CronJob's finished Job leaves its active list, and the mirror follows with a count
     wait_for(
@@ -806,7 +807,8 @@ def test_a_run_whose_container_never_starts_says_why_in_last_run(
     print(f"\nlastRun.message: {last.get('message')}")
     assert last["outcome"] == "deadline_exceeded"
     assert last["message"].startswith("DeadlineExceeded: ")
-    failed = events(kube, ns, "keyless", "RunFailed")
+    # The Event is posted after the status is patched, from kopf's own queue: under load it lagged.
+    failed = wait_for(lambda: events(kube, ns, "keyless", "RunFailed"), CONVERGE_SECONDS, "a RunFailed Event")
     assert len(failed) == 1 and last["message"] in failed[0]["message"]
 
 
