@@ -178,6 +178,8 @@ class Run:
             workers = work.worker_count(settings.workers, self.processor, bytes_total)
         if workers:
             self.summary.workers = workers
+            if self.processor.write_takes_arrow:
+                tables.arrow_scans()  # before the worker threads exist (see there)
             pool = work.WorkerPool(workers, self.processor, self._columns(con))
             try:
                 # While the workers read the first files, the runner loads what their rows' insert needs.

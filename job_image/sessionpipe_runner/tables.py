@@ -116,10 +116,13 @@ def arrow_scans() -> None:
     GIL held in the writer's thread while the workers parse. A later ``import duckdb`` runs the
     package as usual, over the same ``duckdb._sources``. If the package is laid out otherwise, it
     is imported whole.
+
+    While ``duckdb._sources`` loads, the package stands in ``sys.modules``, not run: a thread
+    importing ``duckdb`` then would find it empty. The runner calls this before it starts worker
+    threads (a processor's code runs there), and only the runner's thread writes.
     """
     if "duckdb" in sys.modules:
         return  # imported whole: it set the sources up
-    import _imp
     import importlib.util
 
     import _duckdb
@@ -128,18 +131,12 @@ def arrow_scans() -> None:
         spec = importlib.util.find_spec("duckdb")
         if spec is None:
             raise ImportError("no duckdb package")
-        # The package, not run, stands in for itself while its subpackage loads: a submodule is
-        # found through its parent's __path__. The import lock keeps other threads' imports from
-        # meeting the stand-in.
-        _imp.acquire_lock()
+        # A submodule is found through its parent's __path__: the parent, not run, stands in.
+        sys.modules["duckdb"] = importlib.util.module_from_spec(spec)
         try:
-            sys.modules["duckdb"] = importlib.util.module_from_spec(spec)
-            try:
-                sources = importlib.import_module("duckdb._sources")
-            finally:
-                del sys.modules["duckdb"]
+            sources = importlib.import_module("duckdb._sources")
         finally:
-            _imp.release_lock()
+            del sys.modules["duckdb"]
         _duckdb._set_arrow_sources(sources)
     except Exception:
         import duckdb  # noqa: F401

@@ -178,7 +178,7 @@ def _read_and_processed(
         results = processor.read_and_process([tasks[index][0] for index in new])
     except Exception:
         return done
-    if results is None:
+    if results is None or len(results) != len(new):  # a result per file, or none is trusted
         return done
     for index, result in zip(new, results, strict=True):
         file = tasks[index][0]

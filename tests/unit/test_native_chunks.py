@@ -230,3 +230,5 @@ def test_a_workers_chunk_is_read_in_one_call_and_examined_as_file_by_file(
 
     monkeypatch.setattr(usage, "read_and_process", failing)  # the chunk is then read file by file
     assert chunk_outcomes(usage, files) == together
+    monkeypatch.setattr(usage, "read_and_process", lambda sessions: offered(sessions)[:-1])  # one short
+    assert chunk_outcomes(usage, files) == together

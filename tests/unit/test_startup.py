@@ -9,6 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 #: What ``--help`` must not load: DuckDB's engine and its pure-Python wrapper, Arrow, and every
 #: command's module (the top-level help needs each command's name and one-line help only).
@@ -33,6 +38,10 @@ def loaded_modules(argv: list[str]) -> set[str]:
 
 #: The command line's parser classes: what the top-level parser is built from.
 PARSERS = "sessionpipe_runner.commands.parsers"
+LINE = (
+    '{"type":"assistant","timestamp":"2026-01-01T00:00:00Z","requestId":"r1","message":{"id":"m1",'
+    '"model":"claude-sonnet-4-20250514","usage":{"input_tokens":1,"output_tokens":1}}}\n'
+)
 
 
 def heavy(modules: set[str], prefixes: tuple[str, ...]) -> list[str]:
@@ -87,3 +96,32 @@ def test_an_arrow_insert_imports_the_duckdb_package_where_its_parts_are_laid_out
     not_found = "import importlib.util\nimportlib.util.find_spec = lambda name, *args: None\n"
     out = run_python(not_found + ARROW_INSERT)
     assert out.split("\n")[:2] == ["[(1, 'x'), (2, None)]", "True"]
+
+
+def test_a_run_with_worker_threads_sets_the_arrow_scan_up_before_they_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While ``duckdb._sources`` loads, the package stands empty in ``sys.modules``: no worker
+    thread (where a processor's code runs) may exist yet to import it."""
+    from sessionpipe_contract import EXIT_OK
+    from sessionpipe_runner import tables, work
+    from sessionpipe_runner.lease.file import FileLease
+    from sessionpipe_runner.processors.usage import UsageProcessor
+    from sessionpipe_runner.runner import RunSettings, run
+
+    sessions, db = tmp_path / "sessions", tmp_path / "db.duckdb"
+    (sessions / "alice" / "-app").mkdir(parents=True)
+    (sessions / "alice" / "-app" / "s.jsonl").write_text(LINE)
+    order: list[str] = []
+    arrow_scans, pool_init = tables.arrow_scans, work.WorkerPool.__init__
+    monkeypatch.setattr(tables, "arrow_scans", lambda: order.append("arrow_scans") or arrow_scans())
+
+    def recording_init(pool: work.WorkerPool, *args: Any, **kwargs: Any) -> None:
+        order.append(f"workers, threads alive: {threading.active_count()}")
+        pool_init(pool, *args, **kwargs)
+
+    monkeypatch.setattr(work.WorkerPool, "__init__", recording_init)
+    settings = RunSettings(processor="usage", sessions=sessions, database=db, lease_wait_seconds=5, workers=2)
+    summary = run(settings, UsageProcessor(), FileLease(db, "usage"))
+    assert summary.exit_code == EXIT_OK and summary.workers == 2, summary.message
+    assert order[0] == "arrow_scans" and order[1].startswith("workers")
