@@ -577,10 +577,6 @@ fn usage_columns<'py>(
     Ok((columns::UsageColumns { columns }, issues))
 }
 
-/// What [`usage_files`] did with a file it read: its last line has no newline and is not blank, so
-/// whether it is complete (a whole JSON object) or still being written is the Python reading's call.
-const UNDECIDED_TAIL: i32 = 5;
-
 /// Whether `tail` is empty once ASCII whitespace is stripped (as Python's `bytes.strip()` strips).
 fn blank(tail: &[u8]) -> bool {
     tail.iter()
@@ -608,9 +604,9 @@ struct Scanned<'a> {
 /// `(session_file key, user, project, session id)` of each; `reference(index, line_no, raw)` is
 /// [`usage_columns`]'s with the file's index in `files` first. Returns, per file, `(what, number,
 /// size, mtime_ns, length, lines, content_hash, columns, issues)`: `what` is `read_below`'s code,
-/// or [`UNDECIDED_TAIL`]; the hash, columns and issues are set only for a file read (`what` 0),
-/// `number` only for an `OSError`. A file too long to read whole (`limit`) or with an undecided tail is left to the
-/// per-file way.
+/// or [`reading::UNDECIDED_TAIL`]; the hash, columns and issues are set only for a file read
+/// (`what` 0), `number` only for an `OSError`. A file too long to read whole (`limit`) or with an
+/// undecided tail is left to the per-file way.
 #[pyfunction]
 #[pyo3(signature = (files, limit, max_line_bytes, sessions, pricing_version, price_of, parse_timestamp, reference))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -640,17 +636,10 @@ fn usage_files<'py>(
     if sessions.len() != files.len() {
         return Err(pyo3::exceptions::PyValueError::new_err("one session per file"));
     }
-    let mut names = Vec::with_capacity(files.len());
-    for (root, parts) in &files {
-        if parts.is_empty() {
-            return Err(pyo3::exceptions::PyValueError::new_err("no path below the root"));
-        }
-        let parts = parts
-            .iter()
-            .map(|part| reading::c_name(part))
-            .collect::<PyResult<Vec<_>>>()?;
-        names.push((reading::c_name(root)?, parts));
-    }
+    let names = files
+        .iter()
+        .map(|(root, parts)| reading::c_names(root, parts))
+        .collect::<PyResult<Vec<_>>>()?;
     let (buffer, reads) = py.allow_threads(|| reading::read_files(&names, limit));
     let scanned: Vec<Scanned<'_>> = py.allow_threads(|| {
         reads
@@ -670,7 +659,7 @@ fn usage_files<'py>(
                 }
                 let cut = memrchr(b'\n', raw).map_or(0, |at| at + 1);
                 if !blank(&raw[cut..]) {
-                    scanned.read.what = UNDECIDED_TAIL;
+                    scanned.read.what = reading::UNDECIDED_TAIL;
                     return scanned;
                 }
                 scanned.newlines = memchr_iter(b'\n', raw).count();

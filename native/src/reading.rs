@@ -31,11 +31,31 @@ pub(crate) const TOO_LONG: i32 = 1;
 pub(crate) const OS_ERROR: i32 = 2;
 pub(crate) const SYMLINK: i32 = 3;
 pub(crate) const NOT_A_FILE: i32 = 4;
+/// What `usage_files` (`lib.rs`) did with a file it read: its last line has no newline and is not
+/// blank, so whether it is complete (a whole JSON object) or still being written is the Python
+/// reading's call.
+pub(crate) const UNDECIDED_TAIL: i32 = 5;
 
 enum Refused {
     Os(i32),
     Symlink,
     NotAFile,
+}
+
+impl Refused {
+    /// What was found and the errno of the `OSError` the Python reading raises for it.
+    fn code(&self) -> (i32, i32) {
+        match self {
+            Refused::Os(error) => (OS_ERROR, *error),
+            Refused::Symlink => (SYMLINK, libc::ELOOP),
+            Refused::NotAFile => (NOT_A_FILE, libc::EINVAL),
+        }
+    }
+}
+
+/// Whether a file of `size` bytes is read whole (else it is `TOO_LONG`).
+fn whole(size: i64, limit: u64) -> bool {
+    size >= 0 && size as u64 <= limit
 }
 
 fn errno() -> i32 {
@@ -137,8 +157,17 @@ fn read_into(fd: libc::c_int, buffer: &mut [u8]) -> Result<usize, i32> {
     Ok(got)
 }
 
-pub(crate) fn c_name(path: &Path) -> PyResult<CString> {
+fn c_name(path: &Path) -> PyResult<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| PyValueError::new_err("embedded null byte"))
+}
+
+/// A file's root and the parts below it as C strings; `ValueError` for no part or a NUL byte.
+pub(crate) fn c_names(root: &Path, parts: &[PathBuf]) -> PyResult<(CString, Vec<CString>)> {
+    if parts.is_empty() {
+        return Err(PyValueError::new_err("no path below the root"));
+    }
+    let parts = parts.iter().map(|part| c_name(part)).collect::<PyResult<Vec<_>>>()?;
+    Ok((c_name(root)?, parts))
 }
 
 /// Open the file at `parts` below `root` as `reading.open_session_file` does, and read it whole if
@@ -157,19 +186,16 @@ pub fn read_below<'py>(
     parts: Vec<PathBuf>,
     limit: u64,
 ) -> PyResult<(i32, i64, i64, i128, Option<Bound<'py, PyBytes>>, usize)> {
-    if parts.is_empty() {
-        return Err(PyValueError::new_err("no path below the root"));
-    }
-    let root = c_name(&root)?;
-    let parts = parts.iter().map(|part| c_name(part)).collect::<PyResult<Vec<_>>>()?;
+    let (root, parts) = c_names(&root, &parts)?;
     let opened = py.allow_threads(|| open_file(&root, &parts));
     let (fd, size, mtime) = match opened {
         Ok(found) => found,
-        Err(Refused::Os(error)) => return Ok((OS_ERROR, i64::from(error), 0, 0, None, 0)),
-        Err(Refused::Symlink) => return Ok((SYMLINK, i64::from(libc::ELOOP), 0, 0, None, 0)),
-        Err(Refused::NotAFile) => return Ok((NOT_A_FILE, i64::from(libc::EINVAL), 0, 0, None, 0)),
+        Err(refused) => {
+            let (what, error) = refused.code();
+            return Ok((what, i64::from(error), 0, 0, None, 0));
+        }
     };
-    if size < 0 || size as u64 > limit {
+    if !whole(size, limit) {
         return Ok((TOO_LONG, i64::from(fd), size, mtime, None, 0));
     }
     let mut outcome: Result<(usize, usize), i32> = Ok((0, 0));
@@ -218,7 +244,7 @@ pub(crate) fn read_files(files: &[(CString, Vec<CString>)], limit: u64) -> (Vec<
     let total: usize = opened
         .iter()
         .filter_map(|found| match found {
-            Ok((_, size, _)) if *size >= 0 && *size as u64 <= limit => Some(*size as usize),
+            Ok((_, size, _)) if whole(*size, limit) => Some(*size as usize),
             _ => None,
         })
         .sum();
@@ -234,7 +260,7 @@ pub(crate) fn read_files(files: &[(CString, Vec<CString>)], limit: u64) -> (Vec<
             mtime_ns: 0,
         };
         reads.push(match found {
-            Ok((fd, size, mtime_ns)) if size >= 0 && size as u64 <= limit => {
+            Ok((fd, size, mtime_ns)) if whole(size, limit) => {
                 let got = read_into(fd, &mut buffer[start..start + size as usize]);
                 close(fd);
                 match got {
@@ -256,9 +282,10 @@ pub(crate) fn read_files(files: &[(CString, Vec<CString>)], limit: u64) -> (Vec<
                 close(fd);
                 refused(TOO_LONG, 0)
             }
-            Err(Refused::Os(error)) => refused(OS_ERROR, error),
-            Err(Refused::Symlink) => refused(SYMLINK, libc::ELOOP),
-            Err(Refused::NotAFile) => refused(NOT_A_FILE, libc::EINVAL),
+            Err(refusal) => {
+                let (what, error) = refusal.code();
+                refused(what, error)
+            }
         });
     }
     (buffer, reads)

@@ -310,14 +310,6 @@ class UsageProcessor(Processor):
     def columnar_output(self, compiled: Any, session: SessionFile, data: bytes, first_line: int) -> Output:
         """:meth:`process_appended` by the compiled parser, the rows as columns (:mod:`.columns`)."""
         prices = self._price_table()
-
-        def reference(line_no: int, raw: bytes) -> tuple[tuple[Any, ...], bool] | str | None:
-            read = read_line_outcome(line_no, raw)
-            if not isinstance(read, UsageLine):
-                return read
-            row, missing = self._row(session, read)
-            return columns.with_micros(row), missing
-
         rows, issues = compiled.usage_columns(
             data,
             first_line,
@@ -326,9 +318,20 @@ class UsageProcessor(Processor):
             prices.version,
             functools.partial(price_rates, prices),
             columns.timestamp_micros,
-            reference,
+            functools.partial(self._columnar_reference, session),
         )
-        return columns.ColumnarOutput(issues=Counter(issues), items=len(rows), columns=rows)
+        return _columnar(rows, issues)
+
+    def _columnar_reference(
+        self, session: SessionFile, line_no: int, raw: bytes
+    ) -> tuple[tuple[Any, ...], bool] | str | None:
+        """A line the compiled parser hands back, read the Python way: no usage (``None``), a skip
+        reason, or ``(row, missing_price)`` with the row's ``ts`` in microseconds."""
+        read = read_line_outcome(line_no, raw)
+        if not isinstance(read, UsageLine):
+            return read
+        row, missing = self._row(session, read)
+        return columns.with_micros(row), missing
 
     def read_and_process(self, sessions: Sequence[SessionFile]) -> list[ReadAndProcessed] | None:
         """New files read and parsed by one compiled call (``usage_files``), when both the compiled
@@ -339,11 +342,7 @@ class UsageProcessor(Processor):
         prices = self._price_table()
 
         def reference(index: int, line_no: int, raw: bytes) -> tuple[tuple[Any, ...], bool] | str | None:
-            read = read_line_outcome(line_no, raw)
-            if not isinstance(read, UsageLine):
-                return read
-            row, missing = self._row(sessions[index], read)
-            return columns.with_micros(row), missing
+            return self._columnar_reference(sessions[index], line_no, raw)
 
         found = compiled.usage_files(
             [reading.root_and_parts(session.location, session.root) for session in sessions],
@@ -363,8 +362,7 @@ class UsageProcessor(Processor):
                 what, number, size, mtime_ns, length, line_count, content_hash, session.location
             )
             if isinstance(snapshot, reading.Snapshot):
-                output = columns.ColumnarOutput(issues=Counter(issues), items=len(rows), columns=rows)
-                results.append((snapshot, output))
+                results.append((snapshot, _columnar(rows, issues)))
             else:
                 results.append(snapshot)
         return results
@@ -393,6 +391,11 @@ class UsageProcessor(Processor):
         output.rows["usage_rows"] = rows
         output.items = len(rows)
         return output
+
+
+def _columnar(rows: Any, issues: dict[str, int]) -> columns.ColumnarOutput:
+    """The output of one file's rows as the compiled parser's columns, and its issue counts."""
+    return columns.ColumnarOutput(issues=Counter(issues), items=len(rows), columns=rows)
 
 
 def price_rates(prices: PriceTable, model: str) -> tuple[float | None, ...] | None:
