@@ -5,12 +5,13 @@ the snapshot's cost, peak memory, and the unchanged re-run over 100,000 files.
 (each size is ``megabytes:users:seed`` of a corpus ``gen_corpus.py`` makes once and caches). Per
 size, :func:`bench.bench_usage.measure` runs both tools interleaved on a working copy: cold runs
 into a new database, then incremental runs after one appended line (ccusage re-reads everything),
-then times publishing the snapshot of the database the runs left. ``--files 0`` skips the
+then times publishing the snapshot: DuckDB's log beside it (what an incremental run publishes) and
+the database (what a run that checkpoints publishes, every few dozen). ``--files 0`` skips the
 unchanged re-run. ``--skip-cold`` measures only the incremental runs (one untimed run builds the
 database; :mod:`bench.bench_incremental`), which saves the cold runs of both tools.
 
 Targets: cold >= 1.0x ccusage at 220 MB and 1 GB; incremental >= 20x ccusage at 1 GB and >= 30x at
-3 GB; publishing the snapshot < 20 % of the incremental run; peak memory (PSS, all processes)
+3 GB; publishing the snapshot (the database, the larger) < 20 % of the incremental run; peak memory (PSS, all processes)
 < 500 MB; the unchanged re-run over 100,000 files <= 1 s; total tokens equal to ccusage's.
 """
 
@@ -48,12 +49,16 @@ def report(megabytes: int, result: CorpusRun) -> list[str]:
     """One line of figures for a corpus, and the verdicts of the targets that apply to its size."""
     cold, theirs_cold = result.median("cold"), result.median("theirs_cold")
     again, theirs_again = result.median("incremental"), result.median("theirs_again")
-    publish = statistics.median(result.publish)
-    cold_ratio, incremental_ratio, share = theirs_cold / cold, theirs_again / again, publish / again
+    publish, publish_database = statistics.median(result.publish), statistics.median(result.publish_database)
+    cold_ratio, incremental_ratio = theirs_cold / cold, theirs_again / again
+    # The target's share is the database's publish: the log's is the incremental runs' own, but a
+    # run that checkpoints (every few dozen) publishes the database.
+    share = publish_database / again
     lines = [
         f"{result.size / MB:,.0f} MB, {result.files:,} files: cold {cold:.2f}s vs ccusage {theirs_cold:.2f}s = "
         f"{cold_ratio:.2f}x; incremental {again:.3f}s vs {theirs_again:.2f}s = {incremental_ratio:.1f}x; "
-        f"snapshot publish {publish:.3f}s = {share:.0%} of the incremental run; peak {result.peak_pss_mb:.0f} MB PSS; "
+        f"snapshot publish: the log {publish:.3f}s = {publish / again:.0%}, the database (a run that checkpoints) "
+        f"{publish_database:.3f}s = {share:.0%} of the incremental run; peak {result.peak_pss_mb:.0f} MB PSS; "
         f"tokens {result.our_tokens:,} / {result.their_tokens:,}"
     ]
     if megabytes <= COLD_TARGET_UP_TO_MB:
@@ -62,7 +67,8 @@ def report(megabytes: int, result: CorpusRun) -> list[str]:
     if target is not None:
         lines.append(f"  incremental >= {target:.0f}x ccusage: {verdict(incremental_ratio >= target)}")
     lines.append(
-        f"  snapshot publish < {PUBLISH_SHARE_TARGET:.0%} of incremental: {verdict(share < PUBLISH_SHARE_TARGET)}"
+        f"  snapshot publish (the database) < {PUBLISH_SHARE_TARGET:.0%} of incremental: "
+        f"{verdict(share < PUBLISH_SHARE_TARGET)}"
     )
     lines.append(f"  peak < {PEAK_PSS_TARGET_MB:.0f} MB PSS: {verdict(result.peak_pss_mb < PEAK_PSS_TARGET_MB)}")
     agree = result.our_tokens == result.their_tokens

@@ -138,13 +138,16 @@ def our_total_tokens(db: Path) -> int:
 T = TypeVar("T")
 
 #: Incremental runs made, untimed, between the build of a database and the timed incremental runs.
-#: A database's snapshot settles in three publishes: the first finds no spare and copies; the next
-#: two patch spares that were copies, which have no digests, so they compare them with the
-#: database; from then on each publish patches the spare through its digests (docs/architecture.md,
-#: step 12), as every run of a scheduled processor does. Their times are printed beside the others.
+#: A database's snapshot settles in three publishes of the database: the first finds no spare and
+#: copies; the next two patch spares that were copies, which have no digests, so they compare them
+#: with the database; from then on each publish patches the spare through its digests
+#: (docs/architecture.md, step 12), as every run of a scheduled processor that checkpoints does.
+#: Their times are printed beside the others.
 SETTLING_RUNS = 3
 #: The appended calls' numbers of the settling runs (the timed runs number theirs from 0).
 SETTLING_FIRST_NUMBER = 100_000
+#: The appended calls' numbers of the runs whose publish is timed (:func:`timed_publishes`).
+PUBLISH_FIRST_NUMBER = 200_000
 
 
 def settle(target_file: Path, run: Callable[[], T], first: int = SETTLING_FIRST_NUMBER) -> list[T]:
@@ -226,7 +229,8 @@ class CorpusRun:
     theirs_again: list[Measured]
     our_tokens: int
     their_tokens: int
-    publish: list[float]  # seconds each of ``repeat`` more incremental runs took to publish its snapshot
+    publish: list[float]  # seconds each of ``repeat`` more incremental runs took to publish DuckDB's log
+    publish_database: list[float]  # and ``repeat`` runs that checkpointed, the database (:func:`timed_publishes`)
     memory: list[Measured]  # our cold and incremental run with the memory sampled (not timed)
     theirs_memory: Measured  # a cold ccusage run with the memory sampled
 
@@ -276,7 +280,7 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
             assert summary["processed"] == 1 and summary["unchanged"] == summary["scanned"] - 1, summary
             incremental.append(run)
             theirs_again.append(ccusage_monthly(launcher, config_dirs))
-        publish = [timed_publish(sessions, db, target_file, repeat + attempt) for attempt in range(repeat)]
+        publish, publish_database = timed_publishes(sessions, db, target_file, repeat)
         append_call(target_file, 2 * repeat)
         memory = [sessionpipe_run(sessions, db, sample=True)]  # after the timed runs, as they were
         memory.append(sessionpipe_run(sessions, scratch / "sampled.duckdb", sample=True))
@@ -294,22 +298,35 @@ def measure(source: Path, launcher: Path, repeat: int) -> CorpusRun:
         our_tokens,
         their_tokens,
         publish,
+        publish_database,
         memory,
         theirs_memory,
     )
 
 
-def timed_publish(sessions: Path, db: Path, target_file: Path, number: int) -> float:
+def timed_publish(sessions: Path, db: Path, target_file: Path, number: int, *, checkpoint: bool = False) -> float:
     """Seconds an incremental run (one more call appended to ``target_file``) took to publish its
-    snapshot, timed inside that run (``bench.publish_probe``)."""
+    snapshot, timed inside that run (``bench.publish_probe``): DuckDB's log beside the snapshot, or
+    with ``checkpoint`` the database, as a run does once the log has grown (every few dozen runs)."""
     append_call(target_file, number)
-    command = [sys.executable, "-m", "bench.publish_probe", *sessionpipe_arguments(sessions, db)]
+    flags = ["--checkpoint"] if checkpoint else []
+    command = [sys.executable, "-m", "bench.publish_probe", *flags, *sessionpipe_arguments(sessions, db)]
     probe = subprocess.run(command, env=installed_env(), cwd=REPO, capture_output=True, text=True, check=True)
     lines = probe.stdout.splitlines()
     summary, timing = json.loads(lines[-2]), json.loads(lines[-1])
     assert summary["processed"] == 1, summary
-    (seconds,) = timing["publish_seconds"]
+    (seconds,), (kind,) = timing["publish_seconds"], timing["publish_kinds"]
+    assert kind == ("database" if checkpoint else "log"), timing
     return float(seconds)
+
+
+def timed_publishes(sessions: Path, db: Path, target_file: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """``repeat`` incremental runs' publishes of DuckDB's log; then ``repeat`` of the database, by
+    runs made to checkpoint, after :data:`SETTLING_RUNS` untimed ones (see there)."""
+    logs = [timed_publish(sessions, db, target_file, PUBLISH_FIRST_NUMBER + n) for n in range(repeat)]
+    numbers = range(PUBLISH_FIRST_NUMBER + repeat, PUBLISH_FIRST_NUMBER + 2 * repeat + SETTLING_RUNS)
+    databases = [timed_publish(sessions, db, target_file, n, checkpoint=True) for n in numbers]
+    return logs, databases[SETTLING_RUNS:]
 
 
 def main() -> int:

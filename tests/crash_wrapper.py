@@ -1,7 +1,8 @@
 """Run ``sessionpipe`` and SIGKILL it at a chosen point: ``python crash_wrapper.py POINT -- ARGS…``.
 
 Test-only: the product has no kill switches. A point is ``fn:<module>:<attr>:<n>`` (die when that
-function is called for the n-th time, before it runs), ``sql:<PREFIX>:<n>`` (die before the n-th
+function is called for the n-th time, before it runs), ``fn-after:<module>:<attr>:<n>`` (die as that
+call returns), ``sql:<PREFIX>:<n>`` (die before the n-th
 statement starting with PREFIX), ``sql-after:<PREFIX>:<n>`` (die right after it returns) or
 ``sql-during:<PREFIX>:<n>`` (die 1 ms into it, from another thread, while DuckDB works).
 """
@@ -21,7 +22,7 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def patch_function(module_name: str, attr: str, nth: int) -> None:
+def patch_function(module_name: str, attr: str, nth: int, *, after: bool = False) -> None:
     owner: Any = importlib.import_module(module_name)
     path = attr.split(".")
     for part in path[:-1]:
@@ -31,9 +32,12 @@ def patch_function(module_name: str, attr: str, nth: int) -> None:
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
+        if calls["n"] == nth and not after:
+            die()
+        result = original(*args, **kwargs)
         if calls["n"] == nth:
             die()
-        return original(*args, **kwargs)
+        return result
 
     setattr(owner, path[-1], wrapper)
 
@@ -73,9 +77,9 @@ def main() -> int:
     point, separator, *args = sys.argv[1:]
     assert separator == "--", "usage: crash_wrapper.py POINT -- ARGS…"
     kind, rest = point.split(":", 1)
-    if kind == "fn":
+    if kind in ("fn", "fn-after"):
         module_name, attr, nth = rest.rsplit(":", 2)
-        patch_function(module_name, attr, int(nth))
+        patch_function(module_name, attr, int(nth), after=kind == "fn-after")
     else:
         prefix, nth = rest.rsplit(":", 1)
         from sessionpipe_runner import store

@@ -2,8 +2,9 @@
 
 The order of a run (docs/architecture.md, "Order of a run"): take the lease; open the database and migrate; record
 the writer epoch; scan and decide; read, hash and process the candidates, writing each session's
-rows together with its state row in one transaction; checkpoint; publish the read-only snapshot;
-release the lease; report the summary.
+rows together with its state row in one transaction; checkpoint (or leave the transactions in
+DuckDB's log); publish the read-only snapshot (or the log beside it); release the lease; report the
+summary.
 
 This module holds that order and the counting of each candidate's outcome. Its parts live beside
 it: the fence in :mod:`.fencing`, batches and their split-retry in :mod:`.batches`, SIGTERM in
@@ -117,6 +118,10 @@ class Run:
         #: Whether this run committed anything readers see besides its own run record (a
         #: migration, a session's rows or state, a vanished mark): only then is a snapshot due.
         self.changed = False
+        #: Whether a run before this one left the snapshot behind (:func:`.snapshot.mark_due`).
+        self.publish_due = False
+        #: Whether :meth:`finish` checkpointed the database (else the snapshot gets its log).
+        self.checkpointed = True
         #: The scan started before the database was opened (``None``: not started).
         self.pending_scan: scanindex.PendingScan | None = None
         #: The scan index's file being written (``None``: none is).
@@ -391,26 +396,42 @@ class Run:
             log.warning("progress display failed and was turned off: %s", work.error_text(error))
 
     def finish(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Record the run, checkpoint, close."""
+        """Record the run; checkpoint, unless the snapshot gets the log instead; close."""
         self.summary.finished = _now()
         self.fence.commit(con, lambda: runs.record_end(con, self.summary))
-        con.execute("CHECKPOINT")
+        self.checkpointed = snapshot.checkpoint_needed(self.settings.database, publishing=_publishing(self))
+        # Without a checkpoint, DuckDB's own at closing is turned off too: the log stays beside the
+        # database, which the next open replays.
+        con.execute("CHECKPOINT" if self.checkpointed else "PRAGMA disable_checkpoint_on_shutdown")
         con.close()
         self.con = None
 
 
-def _publish(job: Run) -> None:
-    """Publish the snapshot of a committed run; a failure is noted, since the run's data is safe.
+def _publishing(job: Run) -> bool:
+    """Whether the run publishes the snapshot: it changed what readers see, a run before it left
+    the snapshot behind, or there is none yet.
 
-    A run that changed nothing readers see keeps the published snapshot: it holds the same data
-    (only this run's own record is missing from it), and copying the whole database made a run
-    with nothing to do cost as much as the database is large.
+    A run that changed nothing keeps the published snapshot: it holds the same data (only this
+    run's own record is missing from it), and copying the whole database made a run with nothing
+    to do cost as much as the database is large.
     """
-    if not job.changed and snapshot_path(job.settings.database).is_file():
+    return job.changed or job.publish_due or not snapshot_path(job.settings.database).is_file()
+
+
+def _publish(job: Run) -> None:
+    """Publish the snapshot of a committed run (:func:`_publishing`): the database if the run
+    checkpointed it, else its log (:func:`.snapshot.checkpoint_needed`); a failure is noted, since
+    the run's data is safe."""
+    if not _publishing(job):
+        with contextlib.suppress(OSError):  # else the next run publishes, which costs only time
+            snapshot.clear_due(job.settings.database)
         return
     job.phase = Phase.PUBLISHING
     try:
-        snapshot.publish_snapshot(job.settings.database, retire_old=True)
+        if job.checkpointed:
+            snapshot.publish_snapshot(job.settings.database, retire_old=True)
+        else:
+            snapshot.publish_log(job.settings.database)
     except Exception as error:
         job.sigterm.check()
         job.summary.issues["snapshot_not_published"] += 1
@@ -468,6 +489,7 @@ def run(
                 if stale:
                     summary.issues["stale_snapshot_copy_removed"] += stale
                 freeing = snapshot.free_retired_snapshots_in_background(settings.database)
+                job.publish_due = snapshot.mark_due(settings.database)
                 job.phase = Phase.WRITING
                 if job.pending_scan is None:
                     job.start_scan()

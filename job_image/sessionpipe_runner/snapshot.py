@@ -28,6 +28,15 @@ PAGE_BYTES = 4096
 #: What one digest of a snapshot's digest list covers (a chunk holds a whole number of them).
 SPAN_BYTES = 64 << 10
 DIGESTS_FORMAT = 1
+#: DuckDB's file header: its main header and two database headers of 4 KiB each. A checkpoint
+#: writes its blocks where no block the current header refers to lies, then one database header
+#: (with the checkpoint's iteration count): the blocks a header refers to never change under it.
+DUCKDB_HEADER_BYTES = 3 * 4096
+#: The size of the database's write-ahead log from which a run checkpoints rather than publish the
+#: log beside the snapshot (:func:`checkpoint_needed`). Every reader replays the log when it opens
+#: the snapshot (and the next run when it opens the database), about 10 ms per MiB; a checkpoint
+#: and a publish of the database cost a run ~30 ms. An incremental run adds a few KiB.
+LOG_PUBLISH_LIMIT = 256 << 10
 
 
 def snapshot_path(database: Path) -> Path:
@@ -40,6 +49,43 @@ def spare_path(database: Path) -> Path:
     return database.with_name(f".{snapshot_path(database).name}.spare")
 
 
+def log_path(path: Path) -> Path:
+    """DuckDB's write-ahead log of the database file ``path`` (DuckDB's naming): the transactions
+    committed since its last checkpoint, replayed by whoever opens the file."""
+    return path.with_name(path.name + ".wal")
+
+
+def base_record_path(database: Path) -> Path:
+    """Where the state of the database file the snapshot was copied at lies (hidden)."""
+    return database.with_name(f".{snapshot_path(database).name}.base")
+
+
+def due_path(database: Path) -> Path:
+    """Where a run marks, while it writes, that the snapshot may fall behind the database (hidden)."""
+    return database.with_name(f".{snapshot_path(database).name}.due")
+
+
+def mark_due(database: Path) -> bool:
+    """Mark, before a run writes, that the snapshot may fall behind; whether it was marked already.
+
+    A run that changed what readers see and was killed (or failed to publish) before it published
+    left the mark: the next run publishes though it changes nothing itself, else the snapshot would
+    lack what was committed until a run changed something again. Publishing clears the mark
+    (:func:`publish_snapshot`, :func:`publish_log`), and so does a run with nothing to publish
+    (:func:`clear_due`).
+    """
+    try:
+        due_path(database).touch(exist_ok=False)
+    except OSError:  # marked already; or, unable to mark, count it as due
+        return True
+    return False
+
+
+def clear_due(database: Path) -> None:
+    """The snapshot has all the database holds that readers see (:func:`mark_due`)."""
+    due_path(database).unlink(missing_ok=True)
+
+
 def digests_path(database: Path, inode: int) -> Path:
     """Where the digests of the snapshot file with this inode number lie (hidden)."""
     return database.with_name(f".{snapshot_path(database).name}.{inode}.digests")
@@ -50,7 +96,7 @@ def _digests_name(database: Path) -> re.Pattern[str]:
 
 
 def _temporary_snapshot_name(database: Path) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.\d+\.tmp")
+    return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.\d+(?:\.wal|\.base)?\.tmp")
 
 
 def _retired_snapshot_name(database: Path) -> re.Pattern[str]:
@@ -89,6 +135,7 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
     spare = spare_path(database)
     fresh = temporary
     try:
+        copied = database.stat()  # before: a write while copying (there is none) would not count
         cloned = _clone(database, temporary)
         if not cloned:
             if retire_old and _patch(spare, database):
@@ -96,7 +143,14 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
             else:
                 shutil.copyfile(database, temporary)  # in-kernel (sendfile), but every byte
         old = _retire(target) if retire_old else None
+        # First: the old snapshot's log does not fit the new one (DuckDB would refuse the pair),
+        # and until the rename a reader sees the old snapshot without it, older but whole.
+        base_record_path(database).unlink(missing_ok=True)
+        log_path(target).unlink(missing_ok=True)
         fresh.replace(target)
+        with contextlib.suppress(OSError):  # without it, the next publishing run checkpoints
+            _record_base(database, copied)
+        clear_due(database)
         if old is not None and not cloned:
             with contextlib.suppress(OSError):  # else the next run frees it as a retired copy
                 old.replace(spare)
@@ -105,6 +159,85 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
         raise
+    return target
+
+
+def checkpoint_needed(database: Path, *, publishing: bool) -> bool:
+    """Whether a run that wrote ``database`` (and holds it open) checkpoints it before closing.
+
+    A checkpoint, and then a publish of the database (:func:`publish_snapshot`), is what the
+    snapshot's reader gets otherwise by the snapshot's own checkpoint plus the database's log: while
+    the snapshot is the database as of its last checkpoint (:func:`shares_base`), a run that leaves
+    its transactions in the log and publishes the log beside the snapshot (:func:`publish_log`)
+    gives readers the same data. That spared an incremental run at 1 GB ~15 % of its time. The log
+    is folded in once it reaches :data:`LOG_PUBLISH_LIMIT`, or when the snapshot's base is not the
+    database's (a first run, a ``reset`` or ``forget``, a checkpoint DuckDB made by itself) and the
+    run publishes (``publishing``).
+    """
+    try:
+        size = log_path(database).stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size >= LOG_PUBLISH_LIMIT:
+        return True
+    return publishing and not shares_base(database)
+
+
+def shares_base(database: Path) -> bool:
+    """Whether the published snapshot is ``database`` as of its last checkpoint: the database file
+    has not been written since the snapshot was copied from it.
+
+    Its inode, length and change times are those :func:`publish_snapshot` recorded as it copied
+    (:func:`base_record_path`); any write changes them. Its headers are the snapshot's, byte for
+    byte, too (:data:`DUCKDB_HEADER_BYTES`). The headers alone would not do: DuckDB writes a large
+    append's row groups straight into the file, where no checkpoint refers to them yet, and logs
+    only where they are; a snapshot with that log and without those blocks cannot be read.
+    """
+    try:
+        recorded = json.loads(base_record_path(database).read_bytes())
+        if recorded != _file_state(database.stat()):
+            return False
+        with database.open("rb") as ours, snapshot_path(database).open("rb") as theirs:
+            header = ours.read(DUCKDB_HEADER_BYTES)
+            return len(header) == DUCKDB_HEADER_BYTES and header == theirs.read(DUCKDB_HEADER_BYTES)
+    except (OSError, ValueError):
+        return False
+
+
+def _file_state(info: os.stat_result) -> dict[str, int]:
+    """What changes when a file is written: its inode, length and modification and change times."""
+    return {"inode": info.st_ino, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "ctime_ns": info.st_ctime_ns}
+
+
+def _record_base(database: Path, copied: os.stat_result) -> None:
+    """Record ``copied``, the database's state the snapshot was copied at (:func:`shares_base`)."""
+    record = base_record_path(database)
+    temporary = record.with_name(f".{snapshot_path(database).name}.{os.getpid()}.base.tmp")
+    temporary.write_text(json.dumps(_file_state(copied)))
+    temporary.replace(record)
+
+
+def publish_log(database: Path) -> Path:
+    """Publish the database's write-ahead log beside the snapshot, which shares its base
+    (:func:`checkpoint_needed`): a copy renamed into place, so a reader opens the old log or the new
+    one, each whole and of that base. Returns the log's path beside the snapshot.
+
+    A reader that read the snapshot's header just before a publish that replaced it, and its log
+    only after a later publish, finds a log of another checkpoint: DuckDB refuses that pair, and
+    :func:`~sessionpipe_runner.store.connect` opens again.
+    """
+    target = log_path(snapshot_path(database))
+    temporary = target.with_name(f".{snapshot_path(database).name}.{os.getpid()}.wal.tmp")
+    try:
+        shutil.copyfile(log_path(database), temporary)
+        temporary.replace(target)
+    except FileNotFoundError:  # no log: the database is its checkpoint, and so is the snapshot
+        target.unlink(missing_ok=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+    clear_due(database)
     return target
 
 

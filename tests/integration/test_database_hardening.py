@@ -111,6 +111,33 @@ def test_a_temporary_snapshot_left_by_a_killed_run_is_removed_at_the_next_start(
     assert snapshot_path(db).is_file()
 
 
+def test_a_temporary_log_left_by_a_killed_run_is_removed_and_the_snapshot_still_reads(
+    sessions: Path, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """Killed with its log copied beside the snapshot but not yet renamed into place: readers see
+    the previous snapshot, whole; the next run removes the copy and publishes."""
+    db = tmp_path / "db.duckdb"
+    assert sessionpipe(*lines_args(sessions, db), env=plugin_env).returncode == EXIT_OK
+    with (sessions / "alice" / "-proj" / "s1.jsonl").open("a") as handle:
+        handle.write('{"n": 3}\n')
+    killed = subprocess.run(
+        [sys.executable, str(CRASH_WRAPPER), "fn-after:shutil:copyfile:1", "--", *lines_args(sessions, db)],
+        env=plugin_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [name.endswith(".wal.tmp") for name in temporaries(tmp_path)] == [True]
+    with duckdb.connect(str(snapshot_path(db)), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM line_rows").fetchone() == (9,)
+    again = sessionpipe(*lines_args(sessions, db), env=plugin_env)
+    assert again.returncode == EXIT_OK, again.stderr
+    assert temporaries(tmp_path) == []
+    with duckdb.connect(str(snapshot_path(db)), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM line_rows").fetchone() == (10,)
+
+
 # --- a damaged database: one line and a documented exit code, never a traceback ------------------
 @pytest.fixture(scope="module")
 def damaged_db(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -18,15 +18,18 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sessionpipe_runner import snapshot
+from sessionpipe_runner import snapshot, store
 from sessionpipe_runner.snapshot import (
     CHUNK_BYTES,
+    DUCKDB_HEADER_BYTES,
+    LOG_PUBLISH_LIMIT,
     PAGE_BYTES,
     SPAN_BYTES,
     Digests,
     _write_differences,
     digests_path,
     free_retired_snapshots,
+    log_path,
     publish_snapshot,
     remove_old_snapshots,
     snapshot_path,
@@ -52,6 +55,25 @@ def published(db: Path) -> tuple[int, int]:
     return info.st_ino, info.st_mtime_ns
 
 
+def published_log(db: Path) -> tuple[int, int] | None:
+    """The inode and time of the log published beside the snapshot, if there is one."""
+    try:
+        info = log_path(snapshot_path(db)).stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
+def append_lines(session: Path, count: int, first: int = 0) -> None:
+    with session.open("a") as handle:
+        handle.write("".join(f'{{"n": {n}}}\n' for n in range(first, first + count)))
+
+
+#: Lines whose rows fill more of DuckDB's log than :data:`LOG_PUBLISH_LIMIT`: a run that commits
+#: them checkpoints and publishes the database.
+OVER_THE_LOG_LIMIT = 20_000
+
+
 def test_a_run_that_changed_nothing_keeps_the_snapshot_and_one_that_did_replaces_it(
     tmp_path: Path, plugin_env: dict[str, str]
 ) -> None:
@@ -63,13 +85,16 @@ def test_a_run_that_changed_nothing_keeps_the_snapshot_and_one_that_did_replaces
     first = published(db)
 
     assert run_lines(tmp_path / "sessions", db, plugin_env)["unchanged"] == 1
-    assert published(db) == first
+    assert (published(db), published_log(db)) == (first, None)
 
     with session.open("a") as handle:
         handle.write('{"n": 3}\n')
     assert run_lines(tmp_path / "sessions", db, plugin_env)["processed"] == 1
-    assert published(db) != first
+    assert (published(db), published_log(db) is not None) == (first, True)  # its log, beside the snapshot
     assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(3,)]
+    logged = published_log(db)
+    assert run_lines(tmp_path / "sessions", db, plugin_env)["unchanged"] == 1
+    assert (published(db), published_log(db)) == (first, logged)
 
     snapshot_path(db).unlink()
     run_lines(tmp_path / "sessions", db, plugin_env)
@@ -110,20 +135,122 @@ def test_a_publishing_run_keeps_the_old_snapshot_as_the_spare_and_the_next_one_p
     assert not spare_path(db).exists()  # nothing was published before
     first_inode, _ = published(db)
 
-    with session.open("a") as handle:
-        handle.write('{"n": 2}\n')
+    append_lines(session, OVER_THE_LOG_LIMIT)
     run_lines(tmp_path / "sessions", db, plugin_env)
     assert spare_path(db).stat().st_ino == first_inode
     second_inode, _ = published(db)
 
-    with session.open("a") as handle:
-        handle.write('{"n": 3}\n')
+    append_lines(session, OVER_THE_LOG_LIMIT)
     run_lines(tmp_path / "sessions", db, plugin_env)
     assert published(db)[0] == first_inode  # the spare, patched
     assert spare_path(db).stat().st_ino == second_inode
-    assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(3,)]
+    assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(1 + 2 * OVER_THE_LOG_LIMIT,)]
     assert snapshot_path(db).read_bytes() == db.read_bytes()
+    assert (log_path(db).exists(), published_log(db)) == (False, None)
     assert retired(db) == {}
+
+
+def test_a_run_whose_log_is_small_publishes_the_log_beside_the_snapshot_until_it_reaches_the_limit(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """A checkpoint and a publish of the database were ~15 % of an incremental run at 1 GB: while
+    the snapshot is the database as of its last checkpoint, the run leaves its transactions in
+    DuckDB's log and publishes the log; readers replay it. Past the limit the log is folded in."""
+    session = tmp_path / "sessions" / "alice" / "-app" / "s1.jsonl"
+    session.parent.mkdir(parents=True)
+    append_lines(session, 1)
+    db = tmp_path / "db.duckdb"
+    run_lines(tmp_path / "sessions", db, plugin_env)
+    base = published(db)
+    assert published_log(db) is None  # the first publish is the database, checkpointed
+
+    logs = []
+    for step in range(1, 3):
+        append_lines(session, 1, first=step)
+        assert run_lines(tmp_path / "sessions", db, plugin_env)["processed"] == 1
+        assert published(db) == base  # the snapshot itself is not written
+        assert snapshot_path(db).read_bytes() == db.read_bytes()  # nor the database: no checkpoint
+        assert log_path(snapshot_path(db)).read_bytes() == log_path(db).read_bytes()
+        assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(1 + step,)]
+        logs.append(published_log(db))
+    assert logs[0] != logs[1]  # a fresh copy renamed over the last
+    assert 0 < log_path(db).stat().st_size < LOG_PUBLISH_LIMIT
+
+    # DuckDB writes the row groups of so large an append straight into the database file and
+    # logs only where they are: the log stays small, the file does not stay the snapshot's base.
+    append_lines(session, OVER_THE_LOG_LIMIT, first=3)
+    run_lines(tmp_path / "sessions", db, plugin_env)
+    assert (log_path(db).exists(), published_log(db)) == (False, None)
+    assert published(db) != base
+    assert snapshot_path(db).read_bytes() == db.read_bytes()
+    assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(3 + OVER_THE_LOG_LIMIT,)]
+
+
+def test_after_a_checkpoint_by_another_writer_the_next_run_publishes_the_database(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """A log fits only the checkpoint it was written after: once the database was checkpointed by
+    anyone (``reset``, ``forget``, DuckDB itself), the snapshot's base is not the database's, and a
+    publishing run checkpoints and publishes the database, removing the old log."""
+    session = tmp_path / "sessions" / "alice" / "-app" / "s1.jsonl"
+    session.parent.mkdir(parents=True)
+    append_lines(session, 1)
+    db = tmp_path / "db.duckdb"
+    run_lines(tmp_path / "sessions", db, plugin_env)
+    append_lines(session, 1, first=1)
+    run_lines(tmp_path / "sessions", db, plugin_env)
+    assert snapshot.shares_base(db) and published_log(db) is not None
+
+    with duckdb.connect(str(db)) as con:
+        con.execute("CHECKPOINT")
+    assert not snapshot.shares_base(db)
+    assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(2,)]  # the pair still fits
+
+    append_lines(session, 1, first=2)
+    run_lines(tmp_path / "sessions", db, plugin_env)
+    assert (published_log(db), log_path(db).exists()) == (None, False)
+    assert snapshot_path(db).read_bytes() == db.read_bytes()
+    assert rows(snapshot_path(db), "SELECT count(*) FROM line_rows") == [(3,)]
+
+
+def test_publishing_the_log_copies_it_whole_or_removes_the_snapshots_when_the_database_has_none(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "db.duckdb"
+    write_rows(db, 1000)
+    publish_snapshot(db)
+    commit_to_the_log(db, "INSERT INTO t VALUES (-1, 'logged')")
+    assert snapshot.shares_base(db)
+    assert snapshot.publish_log(db) == log_path(snapshot_path(db))
+    assert rows(snapshot_path(db), "SELECT count(*) FROM t") == [(1001,)]
+    assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")] == []
+
+    with duckdb.connect(str(db)) as con:
+        con.execute("CHECKPOINT")  # the log folded in: the database's base is not the snapshot's
+    assert not log_path(db).exists()
+    publish_snapshot(db)  # the snapshot's log is removed before its new base is in place
+    assert published_log(db) is None and snapshot.shares_base(db)
+    snapshot.publish_log(db)  # nothing to publish: no log
+    assert published_log(db) is None
+    assert rows(snapshot_path(db), "SELECT count(*) FROM t") == [(1001,)]
+
+
+def test_a_snapshot_shares_its_base_only_with_headers_the_same_byte_for_byte(tmp_path: Path) -> None:
+    db = tmp_path / "db.duckdb"
+    assert not snapshot.shares_base(db)  # neither file
+    write_rows(db, 1000)
+    assert not snapshot.shares_base(db)  # no snapshot
+    publish_snapshot(db)
+    assert snapshot.shares_base(db)
+    with snapshot_path(db).open("r+b") as handle:
+        handle.seek(DUCKDB_HEADER_BYTES - 1)
+        last = handle.read(1)
+        handle.seek(DUCKDB_HEADER_BYTES - 1)
+        handle.write(bytes([last[0] ^ 1]))
+    assert not snapshot.shares_base(db)
+    snapshot_path(db).write_bytes(db.read_bytes()[: DUCKDB_HEADER_BYTES - 1])
+    db.write_bytes(db.read_bytes()[: DUCKDB_HEADER_BYTES - 1])
+    assert not snapshot.shares_base(db)  # too short to be DuckDB's
 
 
 def write_rows(db: Path, count: int) -> None:
@@ -131,6 +258,13 @@ def write_rows(db: Path, count: int) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER, padding VARCHAR)")
         con.execute("INSERT INTO t SELECT range, repeat('x', range % 500) FROM range(?, ?)", [count - 1000, count])
         con.execute("CHECKPOINT")
+
+
+def commit_to_the_log(db: Path, statement: str) -> None:
+    """Commit ``statement`` into DuckDB's log, without the checkpoint DuckDB makes at closing."""
+    with duckdb.connect(str(db)) as con:
+        con.execute("PRAGMA disable_checkpoint_on_shutdown")
+        con.execute(statement)
 
 
 READER = """
@@ -362,3 +496,56 @@ def test_a_patch_interrupted_leaves_no_digests_of_the_spare(tmp_path: Path, monk
     publish_snapshot(db, retire_old=True)  # copied instead
     assert snapshot_path(db).read_bytes() == db.read_bytes()
     assert not digests_path(db, spare_inode).exists()
+
+
+def test_a_database_written_since_the_copy_does_not_share_its_base_though_its_headers_are_the_same(
+    tmp_path: Path,
+) -> None:
+    """A large append's row groups go straight into the database file, where no header refers to
+    them yet; the log says where they are. The snapshot has neither, so that log cannot go beside
+    it: the file's state recorded at the copy tells."""
+    db = tmp_path / "db.duckdb"
+    write_rows(db, 1000)
+    publish_snapshot(db)
+    commit_to_the_log(db, "INSERT INTO t SELECT range, 'appended' FROM range(300000)")
+    with db.open("rb") as ours, snapshot_path(db).open("rb") as theirs:
+        assert ours.read(DUCKDB_HEADER_BYTES) == theirs.read(DUCKDB_HEADER_BYTES)
+    assert 0 < log_path(db).stat().st_size < 64 << 10
+    assert not snapshot.shares_base(db)
+
+    shutil.copyfile(log_path(db), log_path(snapshot_path(db)))  # what publish_log must not do here
+    with duckdb.connect(str(snapshot_path(db)), read_only=True) as con, pytest.raises(duckdb.IOException, match="read"):
+        con.execute("SELECT sum(n) FROM t").fetchall()
+
+
+def test_a_reader_that_meets_a_log_of_another_checkpoint_opens_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that read the snapshot's header before a publish replaced the snapshot, and its log
+    after a later run published one, holds a pair of two checkpoints: DuckDB refuses it, and the
+    open is tried again (the files as they are then fit); a pair that never fits is an error."""
+    db = tmp_path / "db.duckdb"
+    write_rows(db, 1000)
+    publish_snapshot(db)
+    commit_to_the_log(db, "INSERT INTO t VALUES (-1, 'logged')")
+    older_log = snapshot.publish_log(db).read_bytes()
+    write_rows(db, 2000)  # checkpointed: a new base
+    publish_snapshot(db)
+    log_path(snapshot_path(db)).write_bytes(older_log)
+
+    with pytest.raises(store.StoreError, match="checkpoint iteration"):
+        store.connect(snapshot_path(db), read_only=True)
+
+    waits: list[float] = []
+
+    def publish_meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        log_path(snapshot_path(db)).unlink()  # the reader's next look finds the pair that fits
+
+    monkeypatch.setattr(store.time, "sleep", publish_meanwhile)
+    con = store.connect(snapshot_path(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (2001,)
+    finally:
+        con.close()
+    assert len(waits) == 1

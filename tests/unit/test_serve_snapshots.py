@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from sessionpipe_runner.serve.snapshots import SnapshotSource, SnapshotUnavailable
-from sessionpipe_runner.snapshot import snapshot_path
+from sessionpipe_runner.snapshot import log_path, publish_log, publish_snapshot, snapshot_path
 
 
 def publish(database: Path, runs: int) -> None:
@@ -38,6 +38,27 @@ def test_a_newly_published_snapshot_is_read_at_the_next_use(tmp_path: Path) -> N
     publish(database, 2)
     assert runs_seen(source) == 2
     assert database.read_bytes() == b"", "the writer's file is never opened"
+
+
+def test_a_log_published_beside_the_snapshot_is_read_at_the_next_use_and_dates_it(tmp_path: Path) -> None:
+    """A run that did not checkpoint publishes only DuckDB's log beside the snapshot
+    (:func:`~sessionpipe_runner.snapshot.publish_log`): the file stays, the log changes."""
+    database = tmp_path / "db.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE TABLE processor_runs AS SELECT range AS n FROM range(1)")
+    publish_snapshot(database)
+    source = SnapshotSource(database)
+    assert runs_seen(source) == 1
+    with source.connection() as snapshot:
+        first = snapshot.published
+    with duckdb.connect(str(database)) as con:
+        con.execute("PRAGMA disable_checkpoint_on_shutdown")
+        con.execute("INSERT INTO processor_runs VALUES (1)")
+    time.sleep(0.01)
+    publish_log(database)
+    assert runs_seen(source) == 2
+    with source.connection() as snapshot:
+        assert snapshot.published == log_path(snapshot_path(database)).stat().st_mtime_ns / 1e9 > first
 
 
 def test_no_database_or_no_snapshot_is_explained(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ class Dashboard:
     def metrics(self, request: Request) -> Response:
         def compute(snapshot: OpenSnapshot) -> Answer:
             rows = usage_by_user_and_model(snapshot.con) if snapshot.has("usage_messages") else []
-            return Answer(exposition(rows, published=snapshot.identity[3] / 1e9), PROMETHEUS_TEXT)
+            return Answer(exposition(rows, published=snapshot.published), PROMETHEUS_TEXT)
 
         return self._answer(request, compute)
 

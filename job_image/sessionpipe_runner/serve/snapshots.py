@@ -1,8 +1,9 @@
 """The snapshot the dashboard reads: opened read-only, reopened when a run publishes a new one.
 
-A run publishes its snapshot by renaming a fresh copy over the old name (:mod:`..snapshot`), so
-the file's identity (device, inode, size, modification time) changes exactly when there is a new
-one. Each use compares it with the identity of the open file and reopens on a change. The old
+A run publishes its snapshot by renaming a fresh copy over the old name (:mod:`..snapshot`), or a
+fresh copy of DuckDB's log over the log beside it, so the identity of the two files (device, inode,
+size, modification time) changes exactly when there is a new one. Each use compares it with the
+identity of the files open and reopens on a change. The old
 file becomes the publisher's spare, which the next publish patches only once no reader holds
 DuckDB's lock on it: the open connection keeps reading it unchanged until it is closed. The
 dashboard never opens the database a run writes: DuckDB's file lock would make that run wait.
@@ -19,10 +20,10 @@ from pathlib import Path
 import duckdb
 
 from sessionpipe_runner import store
-from sessionpipe_runner.snapshot import snapshot_path
+from sessionpipe_runner.snapshot import log_path, snapshot_path
 
-#: (device, inode, size, modification time in ns) of a snapshot file.
-Identity = tuple[int, int, int, int]
+#: (device, inode, size, modification time in ns) of a snapshot file, then of its log (zeros: none).
+Identity = tuple[int, int, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class OpenSnapshot:
     con: duckdb.DuckDBPyConnection
     tables: frozenset[str]
     identity: Identity
+
+    @property
+    def published(self) -> float:
+        """When it was published (seconds since the epoch): the newer of the file's and its log's times."""
+        return max(self.identity[3], self.identity[7]) / 1e9
 
     def has(self, table: str) -> bool:
         """Whether the snapshot has this table or view (a processor that never ran has none)."""
@@ -96,7 +102,16 @@ class SnapshotSource:
         except OSError as error:
             self._close()
             raise SnapshotUnavailable(f"cannot read the snapshot {self.path}: {error.strerror}") from None
-        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        try:
+            log = log_path(self.path).stat()
+            logged = (log.st_dev, log.st_ino, log.st_size, log.st_mtime_ns)
+        except FileNotFoundError:
+            logged = (0, 0, 0, 0)
+        except OSError as error:
+            self._close()
+            unreadable = f"cannot read the snapshot's log {log_path(self.path)}: {error.strerror}"
+            raise SnapshotUnavailable(unreadable) from None
+        identity: Identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, *logged)
         if self._open is None or identity != self._open.identity:
             self._close()  # first: DuckDB would hand back its cached instance of the old file
             try:

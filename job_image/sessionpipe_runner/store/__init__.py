@@ -21,6 +21,7 @@ never import this package: they use :mod:`sessionpipe_runner.tables` and
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -159,7 +160,7 @@ def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = N
         config["memory_limit"] = memory_limit
     try:
         if read_only:
-            return _duckdb.connect(str(path), read_only=True, config=config)
+            return _open_read_only(path, config)
         path.parent.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = f"{path}.tmp"  # as for a file opened directly (else ./.tmp)
         con = _duckdb.connect(":memory:", config=config)
@@ -178,6 +179,31 @@ def connect(path: Path, *, read_only: bool = False, memory_limit: str | None = N
         raise StoreError(f"cannot open database {path}: {error}") from error
     except _duckdb.Error as error:
         raise StoreError(f"cannot open database {path}: {error}") from error
+
+
+#: How many times a read-only open is tried while the log beside the file is of another checkpoint.
+READ_ONLY_ATTEMPTS = 5
+
+
+def _open_read_only(path: Path, config: dict[str, str | bool | int | float | list[str]]) -> duckdb.DuckDBPyConnection:
+    """Open ``path`` read-only; again, a little later, if DuckDB refuses the log beside it as one of
+    another checkpoint.
+
+    A snapshot's log is published beside it by a later run (:func:`.snapshot.publish_log`): a reader
+    that read the file's header before a publish replaced the file, and the log after the next run
+    published its own, has a pair of two checkpoints. DuckDB checks the log's checkpoint iteration
+    against the file's and refuses the pair; the files as they are now fit.
+    """
+    import _duckdb
+
+    for attempt in range(1, READ_ONLY_ATTEMPTS + 1):
+        try:
+            return _duckdb.connect(str(path), read_only=True, config=config)
+        except _duckdb.IOException as error:
+            if "checkpoint iteration" not in str(error) or attempt == READ_ONLY_ATTEMPTS:
+                raise
+            time.sleep(0.02 * attempt)
+    raise AssertionError("unreachable")
 
 
 def engine_error() -> type[Exception]:
