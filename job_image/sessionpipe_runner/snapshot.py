@@ -165,14 +165,14 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
 def checkpoint_needed(database: Path, *, publishing: bool) -> bool:
     """Whether a run that wrote ``database`` (and holds it open) checkpoints it before closing.
 
-    A checkpoint, and then a publish of the database (:func:`publish_snapshot`), is what the
-    snapshot's reader gets otherwise by the snapshot's own checkpoint plus the database's log: while
-    the snapshot is the database as of its last checkpoint (:func:`shares_base`), a run that leaves
-    its transactions in the log and publishes the log beside the snapshot (:func:`publish_log`)
-    gives readers the same data. That spared an incremental run at 1 GB ~15 % of its time. The log
-    is folded in once it reaches :data:`LOG_PUBLISH_LIMIT`, or when the snapshot's base is not the
-    database's (a first run, a ``reset`` or ``forget``, a checkpoint DuckDB made by itself) and the
-    run publishes (``publishing``).
+    A checkpoint folds DuckDB's log into the database file, and publishing the database
+    (:func:`publish_snapshot`) then gives readers all of it. While the snapshot is the database as
+    of its last checkpoint (:func:`shares_base`), the log published beside it (:func:`publish_log`)
+    gives them the same, without the checkpoint and the publish of the database: ~15 % of an
+    incremental run at 1 GB. The log is folded in once it reaches :data:`LOG_PUBLISH_LIMIT`, or when
+    the run publishes (``publishing``) and the snapshot's base is not the database's (a first run; a
+    ``reset``, a ``forget`` or DuckDB itself checkpointed; a large append wrote row groups into the
+    file).
     """
     try:
         size = log_path(database).stat().st_size
