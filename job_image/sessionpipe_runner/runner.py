@@ -328,7 +328,7 @@ class Run:
             max_attempts=self.settings.max_attempts,
         )
         pending = Batch()
-        batches.start_writing(con)
+        configured = batches.start_writing(con, self.progress.bytes_total if self.progress is not None else 0)
         for examined in results:
             self.sigterm.check()  # a processor may have caught the handler's exception
             if self.progress is not None:
@@ -379,7 +379,8 @@ class Run:
             bytes_done, bytes_total = (progress.bytes_done, progress.bytes_total) if progress is not None else (0, 0)
             pending = writer.commit_due(con, pending, bytes_done, bytes_total)
         writer.commit_rest(con, pending)
-        batches.end_writing(con)
+        if configured:
+            batches.end_writing(con)
         self.changed |= writer.commits > 0
         if summary.stopped_early is not None:
             summary.message = f"stopped early: {summary.stopped_early}"

@@ -285,7 +285,10 @@ class _WriteThreads(_WriteSetting):
     setting = "threads"
 
 
-def test_batches_are_written_on_one_duckdb_thread_and_the_threads_come_back_after(tmp_path: Path) -> None:
+def test_batches_are_written_on_one_duckdb_thread_and_the_threads_come_back_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches, "SMALL_WRITE_BYTES", 1)  # these few bytes count as a run's writes
     sessions = _small_sessions(tmp_path / "sessions", 3)
     db = tmp_path / "db.duckdb"
     settings = RunSettings(processor="where", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
@@ -300,8 +303,11 @@ class _WriteCheckpointThreshold(_WriteSetting):
     setting = "checkpoint_threshold"
 
 
-def test_batches_are_not_checkpointed_one_by_one_and_the_threshold_comes_back_after(tmp_path: Path) -> None:
+def test_batches_are_not_checkpointed_one_by_one_and_the_threshold_comes_back_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cold run's commits leave the checkpoint to the run's end (bench/README.md, "columnar rows")."""
+    monkeypatch.setattr(batches, "SMALL_WRITE_BYTES", 1)
     sessions = _small_sessions(tmp_path / "sessions", 3)
     db = tmp_path / "db.duckdb"
     settings = RunSettings(processor="where", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
@@ -313,6 +319,19 @@ def test_batches_are_not_checkpointed_one_by_one_and_the_threshold_comes_back_af
         (raised,) = con.execute("SELECT current_setting('checkpoint_threshold')").fetchone() or ("",)
     assert raised != default
     assert _WriteCheckpointThreshold.seen == [raised, f"after: {default}"]
+
+
+def test_a_run_that_reads_little_keeps_duckdbs_settings_while_it_writes(tmp_path: Path) -> None:
+    """Setting and resetting them cost an incremental run ~2.5 ms, for a write of a few rows."""
+    sessions = _small_sessions(tmp_path / "sessions", 3)
+    assert sum(path.stat().st_size for path in sessions.rglob("*.jsonl")) < batches.SMALL_WRITE_BYTES
+    db = tmp_path / "db.duckdb"
+    settings = RunSettings(processor="where", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
+    _WriteThreads.seen = []
+    assert run(settings, _WriteThreads(), FileLease(db, "where")).exit_code == EXIT_OK
+    with duckdb.connect() as con:
+        (default,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
+    assert _WriteThreads.seen == [str(default), f"after: {default}"]
 
 
 class _FailsOnCueInThreads(_WhereRunReleasingTheGil):
