@@ -289,14 +289,18 @@ def test_batches_are_written_on_one_duckdb_thread_and_the_threads_come_back_afte
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(batches, "SMALL_WRITE_BYTES", 1)  # these few bytes count as a run's writes
-    sessions = _small_sessions(tmp_path / "sessions", 3)
-    db = tmp_path / "db.duckdb"
+    seen, default = _threads_while_writing(_small_sessions(tmp_path / "sessions", 3), tmp_path / "db.duckdb")
+    assert seen == ["1", f"after: {default}"]
+
+
+def _threads_while_writing(sessions: Path, db: Path) -> tuple[list[str], str]:
+    """DuckDB's threads as a run over ``sessions`` wrote its batches and after, and its default."""
     settings = RunSettings(processor="where", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
     _WriteThreads.seen = []
     assert run(settings, _WriteThreads(), FileLease(db, "where")).exit_code == EXIT_OK
     with duckdb.connect() as con:
         (default,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
-    assert _WriteThreads.seen == ["1", f"after: {default}"]
+    return _WriteThreads.seen, str(default)
 
 
 class _WriteCheckpointThreshold(_WriteSetting):
@@ -325,13 +329,8 @@ def test_a_run_that_reads_little_keeps_duckdbs_settings_while_it_writes(tmp_path
     """Setting and resetting them cost an incremental run ~2.5 ms, for a write of a few rows."""
     sessions = _small_sessions(tmp_path / "sessions", 3)
     assert sum(path.stat().st_size for path in sessions.rglob("*.jsonl")) < batches.SMALL_WRITE_BYTES
-    db = tmp_path / "db.duckdb"
-    settings = RunSettings(processor="where", sessions=sessions, database=db, workers=1, lease_wait_seconds=5)
-    _WriteThreads.seen = []
-    assert run(settings, _WriteThreads(), FileLease(db, "where")).exit_code == EXIT_OK
-    with duckdb.connect() as con:
-        (default,) = con.execute("SELECT current_setting('threads')").fetchone() or ("",)
-    assert _WriteThreads.seen == [str(default), f"after: {default}"]
+    seen, default = _threads_while_writing(sessions, tmp_path / "db.duckdb")
+    assert seen == [default, f"after: {default}"]
 
 
 class _FailsOnCueInThreads(_WhereRunReleasingTheGil):
