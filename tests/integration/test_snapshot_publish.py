@@ -35,7 +35,7 @@ from sessionpipe_runner.snapshot import (
     snapshot_path,
     spare_path,
 )
-from tests.runner_support import install_test_plugin, run_summary, sessionpipe, sessionpipe_env
+from tests.runner_support import REPO, install_test_plugin, run_summary, sessionpipe, sessionpipe_env
 from tests.support.db import rows
 
 
@@ -549,3 +549,40 @@ def test_a_reader_that_meets_a_log_of_another_checkpoint_opens_again(
     finally:
         con.close()
     assert len(waits) == 1
+
+
+def test_what_runs_leave_beside_a_database_in_a_checkout_is_ignored_by_git(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """``make run`` writes ./sessionpipe.duckdb in the checkout: its snapshot, log, spare, digests,
+    base record and lease must not show as changes (the repository's .gitignore)."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    shutil.copyfile(REPO / ".gitignore", checkout / ".gitignore")
+    session = tmp_path / "sessions" / "alice" / "-app" / "s1.jsonl"
+    session.parent.mkdir(parents=True)
+    db = checkout / "sessionpipe.duckdb"
+    # The database published, then its log; then the database twice (``lines`` writes a file's rows
+    # again whole: DuckDB writes 20,000 of them into the file), the second a patched spare with
+    # digests; then the log of a run that wrote one other file's row.
+    for count, first in ((1, 0), (1, 1), (OVER_THE_LOG_LIMIT, 2), (1, 2 + OVER_THE_LOG_LIMIT)):
+        append_lines(session, count, first)
+        run_lines(tmp_path / "sessions", db, plugin_env)
+    append_lines(session.with_name("s2.jsonl"), 1)
+    run_lines(tmp_path / "sessions", db, plugin_env)
+    left = {path.name for path in checkout.iterdir()} - {".git", ".gitignore"}
+    expected = {
+        "sessionpipe.snapshot.duckdb.wal",
+        ".sessionpipe.snapshot.duckdb.base",
+        ".sessionpipe.snapshot.duckdb.spare",
+    }
+    assert expected <= left, left
+    assert any(name.endswith(".digests") for name in left), left
+    status = subprocess.run(
+        ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert status.stdout.splitlines() == ["?? .gitignore"]
