@@ -95,8 +95,22 @@ def _digests_name(database: Path) -> re.Pattern[str]:
     return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.(\d+)\.digests(\.tmp)?")
 
 
+#: What a publish writes under a temporary name before renaming it into place, besides the
+#: snapshot itself: its log (:func:`publish_log`) and its base record (:func:`_record_base`).
+TEMPORARY_KINDS = ("wal", "base")
+
+
+def _temporary_path(database: Path, kind: str = "") -> Path:
+    """The hidden temporary name of what this process publishes (the snapshot, or one of
+    :data:`TEMPORARY_KINDS`); one a killed run left is removed by :func:`remove_stale_snapshots`."""
+    suffix = f".{kind}" if kind else ""
+    return database.with_name(f".{snapshot_path(database).name}.{os.getpid()}{suffix}.tmp")
+
+
 def _temporary_snapshot_name(database: Path) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.\d+(?:\.wal|\.base)?\.tmp")
+    """The names :func:`_temporary_path` gives, whatever the process."""
+    kinds = "|".join(map(re.escape, TEMPORARY_KINDS))
+    return re.compile(rf"\.{re.escape(snapshot_path(database).name)}\.\d+(?:\.(?:{kinds}))?\.tmp")
 
 
 def _retired_snapshot_name(database: Path) -> re.Pattern[str]:
@@ -131,7 +145,7 @@ def publish_snapshot(database: Path, *, retire_old: bool = False) -> Path:
     page it reads.
     """
     target = snapshot_path(database)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = _temporary_path(database)
     spare = spare_path(database)
     fresh = temporary
     try:
@@ -211,10 +225,9 @@ def _file_state(info: os.stat_result) -> dict[str, int]:
 
 def _record_base(database: Path, copied: os.stat_result) -> None:
     """Record ``copied``, the database's state the snapshot was copied at (:func:`shares_base`)."""
-    record = base_record_path(database)
-    temporary = record.with_name(f".{snapshot_path(database).name}.{os.getpid()}.base.tmp")
+    temporary = _temporary_path(database, "base")
     temporary.write_text(json.dumps(_file_state(copied)))
-    temporary.replace(record)
+    temporary.replace(base_record_path(database))
 
 
 def publish_log(database: Path) -> Path:
@@ -227,7 +240,7 @@ def publish_log(database: Path) -> Path:
     :func:`~sessionpipe_runner.store.connect` opens again.
     """
     target = log_path(snapshot_path(database))
-    temporary = target.with_name(f".{snapshot_path(database).name}.{os.getpid()}.wal.tmp")
+    temporary = _temporary_path(database, "wal")
     try:
         shutil.copyfile(log_path(database), temporary)
         temporary.replace(target)

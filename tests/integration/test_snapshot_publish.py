@@ -586,3 +586,14 @@ def test_what_runs_leave_beside_a_database_in_a_checkout_is_ignored_by_git(
         check=True,
     )
     assert status.stdout.splitlines() == ["?? .gitignore"]
+
+
+def test_every_temporary_a_publish_writes_is_removed_when_a_killed_run_left_it(tmp_path: Path) -> None:
+    db = tmp_path / "db.duckdb"
+    left = [snapshot._temporary_path(db, kind) for kind in ("", *snapshot.TEMPORARY_KINDS)]
+    for path in left:
+        path.write_bytes(b"half")
+    kept = tmp_path / f".{snapshot_path(db).name}.12.other.tmp"  # no name a publish gives
+    kept.write_bytes(b"not ours")
+    assert snapshot.remove_stale_snapshots(db) == len(left) == 3
+    assert [path.name for path in tmp_path.iterdir()] == [kept.name]
